@@ -1,0 +1,20 @@
+//! Everything both sides of Cartwheel's wire need, compiled for the host and for `wasm32`.
+//!
+//! The server and every micro-frontend depend on this crate, so a cart computed in the browser and one
+//! computed on the server can never disagree: the arithmetic, the limits, the JSON shapes, the rule for
+//! which cart version a client may show, and the reconnect schedule all live here once. Nothing in it
+//! does I/O or needs an async runtime.
+
+pub mod cart;
+pub mod catalog;
+pub mod money;
+pub mod protocol;
+pub mod reconnect;
+pub mod version;
+
+pub use cart::{Cart, CartContents, CartError, CartLimits, CartLine, CartOp, Change, LineItem};
+pub use catalog::{Product, ProductId};
+pub use money::Cents;
+pub use protocol::{ClientMessage, ErrorBody, ErrorCode, ErrorDetail, ServerMessage};
+pub use reconnect::{ReconnectPolicy, ReconnectSchedule};
+pub use version::{CartVersion, VersionedCart};

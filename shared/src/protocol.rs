@@ -1,0 +1,179 @@
+//! The wire protocol: WebSocket frames in both directions, the JSON error body of the REST API, the error
+//! codes both share, and the few names (paths, close codes, the DOM event) that client and server must agree on.
+//!
+//! Every frame is a JSON object with a `"type"` tag in SCREAMING_SNAKE_CASE, e.g.
+//! `{"type":"CART_UPDATE","version":3,"data":{...}}` or `{"type":"PING","id":7}`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::cart::Cart;
+use crate::version::CartVersion;
+
+/// Path of the WebSocket endpoint.
+pub const WS_PATH: &str = "/ws";
+
+/// Name of the `window` `CustomEvent` a micro-frontend dispatches after it changed the cart over REST; its
+/// `detail` is the [`Cart`] JSON (with its version), so every other micro-frontend on the page can apply it.
+pub const CART_EVENT: &str = "cartwheel:cart";
+
+/// Largest WebSocket message the server reads; a larger one closes the socket with [`close::MESSAGE_TOO_BIG`].
+pub const MAX_WS_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// WebSocket close codes the server uses (RFC 6455 §7.4.1).
+pub mod close {
+    /// Server shutting down or the peer stopped answering heartbeats: reconnect.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The client broke a rule (flooding): reconnect, but slower.
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// A frame exceeded [`super::MAX_WS_MESSAGE_BYTES`].
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The server failed internally.
+    pub const INTERNAL_ERROR: u16 = 1011;
+}
+
+/// Frames the server sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ServerMessage {
+    /// The whole cart at `version` — first as the snapshot after connecting, then after every change.
+    CartUpdate { version: CartVersion, data: Cart },
+    /// Answer to [`ClientMessage::Ping`], echoing its id.
+    Pong { id: u64, server_time_ms: u64 },
+    /// A frame was refused; the socket stays open unless a close frame follows.
+    Error { code: ErrorCode, message: String },
+}
+
+/// Frames a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ClientMessage {
+    /// Round-trip probe; answered by a `PONG` with the same id.
+    Ping { id: u64 },
+    /// Ask for a fresh `CART_UPDATE` snapshot.
+    Resync,
+}
+
+/// Machine-readable error codes, shared by REST error bodies and WebSocket `ERROR` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body is not valid JSON, or a field has the wrong type or is missing.
+    InvalidJson,
+    /// A JSON body was sent without `Content-Type: application/json`.
+    UnsupportedMediaType,
+    /// The body exceeds the size limit.
+    PayloadTooLarge,
+    /// No product with that id.
+    UnknownProduct,
+    /// No such route or resource.
+    NotFound,
+    /// The route exists, the method does not.
+    MethodNotAllowed,
+    /// The change would put more of a product in the cart than is in stock.
+    InsufficientStock,
+    /// A quantity outside the allowed range.
+    QuantityOutOfRange,
+    /// The cart already holds the maximum number of different products.
+    TooManyLines,
+    /// The request's `Origin` is not allowed.
+    ForbiddenOrigin,
+    /// No valid session cookie.
+    Unauthorized,
+    /// Too many requests or frames; retry later.
+    RateLimited,
+    /// The `Idempotency-Key` header is malformed.
+    InvalidIdempotencyKey,
+    /// The `Idempotency-Key` was already used for a different request.
+    IdempotencyKeyReused,
+    /// A WebSocket frame that is not JSON or not a known message.
+    InvalidMessage,
+    /// Storage is unavailable; retry later.
+    ServiceUnavailable,
+    /// Something failed on the server.
+    Internal,
+    /// A code this client version does not know yet.
+    #[serde(other)]
+    Unknown,
+}
+
+/// The REST error body: `{"error":{"code":"...","message":"..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody { error: ErrorDetail { code, message: message.into() } }
+    }
+}
+
+/// Request body of `POST /api/cart`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddToCart {
+    pub product_id: crate::ProductId,
+    #[serde(default = "one")]
+    pub quantity: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+/// Request body of `PUT /api/cart/items/{product_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetQuantity {
+    pub quantity: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn server_frames_have_the_documented_shape() {
+        let cart = Cart::empty("EUR");
+        let v = serde_json::to_value(ServerMessage::CartUpdate { version: 0, data: cart }).unwrap();
+        assert_eq!(v["type"], "CART_UPDATE");
+        assert_eq!(v["version"], 0);
+        assert_eq!(v["data"]["items"], json!([]));
+        let v = serde_json::to_value(ServerMessage::Pong { id: 9, server_time_ms: 5 }).unwrap();
+        assert_eq!(v, json!({"type":"PONG","id":9,"server_time_ms":5}));
+        let v = serde_json::to_value(ServerMessage::Error { code: ErrorCode::InvalidMessage, message: "x".into() })
+            .unwrap();
+        assert_eq!(v, json!({"type":"ERROR","code":"invalid_message","message":"x"}));
+    }
+
+    #[test]
+    fn client_frames_parse() {
+        let m: ClientMessage = serde_json::from_str(r#"{"type":"PING","id":42}"#).unwrap();
+        assert_eq!(m, ClientMessage::Ping { id: 42 });
+        let m: ClientMessage = serde_json::from_str(r#"{"type":"RESYNC"}"#).unwrap();
+        assert_eq!(m, ClientMessage::Resync);
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"DANCE"}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"PING","id":"x"}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>("not json").is_err());
+    }
+
+    #[test]
+    fn error_body_round_trips_and_tolerates_new_codes() {
+        let body = ErrorBody::new(ErrorCode::InsufficientStock, "only 2 left");
+        let v = serde_json::to_value(&body).unwrap();
+        assert_eq!(v, json!({"error":{"code":"insufficient_stock","message":"only 2 left"}}));
+        let future: ErrorBody = serde_json::from_value(json!({"error":{"code":"brand_new","message":"m"}})).unwrap();
+        assert_eq!(future.error.code, ErrorCode::Unknown);
+    }
+
+    #[test]
+    fn add_to_cart_quantity_defaults_to_one() {
+        let a: AddToCart = serde_json::from_str(r#"{"product_id":"mug"}"#).unwrap();
+        assert_eq!(a.quantity, 1);
+    }
+}
