@@ -28,10 +28,7 @@ impl CartLimits {
 
 impl Default for CartLimits {
     fn default() -> Self {
-        CartLimits {
-            max_quantity_per_line: Self::DEFAULT_MAX_QUANTITY_PER_LINE,
-            max_lines: Self::DEFAULT_MAX_LINES,
-        }
+        CartLimits { max_quantity_per_line: Self::DEFAULT_MAX_QUANTITY_PER_LINE, max_lines: Self::DEFAULT_MAX_LINES }
     }
 }
 
@@ -88,9 +85,7 @@ impl CartError {
     pub fn code(&self) -> ErrorCode {
         match self {
             CartError::UnknownProduct(_) => ErrorCode::UnknownProduct,
-            CartError::QuantityOutOfRange { .. } | CartError::LineLimitExceeded { .. } => {
-                ErrorCode::QuantityOutOfRange
-            }
+            CartError::QuantityOutOfRange { .. } | CartError::LineLimitExceeded { .. } => ErrorCode::QuantityOutOfRange,
             CartError::InsufficientStock { .. } => ErrorCode::InsufficientStock,
             CartError::TooManyLines { .. } => ErrorCode::TooManyLines,
         }
@@ -155,11 +150,7 @@ impl CartContents {
             return Ok(Change::Unchanged);
         }
         if wanted > current && wanted > p.stock {
-            return Err(CartError::InsufficientStock {
-                name: p.name.clone(),
-                available: p.stock,
-                requested: wanted,
-            });
+            return Err(CartError::InsufficientStock { name: p.name.clone(), available: p.stock, requested: wanted });
         }
         if wanted > limits.max_quantity_per_line {
             return Err(CartError::LineLimitExceeded { max: limits.max_quantity_per_line, requested: wanted });
@@ -180,10 +171,11 @@ impl CartContents {
 
 fn checked_quantity(quantity: i64, min: u32, limits: &CartLimits) -> Result<u32, CartError> {
     let max = limits.max_quantity_per_line;
-    u32::try_from(quantity)
-        .ok()
-        .filter(|q| (min..=max).contains(q))
-        .ok_or(CartError::QuantityOutOfRange { min, max, got: quantity })
+    u32::try_from(quantity).ok().filter(|q| (min..=max).contains(q)).ok_or(CartError::QuantityOutOfRange {
+        min,
+        max,
+        got: quantity,
+    })
 }
 
 /// One priced line as clients receive it.
@@ -242,10 +234,8 @@ impl Cart {
             })
             .collect();
         let item_count = items.iter().map(|l| u64::from(l.quantity)).sum();
-        let total_cents = items
-            .iter()
-            .try_fold(Cents::ZERO, |acc, l| acc.checked_add(l.line_total_cents))
-            .unwrap_or(Cents(u64::MAX));
+        let total_cents =
+            items.iter().try_fold(Cents::ZERO, |acc, l| acc.checked_add(l.line_total_cents)).unwrap_or(Cents(u64::MAX));
         Cart { version, items, item_count, total_cents, currency: currency.to_owned() }
     }
 }

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install what Cartwheel needs and is missing; skip what is already there at the right version.
+# Sourced by `scripts/serve` and `scripts/test`; safe to run again (a second run takes seconds).
+# Everything comes from the package registries (rustup's own targets, crates.io, npm, Debian apt).
+set -euo pipefail
+
+cartwheel_log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+# `cargo install` a crate at an exact version unless `$3 --version` already reports it.
+cartwheel_cargo_install() {
+  local crate=$1 version=$2 probe=$3
+  shift 3
+  if command -v "$probe" >/dev/null 2>&1 && "$probe" --version 2>/dev/null | grep -q -- "$version"; then
+    return
+  fi
+  cartwheel_log "installing $crate $version from crates.io (one-time)"
+  cargo install "$crate" --version "$version" "$@"
+}
+
+cartwheel_setup_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    cartwheel_log "cargo is missing: install Rust with rustup first (https://rustup.rs)"
+    exit 1
+  fi
+  if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+    cartwheel_log "adding the wasm32-unknown-unknown target"
+    rustup target add wasm32-unknown-unknown
+  fi
+}
+
+cartwheel_setup_test_tools() {
+  # Any cargo-nextest ≥ 0.9 will do: keep the machine's if it has one.
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    cartwheel_log "installing cargo-nextest from crates.io (one-time)"
+    cargo install cargo-nextest --locked
+  fi
+}

@@ -1,0 +1,117 @@
+//! The application: shared state ([`AppState`]), the domain operations handlers call on it, and the router
+//! that wires routes to handlers with the middleware in the order it must run.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{middleware, Extension, Router};
+use shared::{Cart, CartOp, Change};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::services::ServeDir;
+
+use crate::api::{self, BodyLimit};
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::error::AppError;
+use crate::hub::{CartEvents, CartHub};
+use crate::metrics::Metrics;
+use crate::origin::{self, OriginPolicy};
+use crate::rate_limit::{self, RequestLimits};
+use crate::session::{self, Session, SessionKeys};
+use crate::store::{CartStore, Mutation, MutationRequest};
+use crate::ws;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub catalog: Arc<Catalog>,
+    pub store: Arc<dyn CartStore>,
+    pub events: Arc<dyn CartEvents>,
+    pub hub: Arc<CartHub>,
+    pub sessions: SessionKeys,
+    pub origins: Arc<OriginPolicy>,
+    pub request_limits: Option<Arc<RequestLimits>>,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the server shuts down: every WebSocket closes with 1001.
+    pub shutdown: CancellationToken,
+    /// The WebSocket connection tasks, so shutdown can wait for their close handshakes.
+    pub connections: TaskTracker,
+}
+
+impl AppState {
+    /// Apply a change to the session's cart and, if it changed, announce the new version to its connections.
+    pub async fn mutate(
+        &self,
+        session: &Session,
+        op: CartOp,
+        idempotency_key: Option<String>,
+    ) -> Result<Mutation, AppError> {
+        let request = MutationRequest { cart: session.cart.clone(), op, idempotency_key };
+        let result = self.store.mutate(request).await;
+        let outcome = match &result {
+            Ok(m) if m.replayed => "replayed",
+            Ok(m) if m.change == Change::Changed => "changed",
+            Ok(_) => "unchanged",
+            Err(_) => "rejected",
+        };
+        self.metrics.mutations.get_or_create(&vec![("outcome", outcome)]).inc();
+        let mutation = result?;
+        if mutation.change == Change::Changed && !mutation.replayed {
+            self.events.publish(&session.cart, &mutation.cart);
+        }
+        Ok(mutation)
+    }
+
+    pub async fn cart(&self, session: &Session) -> Result<Cart, AppError> {
+        Ok(self.store.load(&session.cart).await?)
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.max_body_bytes;
+    let api = Router::new()
+        .route("/products", get(api::list_products))
+        .route("/products/{id}", get(api::get_product))
+        .route("/cart", get(api::get_cart).post(api::add_item).delete(api::clear_cart))
+        .route("/cart/items/{product_id}", axum::routing::put(api::set_item).delete(api::remove_item))
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(Extension(BodyLimit(body_limit)))
+        .layer(middleware::from_fn_with_state(state.clone(), rate_limit::limit))
+        .layer(middleware::from_fn_with_state(state.clone(), session::ensure_session));
+
+    // `/ws` sits outside `ensure_session`: a socket without a valid session is refused, never given one.
+    let ws = Router::new()
+        .route(shared::protocol::WS_PATH, get(ws::upgrade))
+        .layer(middleware::from_fn_with_state(state.clone(), rate_limit::limit));
+
+    Router::new()
+        .nest("/api", api)
+        .merge(ws)
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .nest_service("/images", ServeDir::new(&state.config.images_dir))
+        .layer(middleware::from_fn_with_state(state.clone(), origin::guard))
+        .with_state(state)
+}
+
+/// Liveness and readiness: `ok` when the cart store answers a read, `degraded` (503) when it does not.
+async fn healthz(State(app): State<AppState>) -> impl IntoResponse {
+    let probe = crate::session::CartKey("healthz".into());
+    match app.store.load(&probe).await {
+        Ok(_) => (axum::http::StatusCode::OK, axum::Json(serde_json::json!({ "status": "ok" }))),
+        Err(e) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "status": "degraded", "store": e.to_string() })),
+        ),
+    }
+}
+
+async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.render())
+}

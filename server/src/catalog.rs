@@ -1,0 +1,111 @@
+//! The product catalog: loaded once at start-up from a JSON file (the built-in one by default), validated, and
+//! then read-only and shared. Every cart is priced against it.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use shared::{Product, ProductId};
+use thiserror::Error;
+
+/// The catalog shipped with the server (`server/catalog/products.json`).
+const BUILT_IN: &str = include_str!("../catalog/products.json");
+
+#[derive(Debug, Error)]
+pub enum CatalogError {
+    #[error("cannot read catalog {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("catalog is not valid JSON: {0}")]
+    Parse(#[from] serde_json::Error),
+    #[error("catalog is invalid: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug)]
+pub struct Catalog {
+    products: Vec<Product>,
+    index: HashMap<ProductId, usize>,
+    currency: String,
+}
+
+impl Catalog {
+    pub fn built_in() -> Result<Catalog, CatalogError> {
+        Catalog::from_json(BUILT_IN)
+    }
+
+    pub fn load(path: &Path) -> Result<Catalog, CatalogError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| CatalogError::Read { path: path.display().to_string(), source })?;
+        Catalog::from_json(&text)
+    }
+
+    pub fn from_json(text: &str) -> Result<Catalog, CatalogError> {
+        let products: Vec<Product> = serde_json::from_str(text)?;
+        Catalog::new(products)
+    }
+
+    pub fn new(products: Vec<Product>) -> Result<Catalog, CatalogError> {
+        let invalid = |m: String| Err(CatalogError::Invalid(m));
+        let Some(first) = products.first() else {
+            return invalid("it lists no products".into());
+        };
+        let currency = first.currency.clone();
+        let mut index = HashMap::with_capacity(products.len());
+        for (i, p) in products.iter().enumerate() {
+            if !p.id.is_well_formed() {
+                return invalid(format!("product id '{}' is not a lowercase slug", p.id));
+            }
+            if index.insert(p.id.clone(), i).is_some() {
+                return invalid(format!("product id '{}' appears twice", p.id));
+            }
+            if p.currency != currency {
+                return invalid(format!("'{}' is priced in {}, the catalog in {currency}", p.id, p.currency));
+            }
+            if p.price_cents.0 == 0 {
+                return invalid(format!("'{}' has no price", p.id));
+            }
+        }
+        Ok(Catalog { products, index, currency })
+    }
+
+    pub fn products(&self) -> &[Product] {
+        &self.products
+    }
+
+    pub fn get(&self, id: &ProductId) -> Option<&Product> {
+        self.index.get(id).map(|&i| &self.products[i])
+    }
+
+    pub fn currency(&self) -> &str {
+        &self.currency
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_catalog_is_valid_and_exercises_limits() {
+        let c = Catalog::built_in().expect("built-in catalog");
+        assert!(c.products().len() >= 12);
+        assert!(c.products().iter().any(|p| p.stock == 0), "an out-of-stock product");
+        assert!(c.products().iter().any(|p| (1..=3).contains(&p.stock)), "a nearly sold-out product");
+        for p in c.products() {
+            assert!(p.image.starts_with("/images/"), "{}", p.id);
+            let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("catalog").join(&p.image[1..]);
+            assert!(file.exists(), "image for {} at {}", p.id, file.display());
+        }
+    }
+
+    #[test]
+    fn rejects_bad_catalogs() {
+        assert!(matches!(Catalog::from_json("[]"), Err(CatalogError::Invalid(_))));
+        assert!(matches!(Catalog::from_json("{"), Err(CatalogError::Parse(_))));
+        let p = r#"{"id":"a","name":"A","description":"","price_cents":100,"currency":"EUR","stock":1,"image":"/images/a.svg"}"#;
+        assert!(matches!(Catalog::from_json(&format!("[{p},{p}]")), Err(CatalogError::Invalid(_))));
+        let usd = p.replace("EUR", "USD").replace("\"a\"", "\"b\"");
+        assert!(matches!(Catalog::from_json(&format!("[{p},{usd}]")), Err(CatalogError::Invalid(_))));
+        let bad_id = p.replace("\"a\"", "\"A B\"");
+        assert!(matches!(Catalog::from_json(&format!("[{bad_id}]")), Err(CatalogError::Invalid(_))));
+    }
+}

@@ -1,0 +1,154 @@
+//! Start-up configuration: command-line flags, each with an environment-variable twin, and every limit the
+//! server enforces as a named default an operator can override.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use shared::CartLimits;
+
+/// Defaults, named so tests and docs can refer to them.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const BIND: &str = "127.0.0.1:3000";
+    pub const DATABASE: &str = "data/cartwheel.sqlite3";
+    /// Largest request body accepted on the REST API.
+    pub const MAX_BODY_BYTES: usize = 64 * 1024;
+    /// Sustained requests per second per session (token-bucket refill rate) and its burst.
+    pub const SESSION_RATE_PER_SEC: u32 = 50;
+    pub const SESSION_BURST: u32 = 100;
+    /// Per client address: higher than per session, because a household or an office shares one address.
+    pub const ADDRESS_RATE_PER_SEC: u32 = 200;
+    pub const ADDRESS_BURST: u32 = 400;
+    /// Frames per second a WebSocket client may send, and its burst, before it is told off and closed (1008).
+    pub const WS_FRAMES_PER_SEC: u32 = 20;
+    pub const WS_FRAME_BURST: u32 = 40;
+    /// WebSocket heartbeat: a Ping this often, and how long a Pong may take before the connection is closed.
+    pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(25);
+    pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// A single frame write that takes longer than this means the peer stopped reading: the connection is dropped.
+    pub const WS_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Cart updates queued for one connection before stale ones are dropped in favour of the newest.
+    pub const WS_QUEUE_CAPACITY: usize = 16;
+    /// tungstenite's buffers; its 128 KiB defaults would cost that much per idle connection.
+    pub const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+    pub const WS_WRITE_BUFFER_BYTES: usize = 0;
+    pub const WS_MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
+    /// Kernel send buffer (SO_SNDBUF) of every accepted socket; 0 leaves the kernel's auto-tuning (up to 4 MiB).
+    pub const SOCKET_SEND_BUFFER_BYTES: usize = 64 * 1024;
+    /// How long an Idempotency-Key is remembered.
+    pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+    /// Longest accepted Idempotency-Key.
+    pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 255;
+    /// Session cookie lifetime.
+    pub const SESSION_MAX_AGE: Duration = Duration::from_secs(400 * 24 * 60 * 60);
+    /// Mutations committed together in one SQLite transaction at most (group commit).
+    pub const MAX_COMMIT_BATCH: usize = 256;
+    /// Read-only SQLite connections kept for concurrent reads.
+    pub const READ_CONNECTIONS: usize = 4;
+    /// How long shutdown waits for WebSocket connections to finish their close handshake.
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+}
+
+/// Cartwheel's cart server.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "server", version, about)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "CARTWHEEL_BIND", default_value = defaults::BIND)]
+    pub bind: SocketAddr,
+
+    /// SQLite database file (created with its directory if missing).
+    #[arg(long, env = "CARTWHEEL_DATABASE", default_value = defaults::DATABASE)]
+    pub database: PathBuf,
+
+    /// Product catalog JSON file; the built-in catalog when not given.
+    #[arg(long, env = "CARTWHEEL_CATALOG")]
+    pub catalog: Option<PathBuf>,
+
+    /// Directory the product images are served from (`/images/...`).
+    #[arg(long, env = "CARTWHEEL_IMAGES_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/catalog/images"))]
+    pub images_dir: PathBuf,
+
+    /// Origins allowed besides the server's own, comma-separated (e.g. `https://shop.example`).
+    #[arg(long = "allowed-origin", env = "CARTWHEEL_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Shoppers reach the server over https (behind a TLS proxy): cookies get `Secure`, the own origin is https.
+    #[arg(long, env = "CARTWHEEL_HTTPS")]
+    pub https: bool,
+
+    /// Log filter, e.g. `info` or `server=debug,tower_http=info`.
+    #[arg(long, env = "CARTWHEEL_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Secret that signs session cookies (≥ 32 bytes). Generated once and kept in the database when not given.
+    #[arg(long, env = "CARTWHEEL_SESSION_SECRET", hide_env_values = true)]
+    pub session_secret: Option<String>,
+
+    /// Switch every request rate limit off (for load benchmarks only).
+    #[arg(long, env = "CARTWHEEL_NO_RATE_LIMIT")]
+    pub no_rate_limit: bool,
+
+    #[arg(long, env = "CARTWHEEL_SESSION_RATE", default_value_t = defaults::SESSION_RATE_PER_SEC)]
+    pub session_rate_per_sec: u32,
+    #[arg(long, env = "CARTWHEEL_SESSION_BURST", default_value_t = defaults::SESSION_BURST)]
+    pub session_burst: u32,
+    #[arg(long, env = "CARTWHEEL_ADDRESS_RATE", default_value_t = defaults::ADDRESS_RATE_PER_SEC)]
+    pub address_rate_per_sec: u32,
+    #[arg(long, env = "CARTWHEEL_ADDRESS_BURST", default_value_t = defaults::ADDRESS_BURST)]
+    pub address_burst: u32,
+    #[arg(long, env = "CARTWHEEL_WS_FRAME_RATE", default_value_t = defaults::WS_FRAMES_PER_SEC)]
+    pub ws_frames_per_sec: u32,
+    #[arg(long, env = "CARTWHEEL_WS_FRAME_BURST", default_value_t = defaults::WS_FRAME_BURST)]
+    pub ws_frame_burst: u32,
+
+    /// Most units of one product in one cart.
+    #[arg(long, env = "CARTWHEEL_MAX_QUANTITY", default_value_t = CartLimits::DEFAULT_MAX_QUANTITY_PER_LINE)]
+    pub max_quantity_per_line: u32,
+    /// Most different products in one cart.
+    #[arg(long, env = "CARTWHEEL_MAX_LINES", default_value_t = CartLimits::DEFAULT_MAX_LINES)]
+    pub max_lines: usize,
+
+    /// Largest REST request body in bytes.
+    #[arg(long, env = "CARTWHEEL_MAX_BODY_BYTES", default_value_t = defaults::MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Largest WebSocket message in bytes.
+    #[arg(long, env = "CARTWHEEL_MAX_WS_MESSAGE_BYTES", default_value_t = shared::protocol::MAX_WS_MESSAGE_BYTES)]
+    pub max_ws_message_bytes: usize,
+    /// Cart updates queued per connection before stale ones are coalesced.
+    #[arg(long, env = "CARTWHEEL_WS_QUEUE", default_value_t = defaults::WS_QUEUE_CAPACITY)]
+    pub ws_queue_capacity: usize,
+    /// Kernel send buffer per accepted socket in bytes (0 = the kernel's auto-tuning).
+    #[arg(long, env = "CARTWHEEL_SOCKET_SEND_BUFFER_BYTES", default_value_t = defaults::SOCKET_SEND_BUFFER_BYTES)]
+    pub socket_send_buffer_bytes: usize,
+
+    /// Seconds between server heartbeats (WebSocket Ping).
+    #[arg(long, env = "CARTWHEEL_HEARTBEAT_SECS", value_parser = parse_duration_secs, default_value = "25")]
+    pub heartbeat_interval: Duration,
+    /// Seconds a Pong may take before the connection is closed.
+    #[arg(long, env = "CARTWHEEL_HEARTBEAT_TIMEOUT_SECS", value_parser = parse_duration_secs, default_value = "10")]
+    pub heartbeat_timeout: Duration,
+}
+
+fn parse_duration_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if secs.is_finite() && secs > 0.0 {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err("must be a positive number of seconds".into())
+    }
+}
+
+impl Config {
+    /// The defaults, as if started with no flags and no environment (what tests build on).
+    pub fn defaults() -> Config {
+        Config::parse_from(["server"])
+    }
+
+    pub fn cart_limits(&self) -> CartLimits {
+        CartLimits { max_quantity_per_line: self.max_quantity_per_line, max_lines: self.max_lines }
+    }
+}

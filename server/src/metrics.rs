@@ -1,0 +1,78 @@
+//! Prometheus metrics, rendered in the text exposition format at `GET /metrics`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub ws_connections_open: Gauge,
+    pub ws_connections_total: Counter,
+    pub ws_messages_sent: Counter,
+    pub ws_disconnects: Family<Labels, Counter>,
+    pub mutations: Family<Labels, Counter>,
+    /// Seconds from a committed change being published to its frame being written to a socket.
+    pub broadcast_latency: Histogram,
+    pub slow_consumer_events: Counter,
+    pub rate_limited: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("cartwheel");
+        let ws_connections_open = Gauge::default();
+        let ws_connections_total = Counter::default();
+        let ws_messages_sent = Counter::default();
+        let ws_disconnects = Family::<Labels, Counter>::default();
+        let mutations = Family::<Labels, Counter>::default();
+        // 50 µs .. ~1.6 s
+        let broadcast_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        let slow_consumer_events = Counter::default();
+        let rate_limited = Counter::default();
+        registry.register("ws_connections_open", "Open WebSocket connections", ws_connections_open.clone());
+        registry.register("ws_connections", "WebSocket connections accepted", ws_connections_total.clone());
+        registry.register("ws_messages_sent", "WebSocket messages sent", ws_messages_sent.clone());
+        registry.register("ws_disconnects", "WebSocket disconnections by reason", ws_disconnects.clone());
+        registry.register("cart_mutations", "Cart mutation requests by outcome", mutations.clone());
+        registry.register(
+            "broadcast_latency_seconds",
+            "Time from a committed cart change to its frame written to each subscriber",
+            broadcast_latency.clone(),
+        );
+        registry.register(
+            "ws_slow_consumer_events",
+            "Times a connection's update queue overflowed and was replaced by the newest snapshot",
+            slow_consumer_events.clone(),
+        );
+        registry.register("http_rate_limited", "Requests refused with 429", rate_limited.clone());
+        Metrics {
+            registry,
+            ws_connections_open,
+            ws_connections_total,
+            ws_messages_sent,
+            ws_disconnects,
+            mutations,
+            broadcast_latency,
+            slow_consumer_events,
+            rate_limited,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,293 @@
+//! `GET /ws`: one WebSocket connection per micro-frontend instance, subscribed to its session's cart.
+//!
+//! The connection first sends a `CART_UPDATE` snapshot, then every newer version the hub delivers, answers
+//! `PING` with `PONG` and `RESYNC` with a fresh snapshot, and refuses anything else with an `ERROR` frame while
+//! staying open. It closes with 1009 for an oversized frame, 1008 for a client that floods frames, 1001 when the
+//! server shuts down or the peer stops answering heartbeats — and it drops a peer that stops reading rather than
+//! buffer for it without bound.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
+use shared::protocol::close;
+use shared::{CartVersion, ClientMessage, ErrorCode, ServerMessage};
+use tokio::time::{sleep_until, timeout, Instant as TokioInstant};
+
+use crate::app::AppState;
+use crate::config::defaults;
+use crate::error::AppError;
+use crate::hub::Frame;
+use crate::rate_limit::{Rate, TokenBucket};
+use crate::session::Session;
+
+pub async fn upgrade(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    session: Result<Session, AppError>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let session = match session {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(rejection) => return AppError::BadUpgrade(rejection.body_text()).into_response(),
+    };
+    let max_message = app.config.max_ws_message_bytes;
+    upgrade
+        .read_buffer_size(defaults::WS_READ_BUFFER_BYTES)
+        .write_buffer_size(defaults::WS_WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(defaults::WS_MAX_WRITE_BUFFER_BYTES)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |socket| {
+            let connections = app.connections.clone();
+            connections.track_future(serve(socket, app, session, peer))
+        })
+}
+
+/// Why a connection ended (a metric label and a log field).
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    ClientClosed,
+    ClientGone,
+    ServerShutdown,
+    HeartbeatTimeout,
+    MessageTooBig,
+    Flooding,
+    StoppedReading,
+    StoreFailed,
+    ReadError,
+}
+
+impl Ending {
+    fn label(self) -> &'static str {
+        match self {
+            Ending::ClientClosed => "client_closed",
+            Ending::ClientGone => "client_gone",
+            Ending::ServerShutdown => "server_shutdown",
+            Ending::HeartbeatTimeout => "heartbeat_timeout",
+            Ending::MessageTooBig => "message_too_big",
+            Ending::Flooding => "flooding",
+            Ending::StoppedReading => "stopped_reading",
+            Ending::StoreFailed => "store_failed",
+            Ending::ReadError => "read_error",
+        }
+    }
+}
+
+async fn serve(socket: WebSocket, app: AppState, session: Session, peer: SocketAddr) {
+    let started = Instant::now();
+    app.metrics.ws_connections_total.inc();
+    app.metrics.ws_connections_open.inc();
+    tracing::info!(cart = session.cart.short(), peer = %peer, "websocket connected");
+    let mut conn = Connection { socket, app: app.clone(), session, last_sent: None, sent: 0 };
+    let ending = conn.run().await;
+    app.metrics.ws_connections_open.dec();
+    app.metrics.ws_disconnects.get_or_create(&vec![("reason", ending.label())]).inc();
+    tracing::info!(
+        cart = conn.session.cart.short(),
+        peer = %peer,
+        reason = ending.label(),
+        duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        messages_sent = conn.sent,
+        "websocket disconnected"
+    );
+}
+
+struct Connection {
+    socket: WebSocket,
+    app: AppState,
+    session: Session,
+    last_sent: Option<CartVersion>,
+    sent: u64,
+}
+
+enum Sent {
+    Ok,
+    Failed(Ending),
+}
+
+impl Connection {
+    async fn run(&mut self) -> Ending {
+        // Subscribe before reading the snapshot: a change committed in between then arrives as a newer frame
+        // instead of falling into the gap.
+        let subscription = self.app.hub.subscribe(&self.session.cart);
+        if let Sent::Failed(ending) = self.send_snapshot().await {
+            return ending;
+        }
+        let config = self.app.config.clone();
+        let mut frames =
+            TokenBucket::new(Rate { per_sec: config.ws_frames_per_sec, burst: config.ws_frame_burst }, Instant::now());
+        let mut heartbeat =
+            tokio::time::interval_at(TokioInstant::now() + config.heartbeat_interval, config.heartbeat_interval);
+        let mut pong_deadline: Option<TokioInstant> = None;
+        let far_future = TokioInstant::now() + Duration::from_secs(86_400 * 365);
+
+        loop {
+            tokio::select! {
+                () = self.app.shutdown.cancelled() => {
+                    self.close(close::GOING_AWAY, "server shutting down").await;
+                    return Ending::ServerShutdown;
+                }
+                frame = subscription.next() => {
+                    if let Sent::Failed(ending) = self.send_frame(frame).await {
+                        return ending;
+                    }
+                }
+                incoming = self.socket.recv() => {
+                    pong_deadline = None;
+                    let message = match incoming {
+                        None => return Ending::ClientGone,
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => return self.read_failed(e).await,
+                    };
+                    match message {
+                        Message::Text(text) => {
+                            if frames.take(Instant::now()).is_err() {
+                                self.send_error(ErrorCode::RateLimited, "too many messages; closing").await;
+                                self.close(close::POLICY_VIOLATION, "rate limited").await;
+                                return Ending::Flooding;
+                            }
+                            if let Sent::Failed(ending) = self.handle_text(text.as_str()).await {
+                                return ending;
+                            }
+                        }
+                        Message::Binary(_) => {
+                            if frames.take(Instant::now()).is_err() {
+                                self.close(close::POLICY_VIOLATION, "rate limited").await;
+                                return Ending::Flooding;
+                            }
+                            if let Sent::Failed(ending) =
+                                self.send_error(ErrorCode::InvalidMessage, "send JSON text frames").await
+                            {
+                                return ending;
+                            }
+                        }
+                        // tungstenite answers pings itself; any frame proves the peer is alive.
+                        Message::Ping(_) | Message::Pong(_) => {}
+                        Message::Close(_) => return Ending::ClientClosed,
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if pong_deadline.is_none() {
+                        pong_deadline = Some(TokioInstant::now() + config.heartbeat_timeout);
+                    }
+                    if let Sent::Failed(ending) = self.send(Message::Ping(Default::default())).await {
+                        return ending;
+                    }
+                }
+                () = sleep_until(pong_deadline.unwrap_or(far_future)), if pong_deadline.is_some() => {
+                    self.close(close::GOING_AWAY, "heartbeat timeout").await;
+                    return Ending::HeartbeatTimeout;
+                }
+            }
+        }
+    }
+
+    async fn handle_text(&mut self, text: &str) -> Sent {
+        match serde_json::from_str::<ClientMessage>(text) {
+            Ok(ClientMessage::Ping { id }) => {
+                let server_time_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                self.send_message(&ServerMessage::Pong { id, server_time_ms }).await
+            }
+            Ok(ClientMessage::Resync) => self.send_snapshot().await,
+            Err(e) => {
+                let message = format!(
+                    "not a known message: {e}; expected {{\"type\":\"PING\",\"id\":n}} or {{\"type\":\"RESYNC\"}}"
+                );
+                self.send_error(ErrorCode::InvalidMessage, &message).await
+            }
+        }
+    }
+
+    async fn send_snapshot(&mut self) -> Sent {
+        match self.app.cart(&self.session).await {
+            Ok(cart) => {
+                let frame = Frame::cart_update(&cart);
+                self.last_sent = self.last_sent.max(Some(frame.version));
+                self.send(Message::Text(frame.text)).await
+            }
+            Err(e) => {
+                tracing::error!(cart = self.session.cart.short(), error = %e, "cannot load cart for a snapshot");
+                self.close(close::INTERNAL_ERROR, "cart unavailable").await;
+                Sent::Failed(Ending::StoreFailed)
+            }
+        }
+    }
+
+    /// Forward a hub frame unless this connection already showed that version or a newer one.
+    async fn send_frame(&mut self, frame: Frame) -> Sent {
+        if self.last_sent.is_some_and(|v| frame.version <= v) {
+            return Sent::Ok;
+        }
+        self.last_sent = Some(frame.version);
+        let published_at = frame.published_at;
+        let sent = self.send(Message::Text(frame.text)).await;
+        if matches!(sent, Sent::Ok) {
+            self.app.metrics.broadcast_latency.observe(published_at.elapsed().as_secs_f64());
+        }
+        sent
+    }
+
+    async fn send_error(&mut self, code: ErrorCode, message: &str) -> Sent {
+        self.send_message(&ServerMessage::Error { code, message: message.to_owned() }).await
+    }
+
+    async fn send_message(&mut self, message: &ServerMessage) -> Sent {
+        match serde_json::to_string(message) {
+            Ok(text) => self.send(Message::Text(text.into())).await,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialize a server message");
+                Sent::Ok
+            }
+        }
+    }
+
+    /// Write one message; a peer that does not take it within the send timeout has stopped reading.
+    async fn send(&mut self, message: Message) -> Sent {
+        match timeout(defaults::WS_SEND_TIMEOUT, self.socket.send(message)).await {
+            Ok(Ok(())) => {
+                self.sent += 1;
+                self.app.metrics.ws_messages_sent.inc();
+                Sent::Ok
+            }
+            Ok(Err(_)) => Sent::Failed(Ending::ClientGone),
+            Err(_) => Sent::Failed(Ending::StoppedReading),
+        }
+    }
+
+    async fn read_failed(&mut self, error: axum::Error) -> Ending {
+        let too_big = error
+            .into_inner()
+            .downcast_ref::<tungstenite::Error>()
+            .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
+        if too_big {
+            self.close(close::MESSAGE_TOO_BIG, "message too big").await;
+            Ending::MessageTooBig
+        } else {
+            Ending::ReadError
+        }
+    }
+
+    /// Send a close frame and give the peer a moment to answer it, so the close handshake completes.
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let frame = CloseFrame { code, reason: reason.into() };
+        if timeout(defaults::WS_SEND_TIMEOUT, self.socket.send(Message::Close(Some(frame)))).await.is_err() {
+            return;
+        }
+        let _ = timeout(Duration::from_secs(1), async {
+            while let Some(Ok(message)) = self.socket.recv().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
