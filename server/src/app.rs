@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use tower_http::services::ServeDir;
 
 use crate::api::{self, BodyLimit};
+use crate::assets::{self, Assets};
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::error::AppError;
@@ -23,7 +24,7 @@ use crate::origin::{self, OriginPolicy};
 use crate::rate_limit::{self, RequestLimits};
 use crate::session::{self, Session, SessionKeys};
 use crate::store::{CartStore, Mutation, MutationRequest};
-use crate::ws;
+use crate::{page, ws};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -36,6 +37,8 @@ pub struct AppState {
     pub origins: Arc<OriginPolicy>,
     pub request_limits: Option<Arc<RequestLimits>>,
     pub metrics: Arc<Metrics>,
+    /// The browser bundles and stylesheet, content-hashed and precompressed.
+    pub assets: Assets,
     /// Cancelled when the server shuts down: every WebSocket closes with 1001.
     pub shutdown: CancellationToken,
     /// The WebSocket connection tasks, so shutdown can wait for their close handshakes.
@@ -85,6 +88,12 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit::limit))
         .layer(middleware::from_fn_with_state(state.clone(), session::ensure_session));
 
+    // The page gets a session like the API: its first answer sets the cookie its bundles then use.
+    let pages = Router::new()
+        .route("/", get(page::shop))
+        .layer(middleware::from_fn_with_state(state.clone(), rate_limit::limit))
+        .layer(middleware::from_fn_with_state(state.clone(), session::ensure_session));
+
     // `/ws` sits outside `ensure_session`: a socket without a valid session is refused, never given one.
     let ws = Router::new()
         .route(shared::protocol::WS_PATH, get(ws::upgrade))
@@ -93,6 +102,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api", api)
         .merge(ws)
+        .merge(pages)
+        .route(&format!("{}/{{file}}", assets::ASSETS_PATH), get(assets::serve))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .nest_service("/images", ServeDir::new(&state.config.images_dir))

@@ -72,6 +72,18 @@ pub struct Config {
     #[arg(long, env = "CARTWHEEL_IMAGES_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/catalog/images"))]
     pub images_dir: PathBuf,
 
+    /// Where cargo-leptos writes the bundles: one folder per bundle (`shell/`, `product-list/`, `shopping-cart/`).
+    #[arg(long, env = "CARTWHEEL_SITE_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/site"))]
+    pub site_dir: PathBuf,
+
+    /// The stylesheet served to the page.
+    #[arg(long, env = "CARTWHEEL_STYLESHEET", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../style/cartwheel.css"))]
+    pub stylesheet: PathBuf,
+
+    /// Development: reload the bundles and the stylesheet when they change on disk.
+    #[arg(long, env = "CARTWHEEL_WATCH_ASSETS")]
+    pub watch_assets: bool,
+
     /// Origins allowed besides the server's own, comma-separated (e.g. `https://shop.example`).
     #[arg(long = "allowed-origin", env = "CARTWHEEL_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,

@@ -10,12 +10,14 @@
 
 pub mod api;
 pub mod app;
+pub mod assets;
 pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod hub;
 pub mod metrics;
 pub mod origin;
+pub mod page;
 pub mod rate_limit;
 pub mod session;
 pub mod store;
@@ -32,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::AppState;
+use crate::assets::Assets;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{defaults, Config};
 use crate::hub::CartHub;
@@ -52,6 +55,8 @@ pub enum StartupError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("the session secret must be at least {} bytes", session::MIN_SECRET_LEN)]
     WeakSecret,
+    #[error("loading the browser assets failed")]
+    Assets,
     #[error("server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -95,7 +100,14 @@ impl Server {
                 }),
             })
         });
+        // Leptos renders on whatever executor is global; ours is tokio. Err only means it was already set.
+        let _ = any_spawner::Executor::init_tokio();
+        let assets = {
+            let (site, style) = (config.site_dir.clone(), config.stylesheet.clone());
+            tokio::task::spawn_blocking(move || Assets::load(site, style)).await.map_err(|_| StartupError::Assets)?
+        };
         let state = AppState {
+            assets,
             sessions: SessionKeys::new(store.session_secret(), config.https, defaults::SESSION_MAX_AGE),
             origins: Arc::new(OriginPolicy::new(config.https, &config.allowed_origins)),
             config: Arc::new(config),
@@ -121,6 +133,9 @@ impl Server {
         let Server { listener, state, store } = self;
         let addr = listener.local_addr().ok();
         let token = state.shutdown.clone();
+        if state.config.watch_assets {
+            state.assets.watch(token.clone());
+        }
         let connections = state.connections.clone();
         let send_buffer = state.config.socket_send_buffer_bytes;
         let app = app::router(state).into_make_service_with_connect_info::<SocketAddr>();

@@ -5,15 +5,20 @@
 //! which cart version a client may show, and the reconnect schedule all live here once. Nothing in it
 //! does I/O or needs an async runtime.
 
+#[cfg(feature = "browser")]
+pub mod browser;
 pub mod cart;
 pub mod catalog;
+pub mod link;
 pub mod money;
+pub mod page;
 pub mod protocol;
 pub mod reconnect;
 pub mod version;
 
 pub use cart::{Cart, CartContents, CartError, CartLimits, CartLine, CartOp, Change, LineItem};
 pub use catalog::{Product, ProductId};
+pub use link::{LinkReport, LinkState};
 pub use money::Cents;
 pub use protocol::{ClientMessage, ErrorBody, ErrorCode, ErrorDetail, ServerMessage};
 pub use reconnect::{ReconnectPolicy, ReconnectSchedule};

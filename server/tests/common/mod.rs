@@ -37,6 +37,8 @@ pub fn test_config(db: &Path) -> Config {
     let mut c = Config::defaults();
     c.bind = "127.0.0.1:0".parse().unwrap();
     c.database = db.to_path_buf();
+    // No bundles: tests of the page read its server-rendered HTML (bundles are tested end to end).
+    c.site_dir = db.with_file_name("no-site");
     c
 }
 

@@ -1,0 +1,419 @@
+//! [`CartLink`]: one bundle's live connection to its session's cart, and the fallbacks that keep the cart
+//! right when the WebSocket is not open.
+
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+
+use gloo_events::EventListener;
+use gloo_timers::callback::{Interval, Timeout};
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::{JsCast, JsValue};
+use web_sys::{CloseEvent, CustomEvent, CustomEventInit, MessageEvent, VisibilityState, WebSocket};
+
+use super::api::{self, ApiError, CartRequest};
+use crate::cart::Cart;
+use crate::link::{LinkReport, LinkState, LINK_EVENT, LINK_QUERY_EVENT, PING_INTERVAL, POLL_INTERVAL};
+use crate::protocol::{ClientMessage, ServerMessage, CART_EVENT, WS_PATH};
+use crate::reconnect::{ReconnectPolicy, ReconnectSchedule};
+use crate::version::VersionedCart;
+
+thread_local! {
+    /// The bundle's one link (each bundle has its own WASM instance, so its own copy of this).
+    static INSTALLED: RefCell<Option<CartLink>> = const { RefCell::new(None) };
+}
+
+/// A cheap handle to the bundle's link; the link closes when [`CartLink::close`] is called.
+#[derive(Clone)]
+pub struct CartLink(Rc<Inner>);
+
+struct Inner {
+    mfe: &'static str,
+    on_cart: Box<dyn Fn(Cart)>,
+    on_report: Box<dyn Fn(LinkReport)>,
+    state: RefCell<State>,
+}
+
+struct State {
+    socket: Option<Socket>,
+    /// A socket whose `onclose` is running cannot be dropped from inside it; it waits here for the next attempt.
+    retired: Option<Socket>,
+    schedule: ReconnectSchedule,
+    shown: VersionedCart,
+    report: LinkReport,
+    retry: Option<Timeout>,
+    poll: Option<Interval>,
+    ping: Option<Interval>,
+    ping_in_flight: Option<(u64, f64)>,
+    next_ping_id: u64,
+    listeners: Vec<EventListener>,
+    closed: bool,
+}
+
+struct Socket {
+    ws: WebSocket,
+    open: bool,
+    _on_open: Closure<dyn FnMut()>,
+    _on_message: Closure<dyn FnMut(MessageEvent)>,
+    _on_close: Closure<dyn FnMut(CloseEvent)>,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.ws.set_onopen(None);
+        self.ws.set_onmessage(None);
+        self.ws.set_onclose(None);
+        let _ = self.ws.close();
+    }
+}
+
+impl CartLink {
+    /// Start this bundle's link: connect, listen to the page's events, and call `on_cart` with every cart newer
+    /// than the one shown (starting from `initial`, the server-rendered cart) and `on_report` with every change
+    /// of the connection's state.
+    pub fn install(
+        mfe: &'static str,
+        initial: Option<Cart>,
+        on_cart: impl Fn(Cart) + 'static,
+        on_report: impl Fn(LinkReport) + 'static,
+    ) -> CartLink {
+        let mut shown = VersionedCart::new();
+        if let Some(cart) = initial {
+            shown.offer(cart);
+        }
+        let inner = Rc::new(Inner {
+            mfe,
+            on_cart: Box::new(on_cart),
+            on_report: Box::new(on_report),
+            state: RefCell::new(State {
+                socket: None,
+                retired: None,
+                schedule: ReconnectSchedule::new(ReconnectPolicy::default()),
+                shown,
+                report: LinkReport::connecting(mfe),
+                retry: None,
+                poll: None,
+                ping: None,
+                ping_in_flight: None,
+                next_ping_id: 1,
+                listeners: Vec::new(),
+                closed: false,
+            }),
+        });
+        let listeners = page_listeners(&inner);
+        inner.state.borrow_mut().listeners = listeners;
+        Inner::connect(&inner);
+        inner.emit();
+        let link = CartLink(inner);
+        INSTALLED.with(|slot| {
+            if let Some(previous) = slot.borrow_mut().replace(link.clone()) {
+                previous.close();
+            }
+        });
+        link
+    }
+
+    /// The link installed in this bundle, if any.
+    pub fn installed() -> Option<CartLink> {
+        INSTALLED.with(|slot| slot.borrow().clone())
+    }
+
+    /// A cart this bundle received from its own REST call: show it if newer and tell the other bundles.
+    pub fn apply_own(&self, cart: &Cart) {
+        self.0.offer(cart.clone());
+        dispatch_json(CART_EVENT, cart);
+    }
+
+    /// Close the socket, stop every timer and listener. Idempotent.
+    pub fn close(&self) {
+        let (socket, retired, timers, listeners) = {
+            let mut s = self.0.state.borrow_mut();
+            s.closed = true;
+            (
+                s.socket.take(),
+                s.retired.take(),
+                (s.retry.take(), s.poll.take(), s.ping.take()),
+                std::mem::take(&mut s.listeners),
+            )
+        };
+        drop((socket, retired, timers, listeners));
+        INSTALLED.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            if slot.as_ref().is_some_and(|l| Rc::ptr_eq(&l.0, &self.0)) {
+                *slot = None;
+            }
+        });
+    }
+
+    /// The connection's current report.
+    pub fn report(&self) -> LinkReport {
+        self.0.state.borrow().report.clone()
+    }
+}
+
+/// Change the cart over REST (with an `Idempotency-Key`, retried on network errors), then show the answer at
+/// once and dispatch it to the page's other bundles.
+pub async fn mutate(request: CartRequest) -> Result<Cart, ApiError> {
+    let cart = api::send(&request).await?;
+    if let Some(link) = CartLink::installed() {
+        link.apply_own(&cart);
+    }
+    Ok(cart)
+}
+
+impl Inner {
+    fn connect(self: &Rc<Self>) {
+        {
+            let mut s = self.state.borrow_mut();
+            if s.closed || s.socket.is_some() {
+                return;
+            }
+            s.retry = None;
+            s.retired = None;
+        }
+        let ws = match WebSocket::new(&socket_url()) {
+            Ok(ws) => ws,
+            Err(_) => {
+                // Only a malformed URL fails synchronously; treat it like a failed attempt.
+                self.lost(None);
+                return;
+            }
+        };
+        let weak = Rc::downgrade(self);
+        let on_open = {
+            let weak = weak.clone();
+            Closure::<dyn FnMut()>::new(move || with(&weak, |inner| inner.opened()))
+        };
+        let on_message = {
+            let weak = weak.clone();
+            Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| with(&weak, |inner| inner.message(&e)))
+        };
+        let on_close =
+            Closure::<dyn FnMut(CloseEvent)>::new(move |e: CloseEvent| with(&weak, |inner| inner.lost(Some(e.code()))));
+        ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+        ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+        self.state.borrow_mut().socket =
+            Some(Socket { ws, open: false, _on_open: on_open, _on_message: on_message, _on_close: on_close });
+    }
+
+    fn opened(self: &Rc<Self>) {
+        {
+            let mut s = self.state.borrow_mut();
+            s.schedule.opened(now_ms());
+            if let Some(socket) = s.socket.as_mut() {
+                socket.open = true;
+            }
+            s.report.state = LinkState::Live;
+            s.report.retry_in_ms = None;
+            s.report.failures = s.schedule.failures();
+            s.poll = None;
+            let weak = Rc::downgrade(self);
+            s.ping = Some(Interval::new(PING_INTERVAL.as_millis() as u32, move || with(&weak, |inner| inner.ping())));
+        }
+        self.ping();
+        self.emit();
+    }
+
+    fn message(self: &Rc<Self>, event: &MessageEvent) {
+        let Some(text) = event.data().as_string() else { return };
+        match serde_json::from_str::<ServerMessage>(&text) {
+            Ok(ServerMessage::CartUpdate { version, mut data }) => {
+                data.version = version;
+                self.offer(data);
+            }
+            Ok(ServerMessage::Pong { id, .. }) => {
+                let rtt = {
+                    let mut s = self.state.borrow_mut();
+                    match s.ping_in_flight {
+                        Some((sent_id, at)) if sent_id == id => {
+                            s.ping_in_flight = None;
+                            let rtt = (now_ms() as f64 - at).max(0.0) as u32;
+                            s.report.rtt_ms = Some(rtt);
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                if rtt {
+                    self.emit();
+                }
+            }
+            Ok(ServerMessage::Error { code, message }) => {
+                web_sys::console::warn_1(&format!("cartwheel {}: server error {code:?}: {message}", self.mfe).into());
+            }
+            Err(e) => {
+                web_sys::console::warn_1(&format!("cartwheel {}: unreadable frame: {e}", self.mfe).into());
+            }
+        }
+    }
+
+    /// The socket closed (`code`) or could not be created (`None`): schedule the next attempt and poll meanwhile.
+    fn lost(self: &Rc<Self>, _code: Option<u16>) {
+        {
+            let mut s = self.state.borrow_mut();
+            let socket = s.socket.take();
+            s.retired = socket;
+            s.ping = None;
+            s.ping_in_flight = None;
+            if s.closed {
+                return;
+            }
+            let delay = s.schedule.closed(now_ms(), js_sys::Math::random());
+            let online = web_sys::window().is_none_or(|w| w.navigator().on_line());
+            s.report.state = if online { LinkState::Reconnecting } else { LinkState::Offline };
+            s.report.retry_in_ms = Some(delay.as_millis() as u32);
+            s.report.failures = s.schedule.failures();
+            if s.poll.is_none() {
+                let weak = Rc::downgrade(self);
+                s.poll =
+                    Some(Interval::new(POLL_INTERVAL.as_millis() as u32, move || with(&weak, |inner| inner.poll())));
+            }
+            let weak = Rc::downgrade(self);
+            s.retry = Some(Timeout::new(delay.as_millis() as u32, move || with(&weak, |inner| inner.connect())));
+        }
+        self.emit();
+    }
+
+    /// Try now instead of waiting for the timer (the network came back, or the tab became visible).
+    fn reconnect_now(self: &Rc<Self>) {
+        let connected = self.state.borrow().socket.is_some();
+        if !connected {
+            self.connect();
+        }
+    }
+
+    fn ping(self: &Rc<Self>) {
+        let mut s = self.state.borrow_mut();
+        let id = s.next_ping_id;
+        let Some(socket) = s.socket.as_ref().filter(|s| s.open) else { return };
+        let frame = serde_json::to_string(&ClientMessage::Ping { id }).unwrap_or_default();
+        if socket.ws.send_with_str(&frame).is_ok() {
+            s.next_ping_id += 1;
+            s.ping_in_flight = Some((id, now_ms() as f64));
+        }
+    }
+
+    fn resync(self: &Rc<Self>) {
+        let s = self.state.borrow();
+        if let Some(socket) = s.socket.as_ref().filter(|s| s.open) {
+            let frame = serde_json::to_string(&ClientMessage::Resync).unwrap_or_default();
+            let _ = socket.ws.send_with_str(&frame);
+        }
+    }
+
+    fn poll(self: &Rc<Self>) {
+        let weak = Rc::downgrade(self);
+        wasm_bindgen_futures::spawn_local(async move {
+            if let Ok(cart) = api::fetch_cart().await {
+                with(&weak, |inner| inner.offer(cart));
+            }
+        });
+    }
+
+    /// Show `cart` if it is newer than what is shown (the version rule); never call back while borrowed.
+    fn offer(&self, cart: Cart) {
+        let newer = self.state.borrow_mut().shown.offer(cart.clone());
+        if newer {
+            (self.on_cart)(cart);
+        }
+    }
+
+    fn emit(&self) {
+        let report = self.state.borrow().report.clone();
+        (self.on_report)(report.clone());
+        dispatch_json(LINK_EVENT, &report);
+    }
+}
+
+fn with(weak: &Weak<Inner>, f: impl FnOnce(&Rc<Inner>)) {
+    if let Some(inner) = weak.upgrade() {
+        f(&inner);
+    }
+}
+
+fn page_listeners(inner: &Rc<Inner>) -> Vec<EventListener> {
+    let Some(window) = web_sys::window() else { return Vec::new() };
+    let mut listeners = Vec::new();
+    let weak = Rc::downgrade(inner);
+    listeners.push(EventListener::new(&window, "online", move |_| with(&weak, |i| i.reconnect_now())));
+    let weak = Rc::downgrade(inner);
+    listeners.push(EventListener::new(&window, "offline", move |_| {
+        with(&weak, |i| {
+            let changed = {
+                let mut s = i.state.borrow_mut();
+                let down = s.report.state != LinkState::Live;
+                if down {
+                    s.report.state = LinkState::Offline;
+                }
+                down
+            };
+            if changed {
+                i.emit();
+            }
+        })
+    }));
+    if let Some(document) = window.document() {
+        let weak = Rc::downgrade(inner);
+        let doc = document.clone();
+        listeners.push(EventListener::new(&document, "visibilitychange", move |_| {
+            if doc.visibility_state() == VisibilityState::Visible {
+                with(&weak, |i| {
+                    i.reconnect_now();
+                    i.resync();
+                });
+            }
+        }));
+    }
+    let weak = Rc::downgrade(inner);
+    listeners.push(EventListener::new(&window, CART_EVENT, move |event| {
+        if let Some(cart) = event.dyn_ref::<CustomEvent>().and_then(|e| from_detail::<Cart>(&e.detail())) {
+            with(&weak, |i| i.offer(cart));
+        }
+    }));
+    let weak = Rc::downgrade(inner);
+    listeners.push(EventListener::new(&window, LINK_QUERY_EVENT, move |_| with(&weak, |i| i.emit())));
+    listeners
+}
+
+/// Listen to every bundle's [`LinkReport`] (the shell's connection summary). Asks the bundles already running
+/// to report again, so a late listener misses none.
+pub fn on_link_reports(f: impl Fn(LinkReport) + 'static) -> Option<EventListener> {
+    let window = web_sys::window()?;
+    let listener = EventListener::new(&window, LINK_EVENT, move |event| {
+        if let Some(report) = event.dyn_ref::<CustomEvent>().and_then(|e| from_detail::<LinkReport>(&e.detail())) {
+            f(report);
+        }
+    });
+    if let Ok(query) = web_sys::Event::new(LINK_QUERY_EVENT) {
+        let _ = window.dispatch_event(&query);
+    }
+    Some(listener)
+}
+
+fn dispatch_json<T: serde::Serialize>(name: &str, value: &T) {
+    let Some(window) = web_sys::window() else { return };
+    let Ok(json) = serde_json::to_string(value) else { return };
+    let Ok(detail) = js_sys::JSON::parse(&json) else { return };
+    let init = CustomEventInit::new();
+    init.set_detail(&detail);
+    if let Ok(event) = CustomEvent::new_with_event_init_dict(name, &init) {
+        let _ = window.dispatch_event(&event);
+    }
+}
+
+fn from_detail<T: serde::de::DeserializeOwned>(detail: &JsValue) -> Option<T> {
+    let text: String = js_sys::JSON::stringify(detail).ok()?.into();
+    serde_json::from_str(&text).ok()
+}
+
+fn socket_url() -> String {
+    let location = web_sys::window().map(|w| w.location());
+    let protocol = location.as_ref().and_then(|l| l.protocol().ok()).unwrap_or_default();
+    let host = location.as_ref().and_then(|l| l.host().ok()).unwrap_or_default();
+    let scheme = if protocol == "https:" { "wss" } else { "ws" };
+    format!("{scheme}://{host}{WS_PATH}")
+}
+
+fn now_ms() -> u64 {
+    js_sys::Date::now() as u64
+}

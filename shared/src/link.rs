@@ -1,0 +1,117 @@
+//! What a micro-frontend's link to the server looks like from the outside: its state, the report it publishes
+//! so the shell can summarise every MFE's connection, and the timings of the browser-side connection.
+//!
+//! The browser implementation lives in [`crate::browser`] (feature `browser`); these types and numbers are
+//! pure so they are tested on the host and shared with anything that displays them.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the `window` `CustomEvent` each micro-frontend dispatches when its connection changes; its
+/// `detail` is a [`LinkReport`]. The shell listens to it to show every MFE's state in one place.
+pub const LINK_EVENT: &str = "cartwheel:link";
+/// Dispatched (no detail) by a late listener, e.g. the shell after it hydrates: every bundle answers by
+/// dispatching its current [`LINK_EVENT`] again.
+pub const LINK_QUERY_EVENT: &str = "cartwheel:link-query";
+
+/// A `PING` this often while the socket is open, to measure the round trip.
+pub const PING_INTERVAL: Duration = Duration::from_secs(15);
+/// While the socket is not open, `GET /api/cart` this often, so a change from another tab still arrives.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// A REST mutation that fails on the network is retried with the same `Idempotency-Key` this many times.
+pub const MUTATION_RETRIES: u32 = 3;
+
+/// The state of one micro-frontend's WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// The first attempt is under way (also what the server renders).
+    Connecting,
+    /// Open: cart updates arrive live.
+    Live,
+    /// Closed or failed; the next attempt is scheduled. Changes still work over REST and page events.
+    Reconnecting,
+    /// The browser reports no network; a new attempt starts when it comes back.
+    Offline,
+}
+
+impl LinkState {
+    /// Short words for people.
+    pub fn label(self) -> &'static str {
+        match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Live => "live",
+            LinkState::Reconnecting => "reconnecting",
+            LinkState::Offline => "offline",
+        }
+    }
+
+    /// The worst of several states, for a one-word summary of the page.
+    pub fn worst(states: impl IntoIterator<Item = LinkState>) -> Option<LinkState> {
+        states.into_iter().max_by_key(|s| match s {
+            LinkState::Live => 0,
+            LinkState::Connecting => 1,
+            LinkState::Reconnecting => 2,
+            LinkState::Offline => 3,
+        })
+    }
+}
+
+/// What one micro-frontend publishes about its connection (the `detail` of [`LINK_EVENT`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkReport {
+    /// `shell`, `product-list` or `shopping-cart`.
+    pub mfe: String,
+    pub state: LinkState,
+    /// Round trip of the last `PING`, in milliseconds.
+    pub rtt_ms: Option<u32>,
+    /// Milliseconds until the next attempt, while reconnecting.
+    pub retry_in_ms: Option<u32>,
+    /// Consecutive failed attempts.
+    pub failures: u32,
+}
+
+impl LinkReport {
+    pub fn connecting(mfe: &str) -> LinkReport {
+        LinkReport { mfe: mfe.to_owned(), state: LinkState::Connecting, rtt_ms: None, retry_in_ms: None, failures: 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cart::Cart;
+
+    #[test]
+    fn report_round_trips_as_the_event_detail() {
+        let report = LinkReport {
+            mfe: "product-list".into(),
+            state: LinkState::Reconnecting,
+            rtt_ms: Some(12),
+            retry_in_ms: Some(900),
+            failures: 3,
+        };
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(json.contains(r#""state":"reconnecting""#), "{json}");
+        assert_eq!(serde_json::from_str::<LinkReport>(&json).unwrap(), report);
+    }
+
+    #[test]
+    fn cart_event_detail_round_trips_with_its_version() {
+        let mut cart = Cart::empty("EUR");
+        cart.version = 41;
+        let json = serde_json::to_value(&cart).unwrap();
+        assert_eq!(json["version"], 41);
+        assert_eq!(serde_json::from_value::<Cart>(json).unwrap(), cart);
+    }
+
+    #[test]
+    fn worst_state_summarises_the_page() {
+        use LinkState::*;
+        assert_eq!(LinkState::worst([Live, Live, Live]), Some(Live));
+        assert_eq!(LinkState::worst([Live, Reconnecting, Connecting]), Some(Reconnecting));
+        assert_eq!(LinkState::worst([Offline, Reconnecting]), Some(Offline));
+        assert_eq!(LinkState::worst([]), None);
+    }
+}

@@ -1,0 +1,63 @@
+//! The contract between the server-rendered page and the bundles that hydrate it: which element each
+//! micro-frontend owns, and the JSON the server embeds so a bundle starts from exactly what was rendered.
+
+use serde::{Deserialize, Serialize};
+
+use crate::cart::Cart;
+use crate::catalog::Product;
+
+/// Id of the `<script type="application/json">` that holds the [`PageState`].
+pub const STATE_SCRIPT_ID: &str = "cartwheel-state";
+
+/// The element each bundle hydrates: the server renders a bundle's view as this element's only content.
+pub mod mount {
+    pub const SHELL: &str = "cartwheel-shell";
+    pub const PRODUCT_LIST: &str = "mfe-product-list";
+    pub const SHOPPING_CART: &str = "mfe-shopping-cart";
+}
+
+/// What the server rendered the page from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageState {
+    pub products: Vec<Product>,
+    pub cart: Cart,
+}
+
+impl PageState {
+    /// JSON safe to place inside a `<script>` element: `<`, `>` and `&` are escaped, so no `</script>` or
+    /// `<!--` in a product text can end or change the element.
+    pub fn to_script_json(&self) -> String {
+        // Plain data with string keys always serialises.
+        let json = serde_json::to_string(self).unwrap_or_else(|_| "null".to_owned());
+        json.replace('<', "\\u003c").replace('>', "\\u003e").replace('&', "\\u0026")
+    }
+
+    /// Read it back (what a bundle does with the script element's text).
+    pub fn from_script_json(text: &str) -> Result<PageState, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::ProductId;
+    use crate::money::Cents;
+
+    #[test]
+    fn script_json_cannot_close_its_element_and_round_trips() {
+        let product = Product {
+            id: ProductId::from("mug"),
+            name: "Mug </script><script>alert(1)</script> & co".into(),
+            description: "<!-- x -->".into(),
+            price_cents: Cents(900),
+            currency: "EUR".into(),
+            stock: 3,
+            image: "/images/mug.svg".into(),
+        };
+        let state = PageState { products: vec![product], cart: Cart::empty("EUR") };
+        let json = state.to_script_json();
+        assert!(!json.contains('<') && !json.contains('>') && !json.contains('&'), "{json}");
+        assert_eq!(PageState::from_script_json(&json).unwrap(), state);
+    }
+}

@@ -1,0 +1,199 @@
+//! The shell micro-frontend: the page around the other micro-frontends — the header with the shop's name,
+//! the cart-count badge and the connection indicator — and the layout with one mount point per micro-frontend.
+//!
+//! The shell never imports another micro-frontend: the server passes their rendered HTML in as opaque strings
+//! (`inner_html`), and in the browser their own bundles hydrate those elements. The shell keeps its own
+//! WebSocket for the badge and listens to every bundle's [`shared::link::LINK_EVENT`] for the indicator.
+
+use leptos::prelude::*;
+use shared::page::mount;
+use shared::{Cart, LinkReport, LinkState};
+
+/// This bundle's name in connection reports.
+pub const MFE: &str = "shell";
+
+/// The bundles whose connections the indicator lists, in order, with their names for people.
+pub const BUNDLES: [(&str, &str); 3] = [("shell", "Header"), ("product-list", "Products"), ("shopping-cart", "Cart")];
+
+/// What the server rendered into the two other micro-frontends' mount points (`None` in the browser:
+/// hydration leaves the server's markup in place for their bundles).
+#[derive(Debug, Clone, Default)]
+pub struct Slots {
+    pub product_list: Option<String>,
+    pub shopping_cart: Option<String>,
+}
+
+/// The connection reports of every bundle, in [`BUNDLES`] order.
+pub fn initial_reports() -> Vec<LinkReport> {
+    BUNDLES.iter().map(|(mfe, _)| LinkReport::connecting(mfe)).collect()
+}
+
+#[component]
+pub fn Shell(cart: RwSignal<Cart>, links: RwSignal<Vec<LinkReport>>, slots: Slots) -> impl IntoView {
+    let count = move || cart.with(|c| c.item_count);
+    let badge_label = move || match count() {
+        1 => "Cart: 1 item".to_owned(),
+        n => format!("Cart: {n} items"),
+    };
+    view! {
+        <div class="page">
+            <header class="site-header">
+                <a class="brand" href="/">
+                    <span class="brand-mark" aria-hidden="true"></span>
+                    <span class="brand-name">"Cartwheel"</span>
+                </a>
+                <span class="tagline">"Goods for a calm desk"</span>
+                <ConnectionIndicator links />
+                <a class="cart-badge" href=format!("#{}", mount::SHOPPING_CART) aria-label=badge_label>
+                    <span class="cart-badge-label" aria-hidden="true">"Cart"</span>
+                    <span class="cart-count" aria-live="polite" aria-atomic="true" data-count=move || count().to_string()>
+                        {count}
+                    </span>
+                </a>
+            </header>
+            <main class="layout">
+                <div id=mount::PRODUCT_LIST class="mfe mfe-products" inner_html=slots.product_list></div>
+                <aside id=mount::SHOPPING_CART class="mfe mfe-cart" inner_html=slots.shopping_cart></aside>
+            </main>
+            <footer class="site-footer">
+                <p>"Prices include VAT. Carts are kept for you on this device."</p>
+            </footer>
+        </div>
+    }
+}
+
+/// One word for the whole page, and a details view with each bundle's state and round-trip time.
+#[component]
+fn ConnectionIndicator(links: RwSignal<Vec<LinkReport>>) -> impl IntoView {
+    let summary = move || links.with(|l| LinkState::worst(l.iter().map(|r| r.state)).unwrap_or(LinkState::Connecting));
+    let words = move || match summary() {
+        LinkState::Live => "Live",
+        LinkState::Connecting => "Connecting…",
+        LinkState::Reconnecting => "Reconnecting…",
+        LinkState::Offline => "Offline",
+    };
+    view! {
+        <details class="connection" data-state=move || summary().label()>
+            <summary>
+                <span class="status-dot" aria-hidden="true"></span>
+                <span class="status-text">{words}</span>
+            </summary>
+            <div class="connection-details">
+                <p class="connection-note">
+                    "Each part of the page keeps its own live connection. Changes still save while one is down."
+                </p>
+                <table>
+                    <thead>
+                        <tr>
+                            <th scope="col">"Part"</th>
+                            <th scope="col">"State"</th>
+                            <th scope="col">"Round trip"</th>
+                        </tr>
+                    </thead>
+                    <tbody>
+                        {BUNDLES
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (mfe, title))| {
+                                let report = move || links.with(|l| l.get(i).cloned());
+                                view! {
+                                    <tr data-mfe=*mfe data-state=move || report().map(|r| r.state.label()).unwrap_or("connecting")>
+                                        <th scope="row">{*title}</th>
+                                        <td>{move || report().map(describe).unwrap_or_default()}</td>
+                                        <td>
+                                            {move || {
+                                                report()
+                                                    .and_then(|r| r.rtt_ms)
+                                                    .map(|ms| format!("{ms} ms"))
+                                                    .unwrap_or_else(|| "—".to_owned())
+                                            }}
+                                        </td>
+                                    </tr>
+                                }
+                            })
+                            .collect_view()}
+                    </tbody>
+                </table>
+            </div>
+        </details>
+    }
+}
+
+fn describe(report: LinkReport) -> String {
+    match (report.state, report.retry_in_ms) {
+        (LinkState::Reconnecting, Some(ms)) => {
+            format!("reconnecting (attempt {} in {:.1} s)", report.failures + 1, f64::from(ms) / 1000.0)
+        }
+        (state, _) => state.label().to_owned(),
+    }
+}
+
+/// Record `report` in the list (by bundle name; unknown bundles are ignored).
+pub fn record(links: &mut [LinkReport], report: LinkReport) {
+    if let Some(slot) = links.iter_mut().find(|r| r.mfe == report.mfe) {
+        *slot = report;
+    }
+}
+
+/// Server side: the shell as HTML, with the other micro-frontends' HTML in their mount points.
+#[cfg(feature = "ssr")]
+pub fn view_for_server(cart: Cart, slots: Slots) -> impl IntoView {
+    let cart = RwSignal::new(cart);
+    let links = RwSignal::new(initial_reports());
+    view! { <Shell cart links slots /> }
+}
+
+#[cfg(feature = "hydrate")]
+mod bundle {
+    use leptos::prelude::*;
+    use shared::browser::{boot, on_link_reports, CartLink};
+    use shared::page::mount;
+    use wasm_bindgen::prelude::wasm_bindgen;
+
+    use super::{initial_reports, record, Shell, Slots, MFE};
+
+    /// Hydrate the server-rendered shell and open this bundle's link.
+    #[wasm_bindgen]
+    pub fn hydrate() {
+        console_error_panic_hook::set_once();
+        let Some((state, element)) = boot::prepare(MFE, mount::SHELL) else { return };
+        let links = RwSignal::new(initial_reports());
+        let handle = leptos::mount::hydrate_from(element, move || {
+            let cart = RwSignal::new(state.cart.clone());
+            let on_cart = move |c| {
+                cart.try_set(c);
+            };
+            // The shell's own report also arrives through the page event, like every other bundle's.
+            CartLink::install(MFE, Some(state.cart.clone()), on_cart, |_| {});
+            view! { <Shell cart links slots=Slots::default() /> }
+        });
+        let listener = on_link_reports(move |report| {
+            links.try_update(|l| record(l, report));
+        });
+        boot::keep_mounted(Box::new((handle, listener)));
+    }
+
+    /// Close this bundle's socket and timers and remove its view.
+    #[wasm_bindgen]
+    pub fn unmount() {
+        boot::unmount();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_land_in_their_bundles_row() {
+        let mut links = initial_reports();
+        let mut live = LinkReport::connecting("product-list");
+        live.state = LinkState::Live;
+        live.rtt_ms = Some(3);
+        record(&mut links, live.clone());
+        record(&mut links, LinkReport::connecting("someone-else"));
+        assert_eq!(links[1], live);
+        assert_eq!(links.len(), 3);
+        assert_eq!(LinkState::worst(links.iter().map(|r| r.state)), Some(LinkState::Connecting));
+    }
+}
