@@ -35,3 +35,19 @@ cartwheel_setup_test_tools() {
     cargo install cargo-nextest --locked
   fi
 }
+
+# cargo-leptos builds the three bundles; it needs wasm-bindgen at exactly the lockfile's version and wasm-opt
+# from npm's binaryen (Debian's is too old and silently breaks the output). See ../shared/TOOLCHAIN.md.
+CARTWHEEL_CARGO_LEPTOS_VERSION=0.3.10
+
+cartwheel_setup_leptos() {
+  cartwheel_cargo_install cargo-leptos "$CARTWHEEL_CARGO_LEPTOS_VERSION" cargo-leptos --locked
+  local bindgen
+  bindgen=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/"/, "", $3); print $3; exit }' Cargo.lock)
+  # `--locked` fails for this crate on crates.io today (a pinned dependency is gone): install without it.
+  cartwheel_cargo_install wasm-bindgen-cli "$bindgen" wasm-bindgen
+  if ! [ -x node_modules/.bin/wasm-opt ] || ! node_modules/.bin/wasm-opt --version | grep -q "version $(node -p 'require("./package.json").devDependencies.binaryen.split(".")[0]')"; then
+    cartwheel_log "installing binaryen (wasm-opt) from npm"
+    npm ci --no-audit --no-fund
+  fi
+}

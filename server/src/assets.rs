@@ -75,6 +75,7 @@ pub struct AssetSet {
     files: HashMap<String, Asset>,
     bundles: Vec<BundleUrls>,
     stylesheet: Option<String>,
+    icon: Option<String>,
     /// The sources and their modification times, to notice a rebuild.
     sources: Vec<(PathBuf, Option<SystemTime>)>,
 }
@@ -105,6 +106,10 @@ impl AssetSet {
         if set.stylesheet.is_none() {
             tracing::warn!(path = %stylesheet.display(), "stylesheet not found");
         }
+        // The icon sits next to the stylesheet.
+        let icon = stylesheet.with_file_name("favicon.svg");
+        set.watch(&icon);
+        set.icon = set.add(&icon, "image/svg+xml");
         set
     }
 
@@ -141,6 +146,10 @@ impl AssetSet {
 
     pub fn stylesheet(&self) -> Option<&str> {
         self.stylesheet.as_deref()
+    }
+
+    pub fn icon(&self) -> Option<&str> {
+        self.icon.as_deref()
     }
 }
 

@@ -34,6 +34,7 @@ pub async fn shop(State(app): State<AppState>, session: Session, request: Reques
         cart: state.cart,
         slots,
         stylesheet: assets.stylesheet().map(str::to_owned),
+        icon: assets.icon().map(str::to_owned),
         bundles: assets.bundles().to_vec(),
     };
     let render = leptos_axum::render_app_to_stream_with_context(|| {}, move || document.clone().view());
@@ -49,6 +50,7 @@ struct Document {
     cart: shared::Cart,
     slots: shell::Slots,
     stylesheet: Option<String>,
+    icon: Option<String>,
     bundles: Vec<BundleUrls>,
 }
 
@@ -74,6 +76,7 @@ impl Document {
                     <meta name="description" content="Cartwheel: a small shop of well-made things for your desk and home." />
                     <title>"Cartwheel — goods for a calm desk"</title>
                     {self.stylesheet.map(|href| view! { <link rel="stylesheet" href=href /> })}
+                    {self.icon.map(|href| view! { <link rel="icon" type="image/svg+xml" href=href /> })}
                     {preloads}
                     <script type="module" inner_html=loader></script>
                 </head>
