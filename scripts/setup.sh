@@ -51,3 +51,20 @@ cartwheel_setup_leptos() {
     npm ci --no-audit --no-fund
   fi
 }
+
+# End-to-end tests: Debian's Chromium (browsers cannot be downloaded here) and Playwright from npm.
+cartwheel_setup_e2e() {
+  if ! command -v chromium >/dev/null 2>&1; then
+    cartwheel_log "installing Debian's chromium"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium
+  fi
+  local wanted
+  wanted=$(node -p 'require("./end2end/package.json").devDependencies["@playwright/test"]')
+  if [ "$(node -p 'try { require("./end2end/node_modules/@playwright/test/package.json").version } catch { "" }')" != "$wanted" ]; then
+    cartwheel_log "installing @playwright/test $wanted from npm"
+    (cd end2end && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+  fi
+}

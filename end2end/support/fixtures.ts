@@ -22,6 +22,28 @@ export function watch(page: Page): Watched {
   return watched;
 }
 
+/** The badge count, the cart's total in cents, and its lines as `id → quantity`, read from the page. */
+export async function cartOnPage(page: Page): Promise<{ badge: string; total: string | null; lines: Record<string, string> }> {
+  return page.evaluate(() => {
+    const lines: Record<string, string> = {};
+    document.querySelectorAll('.cart-line').forEach((li) => {
+      lines[(li as HTMLElement).dataset.productId!] = li.querySelector('.line-quantity')!.textContent!.trim();
+    });
+    return {
+      badge: document.querySelector('.cart-count')!.textContent!.trim(),
+      total: document.querySelector('.shopping-cart .total')?.getAttribute('data-total-cents') ?? null,
+      lines,
+    };
+  });
+}
+
+/** Add `quantity` of a product through the page's own form. */
+export async function addFromPage(page: Page, id: string, quantity = 1): Promise<void> {
+  const card = page.locator(`.product-card[data-product-id="${id}"]`);
+  await card.locator('input.quantity').fill(String(quantity));
+  await card.locator('button[type=submit]').click();
+}
+
 /** Wait until all three bundles are hydrated and live (each has its own open socket). */
 export async function expectLive(page: Page): Promise<void> {
   await expect(page.locator('.product-list')).toHaveAttribute('data-link', 'live');

@@ -13,8 +13,11 @@ export class ShopServer {
   readonly dir = mkdtempSync(path.join(tmpdir(), 'cartwheel-e2e-'));
   url = '';
 
-  static async start(): Promise<ShopServer> {
-    const server = new ShopServer();
+  constructor(private readonly args: string[] = []) {}
+
+  /** Start on a free port; `args` are extra server flags (e.g. a shorter reconnect schedule). */
+  static async start(args: string[] = []): Promise<ShopServer> {
+    const server = new ShopServer(args);
     await server.launch('127.0.0.1:0');
     return server;
   }
@@ -24,7 +27,8 @@ export class ShopServer {
   }
 
   private launch(bind: string): Promise<void> {
-    const child = spawn(BIN, ['--bind', bind, '--database', path.join(this.dir, 'carts.sqlite3'), '--log', 'info'], {
+    const flags = ['--bind', bind, '--database', path.join(this.dir, 'carts.sqlite3'), '--log', 'warn,server=info', ...this.args];
+    const child = spawn(BIN, flags, {
       env: { ...process.env, NO_COLOR: '1' },
       stdio: ['ignore', 'pipe', 'inherit'],
     });

@@ -89,7 +89,7 @@ fn ProductCard(product: Product, cart: RwSignal<Cart>) -> impl IntoView {
                     <span class="stock" class:low=stock <= 3 class:out=sold_out>{product.stock_label()}</span>
                 </div>
                 <form class="add-form" on:submit=submit novalidate>
-                    <label class="quantity-label" for=input_id.clone()>"Qty"</label>
+                    <label class="quantity-label" for=input_id.clone()>{format!("Quantity of {name}")}</label>
                     <input
                         id=input_id
                         class="quantity"
@@ -161,7 +161,7 @@ mod bundle {
             let on_report = move |r| {
                 link.try_set(r);
             };
-            CartLink::install(MFE, Some(state.cart.clone()), on_cart, on_report);
+            CartLink::install(MFE, state.reconnect.policy(), Some(state.cart.clone()), on_cart, on_report);
             view! { <ProductList products=state.products cart link /> }
         });
         boot::keep_mounted(Box::new(handle));

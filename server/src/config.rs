@@ -137,6 +137,12 @@ pub struct Config {
     #[arg(long, env = "CARTWHEEL_SOCKET_SEND_BUFFER_BYTES", default_value_t = defaults::SOCKET_SEND_BUFFER_BYTES)]
     pub socket_send_buffer_bytes: usize,
 
+    /// The browser's WebSocket retry schedule: first ceiling and cap, in milliseconds (full jitter below them).
+    #[arg(long, env = "CARTWHEEL_RECONNECT_BASE_MS", default_value_t = shared::page::ReconnectSettings::default().base_ms)]
+    pub reconnect_base_ms: u64,
+    #[arg(long, env = "CARTWHEEL_RECONNECT_MAX_MS", default_value_t = shared::page::ReconnectSettings::default().max_ms)]
+    pub reconnect_max_ms: u64,
+
     /// Seconds between server heartbeats (WebSocket Ping).
     #[arg(long, env = "CARTWHEEL_HEARTBEAT_SECS", value_parser = parse_duration_secs, default_value = "25")]
     pub heartbeat_interval: Duration,

@@ -13,7 +13,7 @@ use axum::http::header::CACHE_CONTROL;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use leptos::prelude::*;
-use shared::page::{mount, PageState, STATE_SCRIPT_ID};
+use shared::page::{mount, PageState, ReconnectSettings, STATE_SCRIPT_ID};
 
 use crate::app::AppState;
 use crate::assets::BundleUrls;
@@ -23,7 +23,8 @@ use crate::session::Session;
 /// `GET /`.
 pub async fn shop(State(app): State<AppState>, session: Session, request: Request<Body>) -> Result<Response, AppError> {
     let cart = app.cart(&session).await?;
-    let state = PageState { products: app.catalog.products().to_vec(), cart };
+    let reconnect = ReconnectSettings { base_ms: app.config.reconnect_base_ms, max_ms: app.config.reconnect_max_ms };
+    let state = PageState { products: app.catalog.products().to_vec(), cart, reconnect };
     let slots = shell::Slots {
         product_list: Some(product_list::render_to_html(&state)),
         shopping_cart: Some(shopping_cart::render_to_html(&state)),

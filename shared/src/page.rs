@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cart::Cart;
 use crate::catalog::Product;
+use crate::reconnect::ReconnectPolicy;
+use std::time::Duration;
 
 /// Id of the `<script type="application/json">` that holds the [`PageState`].
 pub const STATE_SCRIPT_ID: &str = "cartwheel-state";
@@ -21,6 +23,36 @@ pub mod mount {
 pub struct PageState {
     pub products: Vec<Product>,
     pub cart: Cart,
+    /// How the bundles retry a lost WebSocket (the operator may tune it; tests shorten it).
+    pub reconnect: ReconnectSettings,
+}
+
+/// The tunable part of [`crate::ReconnectPolicy`], in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconnectSettings {
+    pub base_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Default for ReconnectSettings {
+    fn default() -> Self {
+        let p = ReconnectPolicy::default();
+        ReconnectSettings { base_ms: p.base.as_millis() as u64, max_ms: p.max.as_millis() as u64 }
+    }
+}
+
+impl ReconnectSettings {
+    /// The policy, with the default minimum delay and healthy period; a base above the cap is capped.
+    pub fn policy(self) -> ReconnectPolicy {
+        let max = Duration::from_millis(self.max_ms.max(1));
+        let base = Duration::from_millis(self.base_ms.max(1)).min(max);
+        ReconnectPolicy {
+            base,
+            max,
+            min_delay: ReconnectPolicy::DEFAULT_MIN_DELAY.min(base),
+            ..ReconnectPolicy::default()
+        }
+    }
 }
 
 impl PageState {
@@ -55,9 +87,22 @@ mod tests {
             stock: 3,
             image: "/images/mug.svg".into(),
         };
-        let state = PageState { products: vec![product], cart: Cart::empty("EUR") };
+        let state =
+            PageState { products: vec![product], cart: Cart::empty("EUR"), reconnect: ReconnectSettings::default() };
         let json = state.to_script_json();
         assert!(!json.contains('<') && !json.contains('>') && !json.contains('&'), "{json}");
         assert_eq!(PageState::from_script_json(&json).unwrap(), state);
+    }
+
+    #[test]
+    fn reconnect_settings_make_a_sane_policy() {
+        let p = ReconnectSettings { base_ms: 100, max_ms: 800 }.policy();
+        assert_eq!(
+            (p.base, p.max, p.min_delay),
+            (Duration::from_millis(100), Duration::from_millis(800), Duration::from_millis(100))
+        );
+        let inverted = ReconnectSettings { base_ms: 5000, max_ms: 1000 }.policy();
+        assert_eq!(inverted.base, inverted.max, "a base above the cap is capped");
+        assert_eq!(ReconnectSettings::default().policy(), ReconnectPolicy::default());
     }
 }

@@ -69,7 +69,7 @@ fn ConnectionIndicator(links: RwSignal<Vec<LinkReport>>) -> impl IntoView {
     let words = move || match summary() {
         LinkState::Live => "Live",
         LinkState::Connecting => "Connecting…",
-        LinkState::Reconnecting => "Reconnecting…",
+        LinkState::Reconnecting => "Reconnecting… changes still save",
         LinkState::Offline => "Offline",
     };
     view! {
@@ -164,7 +164,7 @@ mod bundle {
                 cart.try_set(c);
             };
             // The shell's own report also arrives through the page event, like every other bundle's.
-            CartLink::install(MFE, Some(state.cart.clone()), on_cart, |_| {});
+            CartLink::install(MFE, state.reconnect.policy(), Some(state.cart.clone()), on_cart, |_| {});
             view! { <Shell cart links slots=Slots::default() /> }
         });
         let listener = on_link_reports(move |report| {

@@ -194,7 +194,7 @@ mod bundle {
             let on_report = move |r| {
                 link.try_set(r);
             };
-            CartLink::install(MFE, Some(state.cart.clone()), on_cart, on_report);
+            CartLink::install(MFE, state.reconnect.policy(), Some(state.cart.clone()), on_cart, on_report);
             view! { <ShoppingCart cart link /> }
         });
         boot::keep_mounted(Box::new(handle));

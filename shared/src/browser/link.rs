@@ -72,6 +72,7 @@ impl CartLink {
     /// of the connection's state.
     pub fn install(
         mfe: &'static str,
+        policy: ReconnectPolicy,
         initial: Option<Cart>,
         on_cart: impl Fn(Cart) + 'static,
         on_report: impl Fn(LinkReport) + 'static,
@@ -87,7 +88,7 @@ impl CartLink {
             state: RefCell::new(State {
                 socket: None,
                 retired: None,
-                schedule: ReconnectSchedule::new(ReconnectPolicy::default()),
+                schedule: ReconnectSchedule::new(policy),
                 shown,
                 report: LinkReport::connecting(mfe),
                 retry: None,
@@ -170,7 +171,7 @@ impl Inner {
             s.retry = None;
             s.retired = None;
         }
-        let ws = match WebSocket::new(&socket_url()) {
+        let ws = match WebSocket::new(&socket_url(self.mfe)) {
             Ok(ws) => ws,
             Err(_) => {
                 // Only a malformed URL fails synchronously; treat it like a failed attempt.
@@ -406,12 +407,13 @@ fn from_detail<T: serde::de::DeserializeOwned>(detail: &JsValue) -> Option<T> {
     serde_json::from_str(&text).ok()
 }
 
-fn socket_url() -> String {
+/// `/ws?mfe=<bundle>`: the server ignores the query; it tells the bundles' sockets apart in logs and tests.
+fn socket_url(mfe: &str) -> String {
     let location = web_sys::window().map(|w| w.location());
     let protocol = location.as_ref().and_then(|l| l.protocol().ok()).unwrap_or_default();
     let host = location.as_ref().and_then(|l| l.host().ok()).unwrap_or_default();
     let scheme = if protocol == "https:" { "wss" } else { "ws" };
-    format!("{scheme}://{host}{WS_PATH}")
+    format!("{scheme}://{host}{WS_PATH}?mfe={mfe}")
 }
 
 fn now_ms() -> u64 {

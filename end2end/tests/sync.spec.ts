@@ -1,0 +1,57 @@
+// Several pages: one shopper's tabs stay in step; two shoppers never see each other's cart.
+import { test, expect, expectLive, addFromPage } from '../support/fixtures';
+
+test('a change in one tab appears in the other within a second, both ways', async ({ context }) => {
+  const a = await context.newPage();
+  const b = await context.newPage();
+  await a.goto('/');
+  await b.goto('/');
+  await expectLive(a);
+  await expectLive(b);
+
+  await addFromPage(a, 'copper-planter', 2);
+  await expect(b.locator('.cart-count')).toHaveText('2', { timeout: 1000 });
+  await expect(b.locator('.cart-line[data-product-id="copper-planter"] .line-quantity')).toHaveText('2', { timeout: 1000 });
+
+  await b.getByRole('button', { name: 'One more Copper Planter' }).click();
+  await expect(a.locator('.cart-count')).toHaveText('3', { timeout: 1000 });
+  await expect(a.locator('.shopping-cart .total')).toHaveText('€108.00', { timeout: 1000 });
+
+  await a.getByRole('button', { name: 'Clear cart' }).click();
+  await expect(b.locator('.cart-empty')).toBeVisible({ timeout: 1000 });
+});
+
+test('two shoppers never see each other\'s cart, not even for a moment', async ({ browser, baseURL }) => {
+  const alice = await (await browser.newContext({ baseURL })).newPage();
+  const bob = await (await browser.newContext({ baseURL })).newPage();
+  const bobFrames: string[] = [];
+  bob.on('websocket', (ws) => ws.on('framereceived', (f) => bobFrames.push(String(f.payload))));
+  await alice.goto('/');
+  await bob.goto('/');
+  await expectLive(alice);
+  await expectLive(bob);
+  // Record every value Bob's badge ever shows and every cart frame his sockets receive.
+  await bob.evaluate(() => {
+    const seen: string[] = [];
+    (window as any).__badges = seen;
+    const badge = document.querySelector('.cart-count')!;
+    new MutationObserver(() => seen.push(badge.textContent!.trim())).observe(badge, {
+      childList: true,
+      characterData: true,
+      subtree: true,
+    });
+  });
+
+  await addFromPage(alice, 'bamboo-organizer', 3);
+  await expect(alice.locator('.cart-count')).toHaveText('3');
+  // Bob makes a change of his own afterwards: once it shows, anything of Alice's would have arrived before it.
+  await addFromPage(bob, 'beeswax-candle', 1);
+  await expect(bob.locator('.cart-count')).toHaveText('1');
+  const badges: string[] = await bob.evaluate(() => (window as any).__badges);
+  expect(badges.every((b) => b === '0' || b === '1')).toBe(true);
+  expect(badges.at(-1)).toBe('1');
+  expect(bobFrames.length).toBeGreaterThan(0);
+  await expect(bob.locator('.cart-line[data-product-id="bamboo-organizer"]')).toHaveCount(0);
+  expect(bobFrames.some((f) => f.includes('bamboo-organizer'))).toBe(false);
+  await expect(alice.locator('.cart-line[data-product-id="beeswax-candle"]')).toHaveCount(0);
+});
