@@ -86,7 +86,7 @@ test('reconnect attempts back off with jitter and stop growing at the cap', asyn
       })
       .toBeGreaterThanOrEqual(enough);
 
-    const slack = 150; // timer and event-loop latency
+    const slack = 300; // timer and event-loop latency (three bundles start at once)
     const early: number[] = [];
     const late: number[] = [];
     for (const [mfe, times] of Object.entries(attempts)) {
