@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use shared::protocol::close;
 use shared::{CartVersion, ClientMessage, ErrorCode, ServerMessage};
@@ -27,6 +27,7 @@ use crate::session::Session;
 pub async fn upgrade(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
     session: Result<Session, AppError>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -47,7 +48,7 @@ pub async fn upgrade(
         .max_frame_size(max_message)
         .on_upgrade(move |socket| {
             let connections = app.connections.clone();
-            connections.track_future(serve(socket, app, session, peer))
+            connections.track_future(serve(socket, app, session, peer, client_label(query.as_deref())))
         })
 }
 
@@ -81,11 +82,17 @@ impl Ending {
     }
 }
 
-async fn serve(socket: WebSocket, app: AppState, session: Session, peer: SocketAddr) {
+/// Which part of the page opened the socket (`?mfe=product-list`), for logs only: at most 32 of `a-z0-9-`.
+fn client_label(query: Option<&str>) -> String {
+    let value = query.unwrap_or_default().split('&').find_map(|pair| pair.strip_prefix("mfe=")).unwrap_or_default();
+    value.chars().filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-').take(32).collect()
+}
+
+async fn serve(socket: WebSocket, app: AppState, session: Session, peer: SocketAddr, client: String) {
     let started = Instant::now();
     app.metrics.ws_connections_total.inc();
     app.metrics.ws_connections_open.inc();
-    tracing::info!(cart = session.cart.short(), peer = %peer, "websocket connected");
+    tracing::info!(cart = session.cart.short(), peer = %peer, client, "websocket connected");
     let mut conn = Connection { socket, app: app.clone(), session, last_sent: None, sent: 0 };
     let ending = conn.run().await;
     app.metrics.ws_connections_open.dec();
@@ -93,6 +100,7 @@ async fn serve(socket: WebSocket, app: AppState, session: Session, peer: SocketA
     tracing::info!(
         cart = conn.session.cart.short(),
         peer = %peer,
+        client,
         reason = ending.label(),
         duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         messages_sent = conn.sent,
@@ -289,5 +297,19 @@ impl Connection {
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_label;
+
+    #[test]
+    fn client_label_is_bounded_and_sanitised() {
+        assert_eq!(client_label(Some("mfe=product-list")), "product-list");
+        assert_eq!(client_label(Some("x=1&mfe=shell")), "shell");
+        assert_eq!(client_label(Some("mfe=%0Aevil\"<b>")), "0evilb");
+        assert_eq!(client_label(Some(&format!("mfe={}", "a".repeat(100)))).len(), 32);
+        assert_eq!(client_label(None), "");
     }
 }
