@@ -44,6 +44,8 @@ async fn main() {
     let mut child = Command::new(&bin)
         .args(["--bind", "127.0.0.1:0", "--no-rate-limit", "--log", "warn,server=info", "--database"])
         .arg(dir.path().join("carts.sqlite3"))
+        .arg("--site-dir")
+        .arg(dir.path().join("no-site"))
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .spawn()

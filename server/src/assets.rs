@@ -33,7 +33,7 @@ pub const ASSETS_PATH: &str = "/assets";
 /// Browsers may keep an asset this long: its name changes with its content.
 pub const IMMUTABLE_CACHE: &str = "public, max-age=31536000, immutable";
 /// Files bigger than this (debug bundles) are brotli-compressed at a fast level, so start-up stays quick.
-pub const BROTLI_BEST_MAX_BYTES: usize = 2 * 1024 * 1024;
+pub const BROTLI_BEST_MAX_BYTES: usize = 512 * 1024;
 /// How often `--watch-assets` looks for changed files.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 

@@ -49,6 +49,9 @@ impl Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
             .args(["--bind", "127.0.0.1:0", "--database"])
             .arg(db)
+            // No bundles to compress at start-up: this test is about the store.
+            .arg("--site-dir")
+            .arg(db.with_file_name("no-site"))
             .env("CARTWHEEL_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
