@@ -63,7 +63,10 @@ struct Subscriber {
 
 pub async fn run(server: &ServerProcess, scenario: &Scenario) -> Result<Report, String> {
     let mut report = Report::default();
-    let http = reqwest::Client::builder().pool_max_idle_per_host(scenario.carts.min(512)).build().map_err(|e| e.to_string())?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(scenario.carts.min(512))
+        .build()
+        .map_err(|e| e.to_string())?;
     let base = server.base.clone();
     let addr = base.trim_start_matches("http://").to_owned();
 
@@ -103,7 +106,8 @@ pub async fn run(server: &ServerProcess, scenario: &Scenario) -> Result<Report, 
             let cookie = cookies[cart].clone();
             let addr = addr.clone();
             async move {
-                let mut request = format!("ws://{addr}/ws?mfe=bench").into_client_request().map_err(|e| e.to_string())?;
+                let mut request =
+                    format!("ws://{addr}/ws?mfe=bench").into_client_request().map_err(|e| e.to_string())?;
                 request.headers_mut().insert("cookie", HeaderValue::from_str(&cookie).map_err(|e| e.to_string())?);
                 let started = Instant::now();
                 let (mut ws, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| e.to_string())?;

@@ -6,11 +6,13 @@
 //! target/release/bench            # S1–S4
 //! target/release/bench s3         # one scenario
 //! target/release/bench custom --carts 10 --subscribers 100 --mutations 500 --rate 50
+//! target/release/bench weight     # bundle sizes against bench/wasm-budget.json
 //! ```
 
 mod load;
 mod process;
 mod stats;
+mod weight;
 
 use std::path::PathBuf;
 
@@ -23,7 +25,7 @@ use stats::ms;
 #[derive(Parser)]
 #[command(name = "bench", about = "Cartwheel load benchmark: fan-out latency, throughput, memory per connection")]
 struct Args {
-    /// Scenarios to run: s1, s2, s3, s4, all, or custom (with the flags below).
+    /// Scenarios to run: s1, s2, s3, s4, all, or custom (with the flags below); or `weight` for the WASM report.
     #[arg(default_value = "all")]
     scenario: String,
     /// The server binary.
@@ -41,6 +43,12 @@ struct Args {
     /// Mutations per second; 0 = as fast as the server answers.
     #[arg(long, default_value_t = 20.0)]
     rate: f64,
+    /// `weight`: where cargo-leptos wrote the bundles.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/site"))]
+    site_dir: PathBuf,
+    /// `weight`: the budgets.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/wasm-budget.json"))]
+    budget: PathBuf,
 }
 
 fn named(name: &str) -> Option<Scenario> {
@@ -62,6 +70,24 @@ fn named(name: &str) -> Option<Scenario> {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if args.scenario == "weight" {
+        return match weight::report(&args.site_dir, &args.budget) {
+            Ok(failures) if failures.is_empty() => {
+                println!("every bundle is within its budget ({})", args.budget.display());
+                std::process::ExitCode::SUCCESS
+            }
+            Ok(failures) => {
+                for f in failures {
+                    eprintln!("OVER BUDGET: {f}");
+                }
+                std::process::ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("weight: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let files = process::raise_open_files();
     let server_core = args.server_core.parse::<usize>().ok();
     if let Some(core) = server_core {
@@ -73,7 +99,10 @@ fn main() -> std::process::ExitCode {
     let scenarios: Vec<Scenario> = match args.scenario.as_str() {
         "all" => ["s1", "s2", "s3", "s4"].iter().filter_map(|n| named(n)).collect(),
         "custom" => vec![Scenario {
-            name: format!("custom {} carts × {} subscribers, {} mutations", args.carts, args.subscribers, args.mutations),
+            name: format!(
+                "custom {} carts × {} subscribers, {} mutations",
+                args.carts, args.subscribers, args.mutations
+            ),
             carts: args.carts,
             subscribers_per_cart: args.subscribers,
             mutations: args.mutations,
@@ -166,7 +195,12 @@ fn print_report(scenario: &Scenario, mut r: Report) {
         ms(r.fanout.max()),
         r.lost
     );
-    println!("PING→PONG p50 {:.3} ms, p99 {:.3} ms ({} samples)", ms(r.ping.quantile(0.5)), ms(r.ping.quantile(0.99)), r.ping.len());
+    println!(
+        "PING→PONG p50 {:.3} ms, p99 {:.3} ms ({} samples)",
+        ms(r.ping.quantile(0.5)),
+        ms(r.ping.quantile(0.99)),
+        r.ping.len()
+    );
     let json = serde_json::json!({
         "scenario": scenario.name,
         "connections_ok": r.connections_ok,

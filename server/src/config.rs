@@ -32,8 +32,9 @@ pub mod defaults {
     pub const WS_SEND_TIMEOUT: Duration = Duration::from_secs(10);
     /// Cart updates queued for one connection before stale ones are dropped in favour of the newest.
     pub const WS_QUEUE_CAPACITY: usize = 16;
-    /// tungstenite's buffers; its 128 KiB defaults would cost that much per idle connection.
-    pub const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+    /// tungstenite's buffers: its 128 KiB read default would cost that much per idle connection; clients send tiny
+    /// frames (PING, RESYNC), and larger ones are simply read in several chunks.
+    pub const WS_READ_BUFFER_BYTES: usize = 2 * 1024;
     pub const WS_WRITE_BUFFER_BYTES: usize = 0;
     pub const WS_MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
     /// Kernel send buffer (SO_SNDBUF) of every accepted socket; 0 leaves the kernel's auto-tuning (up to 4 MiB).
