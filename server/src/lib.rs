@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::AppState;
+use crate::app::{AppParts, AppState};
 use crate::assets::Assets;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{defaults, Config};
@@ -106,7 +106,7 @@ impl Server {
             let (site, style) = (config.site_dir.clone(), config.stylesheet.clone());
             tokio::task::spawn_blocking(move || Assets::load(site, style)).await.map_err(|_| StartupError::Assets)?
         };
-        let state = AppState {
+        let state = AppState::new(AppParts {
             assets,
             sessions: SessionKeys::new(store.session_secret(), config.https, defaults::SESSION_MAX_AGE),
             origins: Arc::new(OriginPolicy::new(config.https, &config.allowed_origins)),
@@ -119,7 +119,7 @@ impl Server {
             metrics,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
-        };
+        });
         Ok(Server { listener, state, store })
     }
 
