@@ -53,6 +53,9 @@ pub struct Report {
     pub mutation_seconds: f64,
     pub ping: Samples,
     pub cpu_percent: f64,
+    /// From the server's own histogram (`cartwheel_broadcast_latency_seconds`): commit → frame written, as the
+    /// upper bounds of the buckets holding p50, p99 and p99.9 (seconds).
+    pub server_fanout: Option<[f64; 3]>,
 }
 
 struct Subscriber {
@@ -249,6 +252,12 @@ pub async fn run(server: &ServerProcess, scenario: &Scenario) -> Result<Report, 
         std::future::pending::<()>().await
     };
     let subs = tokio::select! { s = collect => s, () = stopper => unreachable!() };
+    if let Ok(r) = http.get(format!("{base}/metrics")).send().await {
+        if let Ok(text) = r.text().await {
+            report.server_fanout =
+                histogram_quantiles(&text, "cartwheel_broadcast_latency_seconds", [0.5, 0.99, 0.999]);
+        }
+    }
     for (cart, sub) in subs {
         report.deliveries += sub.last_seen;
         report.lost += finals[cart].saturating_sub(sub.last_seen);
@@ -258,6 +267,29 @@ pub async fn run(server: &ServerProcess, scenario: &Scenario) -> Result<Report, 
         }
     }
     Ok(report)
+}
+
+/// Quantiles of a Prometheus histogram, as the upper bound (`le`) of the bucket each falls in.
+fn histogram_quantiles(metrics: &str, name: &str, qs: [f64; 3]) -> Option<[f64; 3]> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, count.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let mut out = [0.0; 3];
+    for (slot, q) in out.iter_mut().zip(qs) {
+        *slot = buckets.iter().find(|(_, c)| *c >= q * total).map_or(f64::INFINITY, |(le, _)| *le);
+    }
+    Some(out)
 }
 
 /// The version of a `CART_UPDATE` frame, read without parsing the cart.
@@ -273,6 +305,13 @@ fn version_of(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::version_of;
+
+    #[test]
+    fn histogram_quantiles_pick_the_bucket_bounds() {
+        let text = "x_bucket{le=\"0.001\"} 50\nx_bucket{le=\"0.002\"} 99\nx_bucket{le=\"0.004\"} 100\nx_bucket{le=\"+Inf\"} 100\n";
+        assert_eq!(super::histogram_quantiles(text, "x", [0.5, 0.99, 0.999]), Some([0.001, 0.002, 0.004]));
+        assert_eq!(super::histogram_quantiles("", "x", [0.5, 0.99, 0.999]), None);
+    }
 
     #[test]
     fn reads_the_version_of_an_update_only() {

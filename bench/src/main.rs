@@ -195,6 +195,14 @@ fn print_report(scenario: &Scenario, mut r: Report) {
         ms(r.fanout.max()),
         r.lost
     );
+    if let Some([p50, p99, p999]) = r.server_fanout {
+        println!(
+            "server-side fan-out, commit → frame written (bucket bounds): p50 ≤ {:.3} ms, p99 ≤ {:.3} ms, p99.9 ≤ {:.3} ms",
+            p50 * 1000.0,
+            p99 * 1000.0,
+            p999 * 1000.0
+        );
+    }
     println!(
         "PING→PONG p50 {:.3} ms, p99 {:.3} ms ({} samples)",
         ms(r.ping.quantile(0.5)),
@@ -221,6 +229,7 @@ fn print_report(scenario: &Scenario, mut r: Report) {
         "lost": r.lost,
         "ping_ms": {"p50": ms(r.ping.quantile(0.5)), "p99": ms(r.ping.quantile(0.99))},
         "server_cpu_percent": r.cpu_percent,
+        "server_fanout_ms_bucket_bounds": r.server_fanout.map(|q| q.map(|s| s * 1000.0)),
     });
     println!("{json}");
 }
