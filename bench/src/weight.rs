@@ -7,9 +7,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-/// One bundle: cargo-leptos's site folder and output name.
-const BUNDLES: [(&str, &str); 3] =
-    [("shell", "shell"), ("product-list", "product_list"), ("shopping-cart", "shopping_cart")];
+use shared::page::BUNDLES;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Weight {

@@ -37,22 +37,6 @@ pub const BROTLI_BEST_MAX_BYTES: usize = 512 * 1024;
 /// How often `--watch-assets` looks for changed files.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// One micro-frontend bundle: where cargo-leptos puts it and what it is called.
-#[derive(Debug, Clone, Copy)]
-pub struct BundleSpec {
-    /// The bundle's name (`shell`, `product-list`, `shopping-cart`): its site-root folder and its report name.
-    pub name: &'static str,
-    /// cargo-leptos's `output-name`: the stem of the `.js` and `.wasm` files.
-    pub output: &'static str,
-}
-
-/// The three bundles, in the order the page starts them.
-pub const BUNDLES: [BundleSpec; 3] = [
-    BundleSpec { name: "shell", output: "shell" },
-    BundleSpec { name: "product-list", output: "product_list" },
-    BundleSpec { name: "shopping-cart", output: "shopping_cart" },
-];
-
 /// URLs of one loaded bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BundleUrls {
@@ -84,20 +68,20 @@ impl AssetSet {
     /// Read, hash and compress everything found under `site_dir` and the stylesheet at `stylesheet`.
     pub fn load(site_dir: &Path, stylesheet: &Path) -> AssetSet {
         let mut set = AssetSet::default();
-        for spec in BUNDLES {
-            let pkg = site_dir.join(spec.name).join("pkg");
-            let js = pkg.join(format!("{}.js", spec.output));
+        for (name, output) in shared::page::BUNDLES {
+            let pkg = site_dir.join(name).join("pkg");
+            let js = pkg.join(format!("{output}.js"));
             // cargo-leptos names the module `<output>.wasm`; wasm-bindgen alone would write `<output>_bg.wasm`.
-            let wasm = [pkg.join(format!("{}.wasm", spec.output)), pkg.join(format!("{}_bg.wasm", spec.output))]
+            let wasm = [pkg.join(format!("{output}.wasm")), pkg.join(format!("{output}_bg.wasm"))]
                 .into_iter()
                 .find(|p| p.is_file())
-                .unwrap_or_else(|| pkg.join(format!("{}.wasm", spec.output)));
+                .unwrap_or_else(|| pkg.join(format!("{output}.wasm")));
             set.watch(&js);
             set.watch(&wasm);
             match (set.add(&js, "text/javascript; charset=utf-8"), set.add(&wasm, "application/wasm")) {
-                (Some(js), Some(wasm)) => set.bundles.push(BundleUrls { name: spec.name, js, wasm }),
+                (Some(js), Some(wasm)) => set.bundles.push(BundleUrls { name, js, wasm }),
                 _ => {
-                    tracing::warn!(bundle = spec.name, dir = %pkg.display(), "bundle not built; the page will not load it")
+                    tracing::warn!(bundle = name, dir = %pkg.display(), "bundle not built; the page will not load it")
                 }
             }
         }

@@ -11,6 +11,11 @@ use std::time::Duration;
 /// Id of the `<script type="application/json">` that holds the [`PageState`].
 pub const STATE_SCRIPT_ID: &str = "cartwheel-state";
 
+/// Every bundle: its name (cargo-leptos project, site folder, connection reports) and cargo-leptos's
+/// `output-name` (the stem of its `.js` and `.wasm`), in the order the page starts them.
+pub const BUNDLES: [(&str, &str); 3] =
+    [("shell", "shell"), ("product-list", "product_list"), ("shopping-cart", "shopping_cart")];
+
 /// The element each bundle hydrates: the server renders a bundle's view as this element's only content.
 pub mod mount {
     pub const SHELL: &str = "cartwheel-shell";

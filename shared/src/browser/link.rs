@@ -105,11 +105,11 @@ impl CartLink {
         Inner::connect(&inner);
         inner.emit();
         let link = CartLink(inner);
-        INSTALLED.with(|slot| {
-            if let Some(previous) = slot.borrow_mut().replace(link.clone()) {
-                previous.close();
-            }
-        });
+        // Take the previous link out first: closing it touches INSTALLED again.
+        let previous = INSTALLED.with(|slot| slot.borrow_mut().replace(link.clone()));
+        if let Some(previous) = previous {
+            previous.close();
+        }
         link
     }
 
