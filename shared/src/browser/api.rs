@@ -1,10 +1,13 @@
-//! REST calls to the cart API, with the error shown to people when they fail.
+//! REST calls to the cart API with the browser's `fetch`, and the error shown to people when they fail.
 
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+
+use super::json;
 use crate::cart::Cart;
 use crate::link::MUTATION_RETRIES;
 use crate::protocol::{AddToCart, ErrorBody, ErrorCode, SetQuantity};
 use crate::reconnect::ReconnectPolicy;
-use gloo_net::http::{Request, RequestBuilder, Response};
 
 /// A change to the session's cart, as the REST API takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +49,8 @@ impl std::fmt::Display for ApiError {
 
 /// `GET /api/cart`.
 pub async fn fetch_cart() -> Result<Cart, ApiError> {
-    let response = Request::get("/api/cart").send().await.map_err(|_| ApiError::network())?;
-    read_cart(response).await
+    let (status, body) = call("GET", "/api/cart", None, None).await?;
+    read_cart(status, body)
 }
 
 /// Apply a change over REST. Network failures, 429 and 5xx are retried with the same `Idempotency-Key`, so a
@@ -55,14 +58,23 @@ pub async fn fetch_cart() -> Result<Cart, ApiError> {
 pub async fn send(request: &CartRequest) -> Result<Cart, ApiError> {
     let key = idempotency_key();
     let policy = ReconnectPolicy::default();
+    let (method, path, body) = match request {
+        CartRequest::Add { product_id, quantity } => (
+            "POST",
+            "/api/cart".to_owned(),
+            json::stringify(&AddToCart { product_id: product_id.as_str().into(), quantity: *quantity }),
+        ),
+        CartRequest::Set { product_id, quantity } => {
+            ("PUT", item_path(product_id), json::stringify(&SetQuantity { quantity: *quantity }))
+        }
+        CartRequest::Remove { product_id } => ("DELETE", item_path(product_id), None),
+        CartRequest::Clear => ("DELETE", "/api/cart".to_owned(), None),
+    };
     let mut attempt = 0;
     loop {
-        let result = match build(request, &key) {
-            Ok(r) => match r.send().await {
-                Ok(response) => read_cart(response).await,
-                Err(_) => Err(ApiError::network()),
-            },
-            Err(e) => return Err(e),
+        let result = match call(method, &path, body.as_deref(), Some(&key)).await {
+            Ok((status, body)) => read_cart(status, body),
+            Err(e) => Err(e),
         };
         match result {
             Err(e) if e.retryable() && attempt < MUTATION_RETRIES => {
@@ -76,18 +88,30 @@ pub async fn send(request: &CartRequest) -> Result<Cart, ApiError> {
     }
 }
 
-fn build(request: &CartRequest, key: &str) -> Result<Request, ApiError> {
-    let with_key = |b: RequestBuilder| b.header("Idempotency-Key", key);
-    let built = match request {
-        CartRequest::Add { product_id, quantity } => with_key(Request::post("/api/cart"))
-            .json(&AddToCart { product_id: product_id.as_str().into(), quantity: *quantity }),
-        CartRequest::Set { product_id, quantity } => {
-            with_key(Request::put(&item_path(product_id))).json(&SetQuantity { quantity: *quantity })
-        }
-        CartRequest::Remove { product_id } => with_key(Request::delete(&item_path(product_id))).build(),
-        CartRequest::Clear => with_key(Request::delete("/api/cart")).build(),
+/// One `fetch`: the status and the parsed JSON body (`null` when there is none). `Err` only when the server
+/// could not be reached.
+async fn call(method: &str, path: &str, body: Option<&str>, key: Option<&str>) -> Result<(u16, JsValue), ApiError> {
+    let network = |_| ApiError::network();
+    let init = web_sys::RequestInit::new();
+    init.set_method(method);
+    let headers = web_sys::Headers::new().map_err(network)?;
+    if let Some(body) = body {
+        headers.set("content-type", "application/json").map_err(network)?;
+        init.set_body(&JsValue::from_str(body));
+    }
+    if let Some(key) = key {
+        headers.set("idempotency-key", key).map_err(network)?;
+    }
+    init.set_headers(&headers);
+    let request = web_sys::Request::new_with_str_and_init(path, &init).map_err(network)?;
+    let window = web_sys::window().ok_or_else(ApiError::network)?;
+    let response: web_sys::Response =
+        JsFuture::from(window.fetch_with_request(&request)).await.map_err(network)?.dyn_into().map_err(network)?;
+    let json = match response.json() {
+        Ok(promise) => JsFuture::from(promise).await.unwrap_or(JsValue::NULL),
+        Err(_) => JsValue::NULL,
     };
-    built.map_err(|e| ApiError { status: None, code: ErrorCode::Internal, message: e.to_string() })
+    Ok((response.status(), json))
 }
 
 fn item_path(product_id: &str) -> String {
@@ -95,18 +119,17 @@ fn item_path(product_id: &str) -> String {
     format!("/api/cart/items/{encoded}")
 }
 
-async fn read_cart(response: Response) -> Result<Cart, ApiError> {
-    let status = response.status();
+fn read_cart(status: u16, body: JsValue) -> Result<Cart, ApiError> {
     if (200..300).contains(&status) {
-        return response.json::<Cart>().await.map_err(|_| ApiError {
+        return json::from_js::<Cart>(body).ok_or_else(|| ApiError {
             status: Some(status),
             code: ErrorCode::Internal,
             message: "The shop sent an answer this page does not understand. Reload the page.".to_owned(),
         });
     }
-    match response.json::<ErrorBody>().await {
-        Ok(body) => Err(ApiError { status: Some(status), code: body.error.code, message: body.error.message }),
-        Err(_) => Err(ApiError {
+    match json::from_js::<ErrorBody>(body) {
+        Some(body) => Err(ApiError { status: Some(status), code: body.error.code, message: body.error.message }),
+        None => Err(ApiError {
             status: Some(status),
             code: if status >= 500 { ErrorCode::ServiceUnavailable } else { ErrorCode::Unknown },
             message: format!("The shop answered with an error ({status}). Please try again."),

@@ -14,7 +14,7 @@ pub fn page_state() -> Result<PageState, String> {
     let document = web_sys::window().and_then(|w| w.document()).ok_or("no document")?;
     let script = document.get_element_by_id(STATE_SCRIPT_ID).ok_or("the page has no state script")?;
     let text = script.text_content().unwrap_or_default();
-    PageState::from_script_json(&text).map_err(|e| format!("unreadable page state: {e}"))
+    super::json::parse::<PageState>(&text).ok_or_else(|| "unreadable page state".to_owned())
 }
 
 /// Report a bundle that cannot start, in the console and on its mount element (`data-failed`), so a

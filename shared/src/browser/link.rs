@@ -11,6 +11,7 @@ use wasm_bindgen::{JsCast, JsValue};
 use web_sys::{CloseEvent, CustomEvent, CustomEventInit, MessageEvent, VisibilityState, WebSocket};
 
 use super::api::{self, ApiError, CartRequest};
+use super::json;
 use crate::cart::Cart;
 use crate::link::{LinkReport, LinkState, LINK_EVENT, LINK_QUERY_EVENT, PING_INTERVAL, POLL_INTERVAL};
 use crate::protocol::{ClientMessage, ServerMessage, CART_EVENT, WS_PATH};
@@ -217,12 +218,12 @@ impl Inner {
 
     fn message(self: &Rc<Self>, event: &MessageEvent) {
         let Some(text) = event.data().as_string() else { return };
-        match serde_json::from_str::<ServerMessage>(&text) {
-            Ok(ServerMessage::CartUpdate { version, mut data }) => {
+        match json::parse::<ServerMessage>(&text) {
+            Some(ServerMessage::CartUpdate { version, mut data }) => {
                 data.version = version;
                 self.offer(data);
             }
-            Ok(ServerMessage::Pong { id, .. }) => {
+            Some(ServerMessage::Pong { id, .. }) => {
                 let rtt = {
                     let mut s = self.state.borrow_mut();
                     match s.ping_in_flight {
@@ -239,11 +240,11 @@ impl Inner {
                     self.emit();
                 }
             }
-            Ok(ServerMessage::Error { code, message }) => {
+            Some(ServerMessage::Error { code, message }) => {
                 web_sys::console::warn_1(&format!("cartwheel {}: server error {code:?}: {message}", self.mfe).into());
             }
-            Err(e) => {
-                web_sys::console::warn_1(&format!("cartwheel {}: unreadable frame: {e}", self.mfe).into());
+            None => {
+                web_sys::console::warn_1(&format!("cartwheel {}: unreadable frame", self.mfe).into());
             }
         }
     }
@@ -287,7 +288,7 @@ impl Inner {
         let mut s = self.state.borrow_mut();
         let id = s.next_ping_id;
         let Some(socket) = s.socket.as_ref().filter(|s| s.open) else { return };
-        let frame = serde_json::to_string(&ClientMessage::Ping { id }).unwrap_or_default();
+        let frame = json::stringify(&ClientMessage::Ping { id }).unwrap_or_default();
         if socket.ws.send_with_str(&frame).is_ok() {
             s.next_ping_id += 1;
             s.ping_in_flight = Some((id, now_ms() as f64));
@@ -297,7 +298,7 @@ impl Inner {
     fn resync(self: &Rc<Self>) {
         let s = self.state.borrow();
         if let Some(socket) = s.socket.as_ref().filter(|s| s.open) {
-            let frame = serde_json::to_string(&ClientMessage::Resync).unwrap_or_default();
+            let frame = json::stringify(&ClientMessage::Resync).unwrap_or_default();
             let _ = socket.ws.send_with_str(&frame);
         }
     }
@@ -393,8 +394,7 @@ pub fn on_link_reports(f: impl Fn(LinkReport) + 'static) -> Option<EventListener
 
 fn dispatch_json<T: serde::Serialize>(name: &str, value: &T) {
     let Some(window) = web_sys::window() else { return };
-    let Ok(json) = serde_json::to_string(value) else { return };
-    let Ok(detail) = js_sys::JSON::parse(&json) else { return };
+    let Some(detail) = json::to_js(value) else { return };
     let init = CustomEventInit::new();
     init.set_detail(&detail);
     if let Ok(event) = CustomEvent::new_with_event_init_dict(name, &init) {
@@ -403,8 +403,7 @@ fn dispatch_json<T: serde::Serialize>(name: &str, value: &T) {
 }
 
 fn from_detail<T: serde::de::DeserializeOwned>(detail: &JsValue) -> Option<T> {
-    let text: String = js_sys::JSON::stringify(detail).ok()?.into();
-    serde_json::from_str(&text).ok()
+    json::from_js(detail.clone())
 }
 
 /// `/ws?mfe=<bundle>`: the server ignores the query; it tells the bundles' sockets apart in logs and tests.

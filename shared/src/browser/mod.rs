@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod boot;
+mod json;
 pub mod link;
 
 pub use api::{ApiError, CartRequest};
