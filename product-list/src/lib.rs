@@ -125,46 +125,44 @@ fn ProductCard(product: Product, cart: RwSignal<Cart>) -> impl IntoView {
     }
 }
 
-/// Server side: the list as HTML, rendered from the same component the bundle hydrates.
+/// The bundle's whole view, from the state the page was rendered from. In the browser (`connect`) it also opens
+/// this bundle's link, which feeds the same signals; the server renders it without one.
+fn root(state: shared::page::PageState, connect: bool) -> impl IntoView {
+    let cart = RwSignal::new(state.cart.clone());
+    let link = RwSignal::new(LinkReport::connecting(MFE));
+    if connect {
+        let on_cart = move |c| {
+            cart.try_set(c);
+        };
+        let on_report = move |r| {
+            link.try_set(r);
+        };
+        shared::browser::CartLink::install(MFE, state.reconnect.policy(), Some(state.cart.clone()), on_cart, on_report);
+    }
+    view! { <ProductList products=state.products cart link /> }
+}
+
+/// Server side: the list as HTML, rendered from the same view the bundle hydrates.
 #[cfg(feature = "ssr")]
 pub fn render_to_html(state: &shared::page::PageState) -> String {
     use leptos::tachys::view::RenderHtml;
-    let owner = Owner::new();
-    owner.with(|| {
-        let cart = RwSignal::new(state.cart.clone());
-        let link = RwSignal::new(LinkReport::connecting(MFE));
-        view! { <ProductList products=state.products.clone() cart link /> }.to_html()
-    })
+    Owner::new().with(|| root(state.clone(), false).to_html())
 }
 
 #[cfg(feature = "hydrate")]
 mod bundle {
-    use leptos::prelude::*;
-    use shared::browser::{boot, CartLink};
+    use shared::browser::boot;
     use shared::page::mount;
-    use shared::LinkReport;
     use wasm_bindgen::prelude::wasm_bindgen;
 
-    use super::{ProductList, MFE};
+    use super::{root, MFE};
 
     /// Hydrate the server-rendered markup and open this bundle's link.
     #[wasm_bindgen]
     pub fn hydrate() {
         console_error_panic_hook::set_once();
         let Some((state, element)) = boot::prepare(MFE, mount::PRODUCT_LIST) else { return };
-        let handle = leptos::mount::hydrate_from(element, move || {
-            let cart = RwSignal::new(state.cart.clone());
-            let link = RwSignal::new(LinkReport::connecting(MFE));
-            let on_cart = move |c| {
-                cart.try_set(c);
-            };
-            let on_report = move |r| {
-                link.try_set(r);
-            };
-            CartLink::install(MFE, state.reconnect.policy(), Some(state.cart.clone()), on_cart, on_report);
-            view! { <ProductList products=state.products cart link /> }
-        });
-        boot::keep_mounted(Box::new(handle));
+        boot::keep_mounted(Box::new(leptos::mount::hydrate_from(element, move || root(state, true))));
     }
 
     /// Close this bundle's socket and timers and remove its view.
