@@ -22,16 +22,18 @@ export function watch(page: Page): Watched {
   return watched;
 }
 
-/** The badge count, the cart's total in cents, and its lines as `id → quantity`, read from the page. */
+/** The badge count, the cart's total in cents (null while no total is shown), and its lines as `id → quantity`,
+ *  read from the page. */
 export async function cartOnPage(page: Page): Promise<{ badge: string; total: string | null; lines: Record<string, string> }> {
   return page.evaluate(() => {
     const lines: Record<string, string> = {};
     document.querySelectorAll('.cart-line').forEach((li) => {
       lines[(li as HTMLElement).dataset.productId!] = li.querySelector('.line-quantity')!.textContent!.trim();
     });
+    const total = document.querySelector('.shopping-cart .total');
     return {
       badge: document.querySelector('.cart-count')!.textContent!.trim(),
-      total: document.querySelector('.shopping-cart .total')?.getAttribute('data-total-cents') ?? null,
+      total: total && !total.closest('[hidden]') ? total.getAttribute('data-total-cents') : null,
       lines,
     };
   });

@@ -160,7 +160,6 @@ mod bundle {
     /// Hydrate the server-rendered markup and open this bundle's link.
     #[wasm_bindgen]
     pub fn hydrate() {
-        console_error_panic_hook::set_once();
         let Some((state, element)) = boot::prepare(MFE, mount::PRODUCT_LIST) else { return };
         boot::keep_mounted(Box::new(leptos::mount::hydrate_from(element, move || root(state, true))));
     }

@@ -76,12 +76,37 @@ impl LinkReport {
     pub fn connecting(mfe: &str) -> LinkReport {
         LinkReport { mfe: mfe.to_owned(), state: LinkState::Connecting, rtt_ms: None, retry_in_ms: None, failures: 0 }
     }
+
+    /// The state in words for people, with the next attempt while reconnecting ("reconnecting (attempt 3 in
+    /// 1.2 s)"). Integer arithmetic only: float formatting would add ~10 KB to a bundle.
+    pub fn describe(&self) -> String {
+        match (self.state, self.retry_in_ms) {
+            (LinkState::Reconnecting, Some(ms)) => {
+                let tenths = ms.saturating_add(50) / 100;
+                format!("reconnecting (attempt {} in {}.{} s)", self.failures + 1, tenths / 10, tenths % 10)
+            }
+            (state, _) => state.label().to_owned(),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cart::Cart;
+
+    #[test]
+    fn description_rounds_the_wait_to_tenths_of_a_second() {
+        let mut report = LinkReport::connecting("shell");
+        assert_eq!(report.describe(), "connecting");
+        report.state = LinkState::Reconnecting;
+        report.failures = 2;
+        assert_eq!(report.describe(), "reconnecting");
+        for (ms, words) in [(0, "0.0"), (49, "0.0"), (50, "0.1"), (1249, "1.2"), (1250, "1.3"), (30_000, "30.0")] {
+            report.retry_in_ms = Some(ms);
+            assert_eq!(report.describe(), format!("reconnecting (attempt 3 in {words} s)"));
+        }
+    }
 
     #[test]
     fn report_round_trips_as_the_event_detail() {

@@ -99,7 +99,7 @@ fn ConnectionIndicator(links: RwSignal<Vec<LinkReport>>) -> impl IntoView {
                                 view! {
                                     <tr data-mfe=*mfe data-state=move || report().map(|r| r.state.label()).unwrap_or("connecting")>
                                         <th scope="row">{*title}</th>
-                                        <td>{move || report().map(describe).unwrap_or_default()}</td>
+                                        <td>{move || report().map(|r| r.describe()).unwrap_or_default()}</td>
                                         <td>
                                             {move || {
                                                 report()
@@ -116,15 +116,6 @@ fn ConnectionIndicator(links: RwSignal<Vec<LinkReport>>) -> impl IntoView {
                 </table>
             </div>
         </details>
-    }
-}
-
-fn describe(report: LinkReport) -> String {
-    match (report.state, report.retry_in_ms) {
-        (LinkState::Reconnecting, Some(ms)) => {
-            format!("reconnecting (attempt {} in {:.1} s)", report.failures + 1, f64::from(ms) / 1000.0)
-        }
-        (state, _) => state.label().to_owned(),
     }
 }
 
@@ -155,7 +146,6 @@ mod bundle {
     /// Hydrate the server-rendered shell and open this bundle's link.
     #[wasm_bindgen]
     pub fn hydrate() {
-        console_error_panic_hook::set_once();
         let Some((state, element)) = boot::prepare(MFE, mount::SHELL) else { return };
         let links = RwSignal::new(initial_reports());
         let handle = leptos::mount::hydrate_from(element, move || {

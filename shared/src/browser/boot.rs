@@ -27,7 +27,11 @@ pub fn report_failure(mfe: &str, mount_id: &str, error: &str) {
 }
 
 /// Everything a bundle needs to hydrate: the page state and its mount element; failures are reported.
+/// In debug builds panics are also printed to the console with their message; release bundles leave that out
+/// (it links the panic formatting machinery) and a panic shows as a `RuntimeError: unreachable` trap.
 pub fn prepare(mfe: &str, mount_id: &str) -> Option<(PageState, web_sys::HtmlElement)> {
+    #[cfg(debug_assertions)]
+    console_error_panic_hook::set_once();
     match (page_state(), mount_element(mount_id)) {
         (Ok(state), Some(element)) => Some((state, element)),
         (Err(e), _) => {

@@ -1,9 +1,19 @@
-//! JSON in the browser through the browser's own `JSON.parse`/`JSON.stringify` and serde-wasm-bindgen, so the
-//! bundles carry no JSON parser of their own (serde_json led twiggy's list of dependencies by size).
+//! JSON in the browser through the browser's own `JSON.parse`/`JSON.stringify`, so the bundles carry no JSON
+//! parser of their own (serde_json led twiggy's list of dependencies by size).
+//!
+//! Parsed values are read into our types by [`JsDeserializer`], a small serde deserializer over `JsValue`.
+//! It exists for weight, not features: its error carries no message, so serde's error formatting (which
+//! drags float printing, `{:?}` of strings and every "invalid type: …" text into each bundle) is never linked.
+//! A bundle only needs to know *that* a frame or body did not have the expected shape; the server's tests
+//! (serde_json, same types) pin down the shape itself.
 
-use serde::de::DeserializeOwned;
+use std::fmt;
+
+use js_sys::{Array, Object, Reflect};
+use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
+use serde::forward_to_deserialize_any;
 use serde::Serialize;
-use wasm_bindgen::JsValue;
+use wasm_bindgen::{JsCast, JsValue};
 
 /// Parse JSON text into `T`.
 pub fn parse<T: DeserializeOwned>(text: &str) -> Option<T> {
@@ -13,7 +23,7 @@ pub fn parse<T: DeserializeOwned>(text: &str) -> Option<T> {
 
 /// A JS value (e.g. an event's `detail` or a `fetch` body) into `T`.
 pub fn from_js<T: DeserializeOwned>(value: JsValue) -> Option<T> {
-    serde_wasm_bindgen::from_value(value).ok()
+    T::deserialize(JsDeserializer(value)).ok()
 }
 
 /// `T` as a plain JS object (objects for maps, numbers for integers), e.g. an event's `detail`.
@@ -24,4 +34,305 @@ pub fn to_js<T: Serialize>(value: &T) -> Option<JsValue> {
 /// `T` as JSON text.
 pub fn stringify<T: Serialize>(value: &T) -> Option<String> {
     js_sys::JSON::stringify(&to_js(value)?).ok().map(String::from)
+}
+
+/// The value did not have the shape the target type expects. Deliberately without detail (see the module doc).
+#[derive(Debug)]
+pub struct ShapeError;
+
+impl fmt::Display for ShapeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("unexpected JSON shape")
+    }
+}
+
+impl std::error::Error for ShapeError {}
+
+impl de::Error for ShapeError {
+    fn custom<T: fmt::Display>(_: T) -> Self {
+        ShapeError
+    }
+}
+
+/// Largest integer a JS number holds exactly (2^53 − 1); larger "integers" were already rounded by `JSON.parse`.
+const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
+
+/// Reads a parsed JSON value (null, boolean, number, string, array, plain object) into a serde type.
+pub struct JsDeserializer(pub JsValue);
+
+impl JsDeserializer {
+    /// The number as an exact integer, if it is one.
+    fn integer(&self) -> Option<f64> {
+        let n = self.0.as_f64()?;
+        (n.fract() == 0.0 && n.abs() <= MAX_SAFE_INTEGER).then_some(n)
+    }
+}
+
+impl<'de> de::Deserializer<'de> for JsDeserializer {
+    type Error = ShapeError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ShapeError> {
+        let v = &self.0;
+        if v.is_null() || v.is_undefined() {
+            visitor.visit_unit()
+        } else if let Some(b) = v.as_bool() {
+            visitor.visit_bool(b)
+        } else if let Some(n) = self.integer() {
+            if n < 0.0 {
+                visitor.visit_i64(n as i64)
+            } else {
+                visitor.visit_u64(n as u64)
+            }
+        } else if let Some(n) = v.as_f64() {
+            visitor.visit_f64(n)
+        } else if let Some(s) = v.as_string() {
+            visitor.visit_string(s)
+        } else if Array::is_array(v) {
+            visitor.visit_seq(Elements::new(self.0.unchecked_into()))
+        } else if v.is_object() {
+            visitor.visit_map(Entries::new(self.0.unchecked_into()))
+        } else {
+            Err(ShapeError)
+        }
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ShapeError> {
+        if self.0.is_null() || self.0.is_undefined() {
+            visitor.visit_none()
+        } else {
+            visitor.visit_some(self)
+        }
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _: &'static str, visitor: V) -> Result<V::Value, ShapeError> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    /// Only unit variants written as strings (`"live"`), which is all our enums use outside tagged frames.
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, ShapeError> {
+        let name = self.0.as_string().ok_or(ShapeError)?;
+        visitor.visit_enum(UnitVariant(name))
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ShapeError> {
+        visitor.visit_unit()
+    }
+
+    // The typed entry points below each check for their one expected kind, so a type's deserializer does not
+    // carry every branch of `deserialize_any` (that alone was ~12 KB of a bundle).
+
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ShapeError> {
+        visitor.visit_bool(self.0.as_bool().ok_or(ShapeError)?)
+    }
+
+    fn deserialize_i64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ShapeError> {
+        visitor.visit_i64(self.integer().ok_or(ShapeError)? as i64)
+    }
+
+    fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ShapeError> {
+        let n = self.integer().filter(|n| *n >= 0.0).ok_or(ShapeError)?;
+        visitor.visit_u64(n as u64)
+    }
+
+    fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ShapeError> {
+        visitor.visit_f64(self.0.as_f64().ok_or(ShapeError)?)
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ShapeError> {
+        visitor.visit_string(self.0.as_string().ok_or(ShapeError)?)
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ShapeError> {
+        if !Array::is_array(&self.0) {
+            return Err(ShapeError);
+        }
+        visitor.visit_seq(Elements::new(self.0.unchecked_into()))
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ShapeError> {
+        if !self.0.is_object() || Array::is_array(&self.0) {
+            return Err(ShapeError);
+        }
+        visitor.visit_map(Entries::new(self.0.unchecked_into()))
+    }
+
+    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ShapeError> {
+        if !(self.0.is_null() || self.0.is_undefined()) {
+            return Err(ShapeError);
+        }
+        visitor.visit_unit()
+    }
+
+    fn deserialize_i8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ShapeError> {
+        self.deserialize_i64(visitor)
+    }
+
+    fn deserialize_i16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ShapeError> {
+        self.deserialize_i64(visitor)
+    }
+
+    fn deserialize_i32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ShapeError> {
+        self.deserialize_i64(visitor)
+    }
+
+    fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ShapeError> {
+        self.deserialize_u64(visitor)
+    }
+
+    fn deserialize_u16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ShapeError> {
+        self.deserialize_u64(visitor)
+    }
+
+    fn deserialize_u32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ShapeError> {
+        self.deserialize_u64(visitor)
+    }
+
+    fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ShapeError> {
+        self.deserialize_f64(visitor)
+    }
+
+    fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ShapeError> {
+        self.deserialize_string(visitor)
+    }
+
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ShapeError> {
+        self.deserialize_string(visitor)
+    }
+
+    fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ShapeError> {
+        self.deserialize_string(visitor)
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(self, _: &'static str, visitor: V) -> Result<V::Value, ShapeError> {
+        self.deserialize_unit(visitor)
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(self, _: usize, visitor: V) -> Result<V::Value, ShapeError> {
+        self.deserialize_seq(visitor)
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: usize,
+        visitor: V,
+    ) -> Result<V::Value, ShapeError> {
+        self.deserialize_seq(visitor)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, ShapeError> {
+        self.deserialize_map(visitor)
+    }
+
+    forward_to_deserialize_any! { i128 u128 bytes byte_buf }
+}
+
+/// An array's elements, in order.
+struct Elements {
+    array: Array,
+    next: u32,
+}
+
+impl Elements {
+    fn new(array: Array) -> Self {
+        Elements { array, next: 0 }
+    }
+}
+
+impl<'de> de::SeqAccess<'de> for Elements {
+    type Error = ShapeError;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, ShapeError> {
+        if self.next >= self.array.length() {
+            return Ok(None);
+        }
+        let value = self.array.get(self.next);
+        self.next += 1;
+        seed.deserialize(JsDeserializer(value)).map(Some)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.array.length().saturating_sub(self.next) as usize)
+    }
+}
+
+/// An object's own enumerable properties, in the order `Object.keys` gives them.
+struct Entries {
+    object: Object,
+    keys: Elements,
+    value: Option<JsValue>,
+}
+
+impl Entries {
+    fn new(object: Object) -> Self {
+        let keys = Elements::new(Object::keys(&object));
+        Entries { object, keys, value: None }
+    }
+}
+
+impl<'de> de::MapAccess<'de> for Entries {
+    type Error = ShapeError;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, ShapeError> {
+        if self.keys.next >= self.keys.array.length() {
+            return Ok(None);
+        }
+        let key = self.keys.array.get(self.keys.next);
+        self.keys.next += 1;
+        self.value = Some(Reflect::get(&self.object, &key).map_err(|_| ShapeError)?);
+        seed.deserialize(JsDeserializer(key)).map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, ShapeError> {
+        let value = self.value.take().ok_or(ShapeError)?;
+        seed.deserialize(JsDeserializer(value))
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        de::SeqAccess::size_hint(&self.keys)
+    }
+}
+
+/// A unit variant named by a string.
+struct UnitVariant(String);
+
+impl<'de> de::EnumAccess<'de> for UnitVariant {
+    type Error = ShapeError;
+    type Variant = Self;
+
+    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Self), ShapeError> {
+        let name: de::value::StrDeserializer<'_, ShapeError> = self.0.as_str().into_deserializer();
+        let value = seed.deserialize(name)?;
+        Ok((value, self))
+    }
+}
+
+impl<'de> de::VariantAccess<'de> for UnitVariant {
+    type Error = ShapeError;
+
+    fn unit_variant(self) -> Result<(), ShapeError> {
+        Ok(())
+    }
+
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, _: T) -> Result<T::Value, ShapeError> {
+        Err(ShapeError)
+    }
+
+    fn tuple_variant<V: Visitor<'de>>(self, _: usize, _: V) -> Result<V::Value, ShapeError> {
+        Err(ShapeError)
+    }
+
+    fn struct_variant<V: Visitor<'de>>(self, _: &'static [&'static str], _: V) -> Result<V::Value, ShapeError> {
+        Err(ShapeError)
+    }
 }
