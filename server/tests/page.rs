@@ -35,7 +35,8 @@ async fn first_paint_shows_products_and_this_sessions_cart_without_any_script() 
     }
     assert!(html.contains("€34.00"), "prices are formatted from cents");
     assert!(html.contains("Only 3 left") && html.contains("Out of stock"));
-    assert!(html.contains("Your cart is empty"));
+    assert!(html.contains(r#"<p class="cart-empty">Your cart is empty"#), "the empty state is shown");
+    assert!(html.contains(r#"<div hidden class="cart-body">"#), "no lines, no total");
     assert!(html.contains(r#"data-count="0""#));
     for mount in ["cartwheel-shell", "mfe-product-list", "mfe-shopping-cart"] {
         assert!(html.contains(&format!(r#"id="{mount}""#)), "{mount}");
@@ -59,7 +60,7 @@ async fn first_paint_shows_products_and_this_sessions_cart_without_any_script() 
     assert!(again.headers().get(SET_COOKIE).is_none(), "the session is kept");
     let html = again.text().await.unwrap();
     assert!(html.contains(r#"data-count="3""#), "badge count");
-    assert!(!html.contains("Your cart is empty"));
+    assert!(html.contains(r#"<p hidden class="cart-empty">"#), "the empty state is hidden");
     assert!(html.contains("€387.00"), "cart total of 3 × €129.00");
     let state = page_state(&html);
     assert_eq!(state["cart"]["version"], 2);
