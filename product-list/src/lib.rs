@@ -7,15 +7,18 @@
 
 use leptos::prelude::*;
 use shared::browser::{mutate, CartRequest};
-use shared::{Cart, LinkReport, Product};
+use shared::{Cart, Cents, LinkReport, Product};
 
 /// This bundle's name in connection reports.
 pub const MFE: &str = "product-list";
 
-/// The list. `cart` is the session's cart as this bundle last saw it; `link` its connection's state.
+/// The list. `products` and `cart` are as this bundle last saw them; `link` is its connection's state.
 #[component]
-pub fn ProductList(products: Vec<Product>, cart: RwSignal<Cart>, link: RwSignal<LinkReport>) -> impl IntoView {
-    let count = products.len();
+pub fn ProductList(products: RwSignal<Vec<Product>>, cart: RwSignal<Cart>, link: RwSignal<LinkReport>) -> impl IntoView {
+    // The catalog's products are fixed at start-up; only their stock and price change, so the cards are made
+    // once and each follows its own product.
+    let initial = products.get_untracked();
+    let count = initial.len();
     view! {
         <section class="product-list" aria-labelledby="products-title" data-link=move || link.with(|l| l.state.label())>
             <div class="section-head">
@@ -29,20 +32,27 @@ pub fn ProductList(products: Vec<Product>, cart: RwSignal<Cart>, link: RwSignal<
                 ></span>
             </div>
             <ul class="product-grid">
-                {products.into_iter().map(|product| view! { <ProductCard product cart /> }).collect_view()}
+                {initial
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, product)| view! { <ProductCard product index products cart /> })
+                    .collect_view()}
             </ul>
         </section>
     }
 }
 
+/// The product at `index`: name, picture and description as rendered, stock and price live.
 #[component]
-fn ProductCard(product: Product, cart: RwSignal<Cart>) -> impl IntoView {
-    let Product { id, name, description, price_cents, currency, stock, image } = product.clone();
+fn ProductCard(product: Product, index: usize, products: RwSignal<Vec<Product>>, cart: RwSignal<Cart>) -> impl IntoView {
+    let Product { id, name, description, currency, image, .. } = product;
+    let live = Memo::new(move |_| products.with(|ps| ps.get(index).map_or((Cents::ZERO, 0), |p| (p.price_cents, p.stock))));
+    let stock = move || live.get().1;
+    let sold_out = move || stock() == 0;
     let id = id.0;
     let quantity = RwSignal::new("1".to_owned());
     let busy = RwSignal::new(false);
     let error = RwSignal::new(None::<String>);
-    let sold_out = stock == 0;
     let in_cart = {
         let id = id.clone();
         move || cart.with(|c| c.items.iter().find(|l| l.product_id.0 == id).map_or(0, |l| l.quantity))
@@ -85,8 +95,10 @@ fn ProductCard(product: Product, cart: RwSignal<Cart>) -> impl IntoView {
                 <h3 class="product-name">{name.clone()}</h3>
                 <p class="product-description">{description}</p>
                 <div class="product-facts">
-                    <span class="price">{price_cents.format(&currency)}</span>
-                    <span class="stock" class:low=stock <= 3 class:out=sold_out>{product.stock_label()}</span>
+                    <span class="price">{move || live.get().0.format(&currency)}</span>
+                    <span class="stock" class:low=move || stock() <= 3 class:out=sold_out>
+                        {move || Product::stock_label_of(stock())}
+                    </span>
                 </div>
                 <form class="add-form" on:submit=submit novalidate>
                     <label class="quantity-label" for=input_id.clone()>{format!("Quantity of {name}")}</label>
@@ -107,10 +119,10 @@ fn ProductCard(product: Product, cart: RwSignal<Cart>) -> impl IntoView {
                         type="submit"
                         class="button primary"
                         aria-label=add_label
-                        disabled=move || sold_out || busy.get()
+                        disabled=move || sold_out() || busy.get()
                         aria-busy=move || busy.get().to_string()
                     >
-                        {move || if busy.get() { "Adding…" } else if sold_out { "Sold out" } else { "Add to cart" }}
+                        {move || if busy.get() { "Adding…" } else if sold_out() { "Sold out" } else { "Add to cart" }}
                     </button>
                 </form>
                 <p class="in-cart" aria-live="polite">
@@ -129,17 +141,29 @@ fn ProductCard(product: Product, cart: RwSignal<Cart>) -> impl IntoView {
 /// this bundle's link, which feeds the same signals; the server renders it without one.
 fn root(state: shared::page::PageState, connect: bool) -> impl IntoView {
     let cart = RwSignal::new(state.cart.clone());
+    let products = RwSignal::new(state.products.clone());
     let link = RwSignal::new(LinkReport::connecting(MFE));
     if connect {
-        let on_cart = move |c| {
-            cart.try_set(c);
+        let handlers = shared::browser::Handlers {
+            on_cart: Box::new(move |c| {
+                cart.try_set(c);
+            }),
+            on_report: Box::new(move |r| {
+                link.try_set(r);
+            }),
+            // Only states newer than the one held arrive here (the revision rule).
+            on_product: Some(Box::new(move |p: Product| {
+                products.try_update(|ps| {
+                    if let Some(held) = ps.iter_mut().find(|held| held.id == p.id) {
+                        *held = p;
+                    }
+                });
+            })),
+            on_notice: None,
         };
-        let on_report = move |r| {
-            link.try_set(r);
-        };
-        shared::browser::CartLink::install(MFE, state.reconnect.policy(), Some(state.cart.clone()), on_cart, on_report);
+        shared::browser::CartLink::install(MFE, state.reconnect.policy(), Some(state.cart), state.products, handlers);
     }
-    view! { <ProductList products=state.products cart link /> }
+    view! { <ProductList products cart link /> }
 }
 
 /// Server side: the list as HTML, rendered from the same view the bundle hydrates.

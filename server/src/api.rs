@@ -9,25 +9,27 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
-use shared::protocol::{AddToCart, SetQuantity};
-use shared::{Cart, CartOp, Product, ProductId};
+use axum::http::StatusCode;
+use shared::protocol::{AddToCart, SessionInfo, SetQuantity};
+use shared::{Cart, CartOp, CheckoutReceipt, Product, ProductId};
 
 use crate::app::AppState;
 use crate::config::defaults;
 use crate::error::AppError;
 use crate::session::Session;
-use crate::store::Mutation;
+use crate::store::{Checkout, Mutation};
 
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// Set on an answer that repeats the first answer to the same Idempotency-Key.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 pub async fn list_products(State(app): State<AppState>) -> Json<Vec<Product>> {
-    Json(app.catalog.products().to_vec())
+    Json(app.store.catalog().products().to_vec())
 }
 
 pub async fn get_product(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<Product>, AppError> {
-    app.catalog
+    app.store
+        .catalog()
         .get(&ProductId(id.clone()))
         .cloned()
         .map(Json)
@@ -77,6 +79,19 @@ pub async fn clear_cart(
     app.mutate(&session, CartOp::Clear, key).await.map(CartAnswer)
 }
 
+/// The session's public id, which services use to address a notice to it.
+pub async fn session_info(session: Session) -> Json<SessionInfo> {
+    Json(SessionInfo { session: session.cart.0 })
+}
+
+pub async fn checkout(
+    State(app): State<AppState>,
+    session: Session,
+    IdempotencyKey(key): IdempotencyKey,
+) -> Result<CheckoutAnswer, AppError> {
+    app.checkout(&session, key).await.map(CheckoutAnswer)
+}
+
 pub async fn not_found() -> AppError {
     AppError::NotFound("no such endpoint".into())
 }
@@ -92,6 +107,20 @@ impl IntoResponse for CartAnswer {
     fn into_response(self) -> Response {
         let replayed = self.0.replayed;
         let mut response = Json(self.0.cart).into_response();
+        if replayed {
+            response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+        }
+        response
+    }
+}
+
+/// A checkout's answer: 201 with the order and the emptied cart, marked when it repeats an earlier answer.
+pub struct CheckoutAnswer(Checkout);
+
+impl IntoResponse for CheckoutAnswer {
+    fn into_response(self) -> Response {
+        let Checkout { receipt, replayed, .. } = self.0;
+        let mut response = (StatusCode::CREATED, Json::<CheckoutReceipt>(receipt)).into_response();
         if replayed {
             response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
         }

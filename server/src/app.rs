@@ -6,24 +6,24 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, patch, post};
 use axum::{middleware, Extension, Router};
-use shared::{Cart, CartOp, Change};
+use shared::{Cart, CartOp, Change, Product};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::services::ServeDir;
 
 use crate::api::{self, BodyLimit};
 use crate::assets::{self, Assets};
-use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::error::AppError;
 use crate::hub::{CartEvents, CartHub};
 use crate::metrics::Metrics;
 use crate::origin::{self, OriginPolicy};
 use crate::rate_limit::{self, RequestLimits};
+use crate::service::{self, ServiceAccess};
 use crate::session::{self, Session, SessionKeys};
-use crate::store::{CartStore, Mutation, MutationRequest};
+use crate::store::{CartStore, Checkout, CheckoutRequest, Mutation, MutationRequest, ProductUpdate};
 use crate::{page, ws};
 
 /// Everything a request handler may need. Cloned into every extractor and middleware of every request, so it is
@@ -48,13 +48,14 @@ impl std::ops::Deref for AppState {
 
 pub struct AppParts {
     pub config: Arc<Config>,
-    pub catalog: Arc<Catalog>,
     pub store: Arc<dyn CartStore>,
     pub events: Arc<dyn CartEvents>,
     pub hub: Arc<CartHub>,
     pub sessions: SessionKeys,
     pub origins: Arc<OriginPolicy>,
     pub request_limits: Option<Arc<RequestLimits>>,
+    /// The service API's tokens and limits; `None` when it is off.
+    pub service: Option<Arc<ServiceAccess>>,
     pub metrics: Arc<Metrics>,
     /// The browser bundles and stylesheet, content-hashed and precompressed.
     pub assets: Assets,
@@ -91,21 +92,61 @@ impl AppState {
     pub async fn cart(&self, session: &Session) -> Result<Cart, AppError> {
         Ok(self.store.load(&session.cart).await?)
     }
+
+    /// Change a product's stock or price and, if it changed, tell every connection.
+    pub async fn update_product(&self, update: ProductUpdate) -> Result<Product, AppError> {
+        let (product, change) = self.store.update_product(update).await?;
+        if change == Change::Changed {
+            self.events.publish_products(std::slice::from_ref(&product));
+        }
+        Ok(product)
+    }
+
+    /// Check out the session's cart; the cart's connections get the emptied cart and every connection the new
+    /// stock of what was bought.
+    pub async fn checkout(&self, session: &Session, idempotency_key: Option<String>) -> Result<Checkout, AppError> {
+        let request = CheckoutRequest { cart: session.cart.clone(), idempotency_key };
+        let result = self.store.checkout(request).await;
+        let outcome = match &result {
+            Ok(c) if c.replayed => "replayed",
+            Ok(_) => "ordered",
+            Err(crate::store::MutationError::Shortfalls(_)) => "short_of_stock",
+            Err(_) => "refused",
+        };
+        self.metrics.checkouts.get_or_create(&vec![("outcome", outcome)]).inc();
+        let checkout = result?;
+        if !checkout.replayed {
+            self.events.publish(&session.cart, &checkout.receipt.cart);
+            self.events.publish_products(&checkout.products);
+        }
+        Ok(checkout)
+    }
 }
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
-    let api = Router::new()
+    let shopper_api = Router::new()
         .route("/products", get(api::list_products))
         .route("/products/{id}", get(api::get_product))
+        .route("/session", get(api::session_info))
         .route("/cart", get(api::get_cart).post(api::add_item).delete(api::clear_cart))
         .route("/cart/items/{product_id}", axum::routing::put(api::set_item).delete(api::remove_item))
+        .route("/cart/checkout", post(api::checkout))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(Extension(BodyLimit(body_limit)))
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit::limit))
         .layer(middleware::from_fn_with_state(state.clone(), session::ensure_session));
+    // Services are not shoppers: no session cookie, and their own per-token limit (in the `ServiceCaller`
+    // extractor) instead of the per-address one.
+    let service_api = Router::new()
+        .route("/products/{id}", patch(service::update_product))
+        .route("/notify", post(service::notify))
+        .method_not_allowed_fallback(api::method_not_allowed);
+    let api = Router::new()
+        .nest("/service", service_api)
+        .merge(shopper_api)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(Extension(BodyLimit(body_limit)));
 
     // The page gets a session like the API: its first answer sets the cookie its bundles then use.
     let pages = Router::new()

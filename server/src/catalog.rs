@@ -1,8 +1,14 @@
-//! The product catalog: loaded once at start-up from a JSON file (the built-in one by default), validated, and
-//! then read-only and shared. Every cart is priced against it.
+//! The product catalog: the products are loaded at start-up from a JSON file (the built-in one by default) and
+//! validated; their stock and price then change at run time (service API, checkout). Every cart is priced
+//! against the current catalog.
+//!
+//! A [`Catalog`] is an immutable snapshot; [`LiveCatalog`] holds the current one. Only the store's writer
+//! publishes a new snapshot, after the change that made it is committed, so readers never see a stock or
+//! price that could still be rolled back.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use shared::{Product, ProductId};
 use thiserror::Error;
@@ -20,11 +26,13 @@ pub enum CatalogError {
     Invalid(String),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Catalog {
     products: Vec<Product>,
     index: HashMap<ProductId, usize>,
     currency: String,
+    /// The highest product revision: the next change gets a higher one.
+    revision: u64,
 }
 
 impl Catalog {
@@ -64,7 +72,21 @@ impl Catalog {
                 return invalid(format!("'{}' has no price", p.id));
             }
         }
-        Ok(Catalog { products, index, currency })
+        let revision = products.iter().map(|p| p.revision).max().unwrap_or(0);
+        Ok(Catalog { products, index, currency, revision })
+    }
+
+    /// Put a changed product in place of the one with its id (unknown ids are ignored: the catalog's products
+    /// are fixed at start-up) and raise the catalog's revision to it.
+    pub fn replace(&mut self, product: Product) {
+        if let Some(&i) = self.index.get(&product.id) {
+            self.revision = self.revision.max(product.revision);
+            self.products[i] = product;
+        }
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     pub fn products(&self) -> &[Product] {
@@ -77,6 +99,28 @@ impl Catalog {
 
     pub fn currency(&self) -> &str {
         &self.currency
+    }
+}
+
+/// The current catalog snapshot, shared by every reader.
+#[derive(Debug)]
+pub struct LiveCatalog {
+    current: RwLock<Arc<Catalog>>,
+}
+
+impl LiveCatalog {
+    pub fn new(catalog: Catalog) -> LiveCatalog {
+        LiveCatalog { current: RwLock::new(Arc::new(catalog)) }
+    }
+
+    /// The catalog as it is now; cheap (one reference count), and consistent for as long as it is held.
+    pub fn current(&self) -> Arc<Catalog> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Make `catalog` the current one.
+    pub fn publish(&self, catalog: Arc<Catalog>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = catalog;
     }
 }
 
@@ -95,6 +139,24 @@ mod tests {
             let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("catalog").join(&p.image[1..]);
             assert!(file.exists(), "image for {} at {}", p.id, file.display());
         }
+    }
+
+    #[test]
+    fn replacing_a_product_raises_the_revision_and_ignores_unknown_ids() {
+        let mut c = Catalog::built_in().unwrap();
+        assert_eq!(c.revision(), 0);
+        let mut p = c.products()[0].clone();
+        p.stock = 1234;
+        p.revision = 5;
+        c.replace(p.clone());
+        assert_eq!(c.get(&p.id), Some(&p));
+        assert_eq!(c.revision(), 5);
+        let mut stranger = p.clone();
+        stranger.id = "not-in-the-catalog".into();
+        stranger.revision = 9;
+        c.replace(stranger);
+        assert_eq!(c.revision(), 5);
+        assert_eq!(c.products().len(), Catalog::built_in().unwrap().products().len());
     }
 
     #[test]

@@ -51,6 +51,17 @@ pub mod defaults {
     pub const READ_CONNECTIONS: usize = 4;
     /// How long shutdown waits for WebSocket connections to finish their close handshake.
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+    /// Frames for every connection (product updates, general notices) kept in the shared ring; a connection
+    /// further behind is sent every product again.
+    pub const BROADCAST_CAPACITY: usize = 1024;
+    /// Service API requests per second per token, and its burst.
+    pub const SERVICE_RATE_PER_SEC: u32 = 50;
+    pub const SERVICE_BURST: u32 = 100;
+    /// Shortest service token accepted from configuration.
+    pub const MIN_SERVICE_TOKEN_LEN: usize = 16;
+    /// Highest stock and price a service may set.
+    pub const MAX_STOCK: u32 = 1_000_000;
+    pub const MAX_PRICE_CENTS: u64 = 100_000_000;
 }
 
 /// Cartwheel's cart server.
@@ -117,6 +128,18 @@ pub struct Config {
     pub ws_frames_per_sec: u32,
     #[arg(long, env = "CARTWHEEL_WS_FRAME_BURST", default_value_t = defaults::WS_FRAME_BURST)]
     pub ws_frame_burst: u32,
+
+    /// Bearer tokens that may call the service API (`/api/service/...`), comma-separated in the environment;
+    /// each at least 16 characters. None: the service API is off.
+    #[arg(long = "service-token", env = "CARTWHEEL_SERVICE_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    pub service_tokens: Vec<String>,
+    #[arg(long, env = "CARTWHEEL_SERVICE_RATE", default_value_t = defaults::SERVICE_RATE_PER_SEC)]
+    pub service_rate_per_sec: u32,
+    #[arg(long, env = "CARTWHEEL_SERVICE_BURST", default_value_t = defaults::SERVICE_BURST)]
+    pub service_burst: u32,
+    /// Frames for every connection kept in the shared broadcast ring.
+    #[arg(long, env = "CARTWHEEL_BROADCAST_CAPACITY", default_value_t = defaults::BROADCAST_CAPACITY)]
+    pub broadcast_capacity: usize,
 
     /// Most units of one product in one cart.
     #[arg(long, env = "CARTWHEEL_MAX_QUANTITY", default_value_t = CartLimits::DEFAULT_MAX_QUANTITY_PER_LINE)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use shared::{CartError, ErrorBody, ErrorCode};
+use shared::{CartError, ErrorBody, ErrorCode, Shortfall};
 use thiserror::Error;
 
 use crate::store::StoreError;
@@ -32,6 +32,14 @@ pub enum AppError {
     ForbiddenOrigin(String),
     #[error("no valid session: load the shop page first so the server can give you a session cookie")]
     Unauthorized,
+    #[error("a valid service token is required: 'Authorization: Bearer <token>'")]
+    ServiceUnauthorized,
+    #[error("{0}")]
+    InvalidField(String),
+    #[error("the cart is empty: add something before checking out")]
+    EmptyCart,
+    #[error("not enough stock for {}", describe_shortfalls(.0))]
+    Shortfalls(Vec<Shortfall>),
     #[error("too many requests; retry in {} s", retry_after_secs(*.retry_after))]
     RateLimited { retry_after: Duration },
     #[error("{0}")]
@@ -42,6 +50,17 @@ pub enum AppError {
     BadUpgrade(String),
     #[error("the cart store is unavailable; retry shortly")]
     Store(#[from] StoreError),
+}
+
+fn describe_shortfalls(lines: &[Shortfall]) -> String {
+    let each: Vec<String> = lines
+        .iter()
+        .map(|l| match l.available {
+            0 => format!("{} (sold out)", l.name),
+            n => format!("{} (only {n} left, the cart holds {})", l.name, l.requested),
+        })
+        .collect();
+    each.join(", ")
 }
 
 fn retry_after_secs(d: Duration) -> u64 {
@@ -67,7 +86,9 @@ impl AppError {
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
-            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::Unauthorized | AppError::ServiceUnauthorized => StatusCode::UNAUTHORIZED,
+            AppError::InvalidField(_) => StatusCode::BAD_REQUEST,
+            AppError::EmptyCart | AppError::Shortfalls(_) => StatusCode::CONFLICT,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -83,7 +104,10 @@ impl AppError {
             AppError::NotFound(_) => ErrorCode::NotFound,
             AppError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             AppError::ForbiddenOrigin(_) => ErrorCode::ForbiddenOrigin,
-            AppError::Unauthorized => ErrorCode::Unauthorized,
+            AppError::Unauthorized | AppError::ServiceUnauthorized => ErrorCode::Unauthorized,
+            AppError::InvalidField(_) => ErrorCode::InvalidField,
+            AppError::EmptyCart => ErrorCode::EmptyCart,
+            AppError::Shortfalls(_) => ErrorCode::InsufficientStock,
             AppError::RateLimited { .. } => ErrorCode::RateLimited,
             AppError::InvalidIdempotencyKey(_) => ErrorCode::InvalidIdempotencyKey,
             AppError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
@@ -104,9 +128,17 @@ impl IntoResponse for AppError {
             AppError::Store(_) => Some(1),
             _ => None,
         };
-        let mut response = (status, Json(ErrorBody::new(self.code(), self.to_string()))).into_response();
+        let mut body = ErrorBody::new(self.code(), self.to_string());
+        let bearer_challenge = matches!(self, AppError::ServiceUnauthorized);
+        if let AppError::Shortfalls(lines) = self {
+            body.error.shortfalls = lines;
+        }
+        let mut response = (status, Json(body)).into_response();
         if let Some(secs) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if bearer_challenge {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -1,46 +1,89 @@
-//! Fan-out of cart changes to the WebSocket connections of that cart.
+//! Fan-out to WebSocket connections: cart changes to the connections of that cart, product changes and
+//! general notices to every connection, a targeted notice to one session's connections.
 //!
-//! Handlers announce a committed change through the [`CartEvents`] trait; a multi-instance backend implements
-//! it by publishing to its bus and feeding every instance's [`CartHub`]. The hub serializes each update once and
-//! hands the same bytes to every subscribed connection's [`Mailbox`].
+//! Handlers announce committed changes through the [`CartEvents`] trait; a multi-instance backend implements
+//! it by publishing to its bus and feeding every instance's [`CartHub`]. The hub serializes each frame once and
+//! hands the same bytes to every recipient.
 //!
-//! Ordering and slow consumers: the hub remembers the newest version it delivered per cart and drops anything
-//! not newer, so every connection sees strictly increasing versions even if two publishers race. A mailbox is
-//! bounded; when a connection falls that far behind, its queue is replaced by the newest update alone. A cart
-//! update is a full snapshot, so skipping intermediate versions loses nothing, and one stalled reader never
-//! holds memory or other readers hostage.
+//! Per-cart frames go through each connection's bounded [`Mailbox`]. The hub remembers the newest version it
+//! delivered per cart and drops anything not newer, so every connection sees strictly increasing versions even
+//! if two publishers race. When a connection falls `capacity` frames behind, its queued cart updates are
+//! replaced by the newest one (a cart update is a full snapshot, so skipping intermediate versions loses
+//! nothing), and the oldest notices make room; one stalled reader never holds memory or others hostage.
+//!
+//! Frames for everyone go through one shared ring ([`tokio::sync::broadcast`]), not through every mailbox: a
+//! product change costs one serialization and one slot, whatever the number of connections. A connection that
+//! falls a whole ring behind learns it (`Lagged`) and is sent the current state of every product instead, so a
+//! stock or price change is never silently lost.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
-use shared::{Cart, CartVersion, ServerMessage};
-use tokio::sync::Notify;
+use shared::{Cart, CartVersion, Notice, Product, ServerMessage};
+use tokio::sync::{broadcast, Notify};
 
 use crate::metrics::Metrics;
 use crate::session::CartKey;
 
-/// Announces committed cart changes.
+/// Announces committed changes and service notices to the connections they concern.
 pub trait CartEvents: Send + Sync + 'static {
     /// `cart` was committed for `key`; deliver it to every connection of that cart.
     fn publish(&self, key: &CartKey, cart: &Cart);
+
+    /// These products' stock or price changed (committed); deliver each to every connection.
+    fn publish_products(&self, products: &[Product]);
+
+    /// Deliver `notice` to the connections of `session`, or to every connection. Returns how many connections
+    /// of this instance it reached.
+    fn publish_notice(&self, session: Option<&CartKey>, notice: &Notice) -> usize;
 }
 
-/// One serialized `CART_UPDATE`, shared by all its recipients.
+/// What a frame carries, as far as queueing is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// A `CART_UPDATE` at this version: a newer one supersedes it.
+    Cart(CartVersion),
+    /// A `PRODUCT_UPDATE`.
+    Product,
+    /// A `NOTICE`.
+    Notice,
+}
+
+/// One serialized server frame, shared by all its recipients.
 #[derive(Debug, Clone)]
 pub struct Frame {
-    pub version: CartVersion,
+    pub kind: FrameKind,
     pub text: Utf8Bytes,
     pub published_at: Instant,
 }
 
 impl Frame {
-    pub fn cart_update(cart: &Cart) -> Frame {
-        let message = ServerMessage::CartUpdate { version: cart.version, data: cart.clone() };
+    fn new(kind: FrameKind, message: &ServerMessage) -> Frame {
         // Serializing plain data with string keys cannot fail; an empty frame would be refused by clients anyway.
-        let text = serde_json::to_string(&message).unwrap_or_default();
-        Frame { version: cart.version, text: text.into(), published_at: Instant::now() }
+        let text = serde_json::to_string(message).unwrap_or_default();
+        Frame { kind, text: text.into(), published_at: Instant::now() }
+    }
+
+    pub fn cart_update(cart: &Cart) -> Frame {
+        Frame::new(FrameKind::Cart(cart.version), &ServerMessage::CartUpdate { version: cart.version, data: cart.clone() })
+    }
+
+    pub fn product_update(product: &Product) -> Frame {
+        Frame::new(FrameKind::Product, &ServerMessage::ProductUpdate { data: product.clone() })
+    }
+
+    pub fn notice(notice: &Notice) -> Frame {
+        Frame::new(FrameKind::Notice, &ServerMessage::Notice { data: notice.clone() })
+    }
+
+    /// The cart version, for a cart update.
+    pub fn version(&self) -> Option<CartVersion> {
+        match self.kind {
+            FrameKind::Cart(v) => Some(v),
+            _ => None,
+        }
     }
 }
 
@@ -56,12 +99,27 @@ impl Mailbox {
         Mailbox { queue: Mutex::new(VecDeque::new()), ready: Notify::new(), capacity: capacity.max(1) }
     }
 
-    /// Queue `frame`; returns `true` if the queue was full and its stale contents were dropped.
+    /// Queue `frame`; returns `true` if the queue was full and made room (see the module doc).
     fn push(&self, frame: Frame) -> bool {
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         let overflowed = queue.len() >= self.capacity;
         if overflowed {
-            queue.clear();
+            let is_cart = |f: &Frame| matches!(f.kind, FrameKind::Cart(_));
+            // Superseded snapshots go first: by the new frame if it is one, else by the newest queued one.
+            let keep = if is_cart(&frame) { None } else { queue.iter().rposition(is_cart) };
+            let mut index = 0;
+            queue.retain(|f| {
+                let kept = !is_cart(f) || Some(index) == keep;
+                index += 1;
+                kept
+            });
+            // Still full of notices: the oldest make room.
+            while queue.len() >= self.capacity {
+                match queue.iter().position(|f| !is_cart(f)) {
+                    Some(oldest) => drop(queue.remove(oldest)),
+                    None => break,
+                }
+            }
         }
         queue.push_back(frame);
         drop(queue);
@@ -85,16 +143,24 @@ struct Topic {
     mailboxes: Vec<Arc<Mailbox>>,
 }
 
-/// The subscriptions of this process, by cart.
+/// The subscriptions of this process, by cart, and the ring of frames for everyone.
 pub struct CartHub {
     topics: Mutex<HashMap<CartKey, Topic>>,
     mailbox_capacity: usize,
+    everyone: broadcast::Sender<Frame>,
     metrics: Arc<Metrics>,
 }
 
 impl CartHub {
-    pub fn new(mailbox_capacity: usize, metrics: Arc<Metrics>) -> Arc<CartHub> {
-        Arc::new(CartHub { topics: Mutex::new(HashMap::new()), mailbox_capacity, metrics })
+    /// `mailbox_capacity` frames per connection; `broadcast_capacity` frames in the shared ring for everyone.
+    pub fn new(mailbox_capacity: usize, broadcast_capacity: usize, metrics: Arc<Metrics>) -> Arc<CartHub> {
+        let (everyone, _) = broadcast::channel(broadcast_capacity.max(1));
+        Arc::new(CartHub { topics: Mutex::new(HashMap::new()), mailbox_capacity, everyone, metrics })
+    }
+
+    /// Start receiving the frames for everyone (product updates, general notices).
+    pub fn everyone(&self) -> broadcast::Receiver<Frame> {
+        self.everyone.subscribe()
     }
 
     /// Start receiving updates of `key`; they stop when the subscription is dropped.
@@ -115,15 +181,22 @@ impl CartHub {
         let Some(topic) = topics.get_mut(key) else {
             return;
         };
-        if frame.version <= topic.newest {
-            return;
+        if let Some(version) = frame.version() {
+            if version <= topic.newest {
+                return;
+            }
+            topic.newest = version;
         }
-        topic.newest = frame.version;
         for mailbox in &topic.mailboxes {
             if mailbox.push(frame.clone()) {
                 self.metrics.slow_consumer_events.inc();
             }
         }
+    }
+
+    /// Connections subscribed to `key` here.
+    fn subscribers(&self, key: &CartKey) -> usize {
+        self.topics.lock().unwrap_or_else(|p| p.into_inner()).get(key).map_or(0, |t| t.mailboxes.len())
     }
 
     /// Carts with at least one subscriber here (for metrics and tests).
@@ -145,6 +218,25 @@ impl CartHub {
 impl CartEvents for CartHub {
     fn publish(&self, key: &CartKey, cart: &Cart) {
         self.deliver(key, Frame::cart_update(cart));
+    }
+
+    fn publish_products(&self, products: &[Product]) {
+        for product in products {
+            // Err only means nobody is connected.
+            let _ = self.everyone.send(Frame::product_update(product));
+        }
+    }
+
+    fn publish_notice(&self, session: Option<&CartKey>, notice: &Notice) -> usize {
+        let frame = Frame::notice(notice);
+        match session {
+            Some(key) => {
+                let reached = self.subscribers(key);
+                self.deliver(key, frame);
+                reached
+            }
+            None => self.everyone.send(frame).unwrap_or(0),
+        }
     }
 }
 
@@ -180,7 +272,11 @@ mod tests {
     }
 
     fn hub(capacity: usize) -> Arc<CartHub> {
-        CartHub::new(capacity, Arc::new(Metrics::new()))
+        CartHub::new(capacity, 8, Arc::new(Metrics::new()))
+    }
+
+    fn notice(message: &str) -> Notice {
+        Notice { kind: "test".into(), message: message.into(), product_id: None }
     }
 
     #[tokio::test]
@@ -189,8 +285,8 @@ mod tests {
         let a = CartKey("a".into());
         let (s1, s2, other) = (hub.subscribe(&a), hub.subscribe(&a), hub.subscribe(&CartKey("b".into())));
         hub.publish(&a, &cart(1));
-        assert_eq!(s1.next().await.version, 1);
-        assert_eq!(s2.next().await.version, 1);
+        assert_eq!(s1.next().await.version(), Some(1));
+        assert_eq!(s2.next().await.version(), Some(1));
         assert!(other.mailbox.queue.lock().unwrap().is_empty());
     }
 
@@ -203,23 +299,64 @@ mod tests {
         hub.publish(&a, &cart(1));
         hub.publish(&a, &cart(2));
         hub.publish(&a, &cart(3));
-        assert_eq!(s.next().await.version, 2);
-        assert_eq!(s.next().await.version, 3);
+        assert_eq!(s.next().await.version(), Some(2));
+        assert_eq!(s.next().await.version(), Some(3));
         assert!(s.mailbox.queue.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
     async fn overflow_keeps_only_the_newest() {
         let metrics = Arc::new(Metrics::new());
-        let hub = CartHub::new(4, metrics.clone());
+        let hub = CartHub::new(4, 8, metrics.clone());
         let a = CartKey("a".into());
         let s = hub.subscribe(&a);
         for v in 1..=5 {
             hub.publish(&a, &cart(v));
         }
         assert_eq!(s.mailbox.queue.lock().unwrap().len(), 1, "bounded: the fifth push replaced the queue");
-        assert_eq!(s.next().await.version, 5);
+        assert_eq!(s.next().await.version(), Some(5));
         assert_eq!(metrics.slow_consumer_events.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn overflow_keeps_notices_and_the_newest_cart_update() {
+        let hub = hub(4);
+        let a = CartKey("a".into());
+        let s = hub.subscribe(&a);
+        hub.publish(&a, &cart(1));
+        hub.publish_notice(Some(&a), &notice("first"));
+        hub.publish(&a, &cart(2));
+        hub.publish_notice(Some(&a), &notice("second"));
+        // Full: a notice makes the older snapshot (version 1) go, not a notice.
+        assert_eq!(hub.publish_notice(Some(&a), &notice("third")), 1);
+        let kinds: Vec<FrameKind> = s.mailbox.queue.lock().unwrap().iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, [FrameKind::Notice, FrameKind::Cart(2), FrameKind::Notice, FrameKind::Notice]);
+        // Full of notices and one snapshot: a newer snapshot replaces the old one.
+        hub.publish(&a, &cart(3));
+        let kinds: Vec<FrameKind> = s.mailbox.queue.lock().unwrap().iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, [FrameKind::Notice, FrameKind::Notice, FrameKind::Notice, FrameKind::Cart(3)]);
+        // Notices only: the oldest makes room.
+        let only_notices = hub.subscribe(&CartKey("b".into()));
+        for i in 0..5 {
+            hub.publish_notice(Some(&CartKey("b".into())), &notice(&format!("n{i}")));
+        }
+        let texts: Vec<String> = only_notices.mailbox.queue.lock().unwrap().iter().map(|f| f.text.to_string()).collect();
+        assert_eq!(texts.len(), 4);
+        assert!(texts[0].contains("n1") && texts[3].contains("n4"), "{texts:?}");
+    }
+
+    #[tokio::test]
+    async fn frames_for_everyone_reach_every_receiver_and_a_lagging_one_learns_it() {
+        let hub = hub(4);
+        let mut one = hub.everyone();
+        let mut two = hub.everyone();
+        assert_eq!(hub.publish_notice(None, &notice("hello")), 2);
+        assert_eq!(one.recv().await.unwrap().kind, FrameKind::Notice);
+        assert_eq!(two.recv().await.unwrap().kind, FrameKind::Notice);
+        for i in 0..9 {
+            hub.publish_notice(None, &notice(&format!("{i}")));
+        }
+        assert!(matches!(one.recv().await, Err(broadcast::error::RecvError::Lagged(1))), "ring of 8, 9 sent");
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! [`store`], and the new cart is broadcast by the [`hub`] to every WebSocket connection of that session,
 //! with a version number so no client shows stale state.
 //!
-//! Module map: [`config`] (flags and limits), [`app`] (state and router), [`api`] (REST handlers), [`ws`]
-//! (WebSocket connections), [`hub`] (fan-out), [`store`] (persistence), [`session`] (cookies), [`origin`] and
-//! [`rate_limit`] (request guards), [`catalog`] (products), [`metrics`], [`error`] (failures → responses).
+//! Module map: [`config`] (flags and limits), [`app`] (state and router), [`api`] (REST handlers), [`service`]
+//! (the API other backend services call), [`ws`] (WebSocket connections), [`hub`] (fan-out), [`store`]
+//! (persistence), [`session`] (cookies), [`origin`] and [`rate_limit`] (request guards), [`catalog`]
+//! (products), [`metrics`], [`error`] (failures → responses).
 
 pub mod api;
 pub mod app;
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod origin;
 pub mod page;
 pub mod rate_limit;
+pub mod service;
 pub mod session;
 pub mod store;
 pub mod ws;
@@ -41,6 +43,7 @@ use crate::hub::CartHub;
 use crate::metrics::Metrics;
 use crate::origin::OriginPolicy;
 use crate::rate_limit::{KeyedLimiter, Rate, RequestLimits};
+use crate::service::ServiceAccess;
 use crate::session::SessionKeys;
 use crate::store::sqlite::SqliteCartStore;
 use crate::store::StoreError;
@@ -55,6 +58,8 @@ pub enum StartupError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("the session secret must be at least {} bytes", session::MIN_SECRET_LEN)]
     WeakSecret,
+    #[error("every service token must be at least {} characters", defaults::MIN_SERVICE_TOKEN_LEN)]
+    WeakServiceToken,
     #[error("loading the browser assets failed")]
     Assets,
     #[error("server failed: {0}")]
@@ -70,24 +75,26 @@ pub struct Server {
 
 impl Server {
     pub async fn bind(config: Config) -> Result<Server, StartupError> {
-        let catalog = Arc::new(match &config.catalog {
+        let catalog = match &config.catalog {
             Some(path) => Catalog::load(path)?,
             None => Catalog::built_in()?,
-        });
+        };
         let configured_secret = config.session_secret.as_deref().map(str::as_bytes);
         if configured_secret.is_some_and(|s| s.len() < session::MIN_SECRET_LEN) {
             return Err(StartupError::WeakSecret);
         }
-        let store = Arc::new(SqliteCartStore::open(
-            &config.database,
-            catalog.clone(),
-            config.cart_limits(),
-            configured_secret,
-        )?);
+        if config.service_tokens.iter().any(|t| t.len() < defaults::MIN_SERVICE_TOKEN_LEN) {
+            return Err(StartupError::WeakServiceToken);
+        }
+        let store =
+            Arc::new(SqliteCartStore::open(&config.database, catalog, config.cart_limits(), configured_secret)?);
         let listener =
             TcpListener::bind(config.bind).await.map_err(|source| StartupError::Bind { addr: config.bind, source })?;
         let metrics = Arc::new(Metrics::new());
-        let hub = CartHub::new(config.ws_queue_capacity, metrics.clone());
+        let hub = CartHub::new(config.ws_queue_capacity, config.broadcast_capacity, metrics.clone());
+        let service_rate = Rate { per_sec: config.service_rate_per_sec, burst: config.service_burst };
+        let service = ServiceAccess::new(&config.service_tokens, (!config.no_rate_limit).then_some(service_rate))
+            .map(Arc::new);
         let request_limits = (!config.no_rate_limit).then(|| {
             Arc::new(RequestLimits {
                 per_session: KeyedLimiter::new(Rate {
@@ -111,11 +118,11 @@ impl Server {
             sessions: SessionKeys::new(store.session_secret(), config.https, defaults::SESSION_MAX_AGE),
             origins: Arc::new(OriginPolicy::new(config.https, &config.allowed_origins)),
             config: Arc::new(config),
-            catalog,
             store: store.clone(),
             events: hub.clone(),
             hub,
             request_limits,
+            service,
             metrics,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),

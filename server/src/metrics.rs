@@ -19,7 +19,10 @@ pub struct Metrics {
     /// Seconds from a committed change being published to its frame being written to a socket.
     pub broadcast_latency: Histogram,
     pub slow_consumer_events: Counter,
+    pub broadcast_lagged: Counter,
     pub rate_limited: Counter,
+    pub service_requests: Family<Labels, Counter>,
+    pub checkouts: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -33,7 +36,10 @@ impl Metrics {
         // 50 µs .. ~1.6 s
         let broadcast_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         let slow_consumer_events = Counter::default();
+        let broadcast_lagged = Counter::default();
         let rate_limited = Counter::default();
+        let service_requests = Family::<Labels, Counter>::default();
+        let checkouts = Family::<Labels, Counter>::default();
         registry.register("ws_connections_open", "Open WebSocket connections", ws_connections_open.clone());
         registry.register("ws_connections", "WebSocket connections accepted", ws_connections_total.clone());
         registry.register("ws_messages_sent", "WebSocket messages sent", ws_messages_sent.clone());
@@ -49,7 +55,14 @@ impl Metrics {
             "Times a connection's update queue overflowed and was replaced by the newest snapshot",
             slow_consumer_events.clone(),
         );
+        registry.register(
+            "ws_broadcast_lagged",
+            "Times a connection fell a whole broadcast ring behind and was sent every product again",
+            broadcast_lagged.clone(),
+        );
         registry.register("http_rate_limited", "Requests refused with 429", rate_limited.clone());
+        registry.register("service_requests", "Service API requests by endpoint and outcome", service_requests.clone());
+        registry.register("checkouts", "Checkouts by outcome", checkouts.clone());
         Metrics {
             registry,
             ws_connections_open,
@@ -59,7 +72,10 @@ impl Metrics {
             mutations,
             broadcast_latency,
             slow_consumer_events,
+            broadcast_lagged,
             rate_limited,
+            service_requests,
+            checkouts,
         }
     }
 

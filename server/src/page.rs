@@ -24,7 +24,7 @@ use crate::session::Session;
 pub async fn shop(State(app): State<AppState>, session: Session, request: Request<Body>) -> Result<Response, AppError> {
     let cart = app.cart(&session).await?;
     let reconnect = ReconnectSettings { base_ms: app.config.reconnect_base_ms, max_ms: app.config.reconnect_max_ms };
-    let state = PageState { products: app.catalog.products().to_vec(), cart, reconnect };
+    let state = PageState { products: app.store.catalog().products().to_vec(), cart, reconnect };
     let slots = shell::Slots {
         product_list: Some(product_list::render_to_html(&state)),
         shopping_cart: Some(shopping_cart::render_to_html(&state)),

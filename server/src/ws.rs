@@ -1,8 +1,8 @@
 //! `GET /ws`: one WebSocket connection per micro-frontend instance, subscribed to its session's cart.
 //!
-//! The connection first sends a `CART_UPDATE` snapshot, then every newer version the hub delivers, answers
-//! `PING` with `PONG` and `RESYNC` with a fresh snapshot, and refuses anything else with an `ERROR` frame while
-//! staying open. It closes with 1009 for an oversized frame, 1008 for a client that floods frames, 1001 when the
+//! The connection first sends a `CART_UPDATE` snapshot, then every newer version the hub delivers, every
+//! `PRODUCT_UPDATE` and the `NOTICE`s meant for it, answers `PING` with `PONG` and `RESYNC` with a fresh
+//! snapshot, and refuses anything else with an `ERROR` frame while staying open. It closes with 1009 for an oversized frame, 1008 for a client that floods frames, 1001 when the
 //! server shuts down or the peer stops answering heartbeats — and it drops a peer that stops reading rather than
 //! buffer for it without bound.
 
@@ -15,6 +15,7 @@ use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use shared::protocol::close;
 use shared::{CartVersion, ClientMessage, ErrorCode, ServerMessage};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{sleep_until, timeout, Instant as TokioInstant};
 
 use crate::app::AppState;
@@ -126,6 +127,8 @@ impl Connection {
         // Subscribe before reading the snapshot: a change committed in between then arrives as a newer frame
         // instead of falling into the gap.
         let subscription = self.app.hub.subscribe(&self.session.cart);
+        let mut everyone = self.app.hub.everyone();
+        let mut everyone_open = true;
         if let Sent::Failed(ending) = self.send_snapshot().await {
             return ending;
         }
@@ -145,6 +148,24 @@ impl Connection {
                 }
                 frame = subscription.next() => {
                     if let Sent::Failed(ending) = self.send_frame(frame).await {
+                        return ending;
+                    }
+                }
+                received = everyone.recv(), if everyone_open => {
+                    let sent = match received {
+                        Ok(frame) => self.send_frame(frame).await,
+                        Err(RecvError::Lagged(missed)) => {
+                            tracing::warn!(cart = self.session.cart.short(), missed, "fell behind the broadcast ring");
+                            self.app.metrics.broadcast_lagged.inc();
+                            self.send_catalog().await
+                        }
+                        // Only when the hub is gone, i.e. the server is stopping.
+                        Err(RecvError::Closed) => {
+                            everyone_open = false;
+                            Sent::Ok
+                        }
+                    };
+                    if let Sent::Failed(ending) = sent {
                         return ending;
                     }
                 }
@@ -218,7 +239,7 @@ impl Connection {
         match self.app.cart(&self.session).await {
             Ok(cart) => {
                 let frame = Frame::cart_update(&cart);
-                self.last_sent = self.last_sent.max(Some(frame.version));
+                self.last_sent = self.last_sent.max(Some(cart.version));
                 self.send(Message::Text(frame.text)).await
             }
             Err(e) => {
@@ -229,12 +250,25 @@ impl Connection {
         }
     }
 
-    /// Forward a hub frame unless this connection already showed that version or a newer one.
-    async fn send_frame(&mut self, frame: Frame) -> Sent {
-        if self.last_sent.is_some_and(|v| frame.version <= v) {
-            return Sent::Ok;
+    /// Every product as it is now: what a connection that missed product updates needs to be exact again.
+    async fn send_catalog(&mut self) -> Sent {
+        let catalog = self.app.store.catalog();
+        for product in catalog.products() {
+            if let Sent::Failed(ending) = self.send_frame(Frame::product_update(product)).await {
+                return Sent::Failed(ending);
+            }
         }
-        self.last_sent = Some(frame.version);
+        Sent::Ok
+    }
+
+    /// Forward a hub frame; a cart update only if this connection has not shown that version or a newer one.
+    async fn send_frame(&mut self, frame: Frame) -> Sent {
+        if let Some(version) = frame.version() {
+            if self.last_sent.is_some_and(|v| version <= v) {
+                return Sent::Ok;
+            }
+            self.last_sent = Some(version);
+        }
         let published_at = frame.published_at;
         let sent = self.send(Message::Text(frame.text)).await;
         if matches!(sent, Sent::Ok) {

@@ -189,6 +189,25 @@ pub struct CartLine {
     /// The product's stock when this cart was priced, so a client can cap its "+" button.
     pub stock: u32,
     pub image: String,
+    /// The product's [`Product::revision`] this line was priced at.
+    #[serde(default)]
+    pub product_revision: u64,
+}
+
+impl CartLine {
+    /// The line holds more than is in stock now (stock fell after it was added): checkout would refuse it.
+    pub fn exceeds_stock(&self) -> bool {
+        self.quantity > self.stock
+    }
+}
+
+/// A line that cannot be bought as it is: what the cart holds and what is available.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shortfall {
+    pub product_id: ProductId,
+    pub name: String,
+    pub requested: u32,
+    pub available: u32,
 }
 
 /// A cart as clients receive it: contents priced against the catalog, at a version.
@@ -230,13 +249,58 @@ impl Cart {
                     line_total_cents: p.price_cents.checked_times(line.quantity).unwrap_or(Cents(u64::MAX)),
                     stock: p.stock,
                     image: p.image.clone(),
+                    product_revision: p.revision,
                 })
             })
             .collect();
-        let item_count = items.iter().map(|l| u64::from(l.quantity)).sum();
-        let total_cents =
-            items.iter().try_fold(Cents::ZERO, |acc, l| acc.checked_add(l.line_total_cents)).unwrap_or(Cents(u64::MAX));
-        Cart { version, items, item_count, total_cents, currency: currency.to_owned() }
+        let mut cart = Cart { version, items, item_count: 0, total_cents: Cents::ZERO, currency: currency.to_owned() };
+        cart.recount();
+        cart
+    }
+
+    /// Item count and total from the lines.
+    fn recount(&mut self) {
+        self.item_count = self.items.iter().map(|l| u64::from(l.quantity)).sum();
+        self.total_cents = self
+            .items
+            .iter()
+            .try_fold(Cents::ZERO, |acc, l| acc.checked_add(l.line_total_cents))
+            .unwrap_or(Cents(u64::MAX));
+    }
+
+    /// Re-price this cart's line of `product` from a newer state of the product (a `PRODUCT_UPDATE`), exactly
+    /// as the server would price it. A state not newer than the one the line was priced at is ignored, so an
+    /// older update arriving late never undoes a newer price. Returns whether the cart changed. The version
+    /// stays: the cart's contents did not change, only the catalog they are priced against.
+    pub fn apply_product(&mut self, product: &Product) -> bool {
+        let Some(line) = self.items.iter_mut().find(|l| l.product_id == product.id) else {
+            return false;
+        };
+        if product.revision <= line.product_revision {
+            return false;
+        }
+        line.name = product.name.clone();
+        line.unit_price_cents = product.price_cents;
+        line.line_total_cents = product.price_cents.checked_times(line.quantity).unwrap_or(Cents(u64::MAX));
+        line.stock = product.stock;
+        line.image = product.image.clone();
+        line.product_revision = product.revision;
+        self.recount();
+        true
+    }
+
+    /// Lines that hold more than their stock.
+    pub fn shortfalls(&self) -> Vec<Shortfall> {
+        self.items
+            .iter()
+            .filter(|l| l.exceeds_stock())
+            .map(|l| Shortfall {
+                product_id: l.product_id.clone(),
+                name: l.name.clone(),
+                requested: l.quantity,
+                available: l.stock,
+            })
+            .collect()
     }
 }
 
@@ -254,6 +318,7 @@ mod tests {
             currency: "EUR".into(),
             stock,
             image: format!("/images/{id}.svg"),
+            revision: 0,
         }
     }
 
@@ -270,6 +335,33 @@ mod tests {
     }
     fn set(id: &str, q: i64) -> CartOp {
         CartOp::Set { product_id: id.into(), quantity: q }
+    }
+
+    #[test]
+    fn a_newer_product_state_reprices_its_line_and_an_older_one_is_ignored() {
+        let mut c = catalog();
+        let l = CartLimits::default();
+        let mut contents = CartContents::default();
+        contents.apply(&add("mug", 3), &l, lookup(&c)).unwrap();
+        contents.apply(&add("lamp", 1), &l, lookup(&c)).unwrap();
+        let mut cart = Cart::priced(4, &contents, "EUR", lookup(&c));
+        assert_eq!(cart.total_cents, Cents(3 * 1250 + 4999));
+
+        c[0].price_cents = Cents(1000);
+        c[0].stock = 2;
+        c[0].revision = 7;
+        assert!(cart.apply_product(&c[0]));
+        assert_eq!(cart, Cart::priced(4, &contents, "EUR", lookup(&c)), "the same as the server would price it");
+        assert_eq!(cart.total_cents, Cents(3 * 1000 + 4999));
+        assert_eq!(cart.shortfalls(), vec![Shortfall { product_id: "mug".into(), name: "Product mug".into(), requested: 3, available: 2 }]);
+
+        let mut stale = c[0].clone();
+        stale.price_cents = Cents(1);
+        stale.revision = 6;
+        assert!(!cart.apply_product(&stale), "an older state never undoes a newer one");
+        assert!(!cart.apply_product(&c[0]), "the same state twice changes nothing");
+        assert!(!cart.apply_product(&c[2]), "a product not in the cart");
+        assert_eq!(cart.total_cents, Cents(3 * 1000 + 4999));
     }
 
     #[test]

@@ -54,12 +54,22 @@ pub struct Product {
     pub stock: u32,
     /// URL path of the product's picture, e.g. `"/images/walnut-desk-lamp.svg"`.
     pub image: String,
+    /// The catalog revision at which stock or price last changed (0: as shipped). Revisions only grow, so a
+    /// client holding two states of one product keeps the one with the higher revision, whatever order they
+    /// arrived in.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 impl Product {
     /// A few words about availability, the same on the server-rendered page and in the browser.
     pub fn stock_label(&self) -> String {
-        match self.stock {
+        Product::stock_label_of(self.stock)
+    }
+
+    /// [`Product::stock_label`] for a stock figure.
+    pub fn stock_label_of(stock: u32) -> String {
+        match stock {
             0 => "Out of stock".to_owned(),
             n @ 1..=3 => format!("Only {n} left"),
             _ => "In stock".to_owned(),
@@ -94,6 +104,7 @@ mod tests {
             currency: "EUR".into(),
             stock: 0,
             image: String::new(),
+            revision: 0,
         };
         assert_eq!(p.stock_label(), "Out of stock");
         p.stock = 2;

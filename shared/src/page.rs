@@ -91,6 +91,7 @@ mod tests {
             currency: "EUR".into(),
             stock: 3,
             image: "/images/mug.svg".into(),
+            revision: 0,
         };
         let state =
             PageState { products: vec![product], cart: Cart::empty("EUR"), reconnect: ReconnectSettings::default() };

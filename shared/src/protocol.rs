@@ -6,7 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cart::Cart;
+use crate::cart::{Cart, Shortfall};
+use crate::catalog::{Product, ProductId};
 use crate::version::CartVersion;
 
 /// Path of the WebSocket endpoint.
@@ -41,6 +42,72 @@ pub enum ServerMessage {
     Pong { id: u64, server_time_ms: u64 },
     /// A frame was refused; the socket stays open unless a close frame follows.
     Error { code: ErrorCode, message: String },
+    /// A product's stock or price changed (sent to every connection). Keep it if its `revision` is newer than
+    /// the state you hold.
+    ProductUpdate { data: Product },
+    /// A message from a backend service for the shopper (sent to one session's connections, or to all).
+    Notice { data: Notice },
+}
+
+/// A message for shoppers from a backend service, e.g. "price dropped on an item in your cart".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    /// What sort of notice, as the service names it (`price_drop`, `restock`, …): 1..=32 of `a-z0-9_-`.
+    pub kind: String,
+    /// The words shown to the shopper: 1..=[`Notice::MAX_MESSAGE_CHARS`] characters.
+    pub message: String,
+    /// The product it is about, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<ProductId>,
+}
+
+impl Notice {
+    pub const MAX_KIND_LEN: usize = 32;
+    pub const MAX_MESSAGE_CHARS: usize = 500;
+
+    /// Why this notice cannot be sent, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        let kind_ok = !self.kind.is_empty()
+            && self.kind.len() <= Self::MAX_KIND_LEN
+            && self.kind.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !kind_ok {
+            return Some(format!("kind must be 1 to {} characters of a-z, 0-9, '_' and '-'", Self::MAX_KIND_LEN));
+        }
+        let chars = self.message.chars().count();
+        if self.message.trim().is_empty() || chars > Self::MAX_MESSAGE_CHARS {
+            return Some(format!("message must be 1 to {} characters, got {chars}", Self::MAX_MESSAGE_CHARS));
+        }
+        if self.product_id.as_ref().is_some_and(|id| !id.is_well_formed()) {
+            return Some("product_id is not a product id".into());
+        }
+        None
+    }
+}
+
+/// Body of `POST /api/service/notify`: a [`Notice`] for one session (its public id, see `GET /api/session`)
+/// or, without `session`, for every connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(flatten)]
+    pub notice: Notice,
+}
+
+/// Body of `PATCH /api/service/products/{id}`: the fields to change. Signed, so a negative number is refused
+/// with a clear message rather than as a type error.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stock: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_cents: Option<i64>,
+}
+
+/// Answer of `GET /api/session`: the session's public id, which services use to address notices to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub session: String,
 }
 
 /// Frames a client sends.
@@ -91,6 +158,10 @@ pub enum ErrorCode {
     ServiceUnavailable,
     /// Something failed on the server.
     Internal,
+    /// A field has a value outside what it allows (e.g. a negative stock).
+    InvalidField,
+    /// Checkout of a cart with no lines.
+    EmptyCart,
     /// A code this client version does not know yet.
     #[serde(other)]
     Unknown,
@@ -106,11 +177,14 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,
+    /// For a refused checkout (`insufficient_stock`): every line that no longer fits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shortfalls: Vec<Shortfall>,
 }
 
 impl ErrorBody {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorBody { error: ErrorDetail { code, message: message.into() } }
+        ErrorBody { error: ErrorDetail { code, message: message.into(), shortfalls: Vec::new() } }
     }
 }
 
@@ -169,6 +243,33 @@ mod tests {
         assert_eq!(v, json!({"error":{"code":"insufficient_stock","message":"only 2 left"}}));
         let future: ErrorBody = serde_json::from_value(json!({"error":{"code":"brand_new","message":"m"}})).unwrap();
         assert_eq!(future.error.code, ErrorCode::Unknown);
+    }
+
+    #[test]
+    fn product_updates_and_notices_have_the_documented_shape() {
+        let v = serde_json::to_value(ServerMessage::Notice {
+            data: Notice { kind: "price_drop".into(), message: "Cheaper now".into(), product_id: Some("mug".into()) },
+        })
+        .unwrap();
+        assert_eq!(v, json!({"type":"NOTICE","data":{"kind":"price_drop","message":"Cheaper now","product_id":"mug"}}));
+        let r: NoticeRequest = serde_json::from_value(json!({"kind":"k","message":"m","session":"abc"})).unwrap();
+        assert_eq!(r.session.as_deref(), Some("abc"));
+        assert_eq!(r.notice.product_id, None);
+        let v = serde_json::to_value(ErrorBody::new(ErrorCode::EmptyCart, "x")).unwrap();
+        assert_eq!(v, json!({"error":{"code":"empty_cart","message":"x"}}), "no shortfalls field when there are none");
+    }
+
+    #[test]
+    fn notice_limits_are_inclusive() {
+        let ok = |kind: &str, message: &str| {
+            Notice { kind: kind.into(), message: message.into(), product_id: None }.problem().is_none()
+        };
+        assert!(ok(&"k".repeat(Notice::MAX_KIND_LEN), &"é".repeat(Notice::MAX_MESSAGE_CHARS)));
+        assert!(!ok(&"k".repeat(Notice::MAX_KIND_LEN + 1), "m"));
+        assert!(!ok("k", &"é".repeat(Notice::MAX_MESSAGE_CHARS + 1)));
+        assert!(!ok("", "m"));
+        assert!(!ok("Price Drop", "m"));
+        assert!(!ok("k", "   "));
     }
 
     #[test]

@@ -5,8 +5,14 @@
 //! sibling micro-frontend, a periodic `GET` — in any order, and any of them may repeat. Each carries the whole
 //! cart, so the rule is simple: show a cart only if its version is newer than the one shown. Duplicates and
 //! late arrivals are ignored, and a skipped version loses nothing because the newer cart contains it.
+//!
+//! Prices and stock change without the cart's version changing (a `PRODUCT_UPDATE` for every connection), so
+//! products follow the same rule with their own number, [`Product::revision`]: a client keeps the newest state
+//! of each product it has heard of and prices the cart it shows with it. A cart update priced before a price
+//! change that arrives after it therefore still shows the new price.
 
 use crate::cart::Cart;
+use crate::catalog::Product;
 
 /// A cart's version: 0 before its first change, then +1 per change.
 pub type CartVersion = u64;
@@ -16,10 +22,21 @@ pub fn is_newer(shown: Option<CartVersion>, incoming: CartVersion) -> bool {
     shown.is_none_or(|v| incoming > v)
 }
 
-/// The cart a client currently shows, guarded by the version rule.
+/// The cart a client currently shows, guarded by the version rule, and the newest state of every product it
+/// has heard of, guarded by the revision rule.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VersionedCart {
     shown: Option<Cart>,
+    products: Vec<Product>,
+}
+
+/// What a product state offered to [`VersionedCart::offer_product`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProductOffer {
+    /// It is newer than the state held: show it.
+    pub newer: bool,
+    /// The cart shown was re-priced with it.
+    pub cart_changed: bool,
 }
 
 impl VersionedCart {
@@ -35,14 +52,35 @@ impl VersionedCart {
         self.shown.as_ref().map(|c| c.version)
     }
 
-    /// Offer a cart from any source; returns whether it was taken.
-    pub fn offer(&mut self, cart: Cart) -> bool {
+    /// Offer a cart from any source; returns whether it was taken. A taken cart is priced with the newest
+    /// product states held.
+    pub fn offer(&mut self, mut cart: Cart) -> bool {
         if is_newer(self.version(), cart.version) {
+            for p in &self.products {
+                cart.apply_product(p);
+            }
             self.shown = Some(cart);
             true
         } else {
             false
         }
+    }
+
+    /// Offer a product state from any source (a `PRODUCT_UPDATE`, the page, a refresh).
+    pub fn offer_product(&mut self, product: Product) -> ProductOffer {
+        let newer = match self.products.iter_mut().find(|p| p.id == product.id) {
+            Some(held) if held.revision >= product.revision => false,
+            Some(held) => {
+                *held = product.clone();
+                true
+            }
+            None => {
+                self.products.push(product.clone());
+                true
+            }
+        };
+        let cart_changed = newer && self.shown.as_mut().is_some_and(|c| c.apply_product(&product));
+        ProductOffer { newer, cart_changed }
     }
 }
 
@@ -67,6 +105,48 @@ mod tests {
         assert!(!s.offer(cart(2)), "late arrival ignored");
         assert!(s.offer(cart(4)));
         assert_eq!(s.version(), Some(4));
+    }
+
+    fn mug(price: u64, revision: u64) -> Product {
+        Product {
+            id: "mug".into(),
+            name: "Mug".into(),
+            description: String::new(),
+            price_cents: crate::Cents(price),
+            currency: "EUR".into(),
+            stock: 5,
+            image: String::new(),
+            revision,
+        }
+    }
+
+    fn cart_with_mug(version: CartVersion, product: &Product) -> Cart {
+        let mut contents = crate::CartContents::default();
+        contents
+            .apply(&crate::CartOp::Add { product_id: "mug".into(), quantity: 2 }, &Default::default(), |_| Some(product))
+            .unwrap();
+        Cart::priced(version, &contents, "EUR", |_| Some(product))
+    }
+
+    #[test]
+    fn a_cart_priced_before_a_price_change_that_arrives_after_it_shows_the_new_price() {
+        let old = mug(1000, 0);
+        let new = mug(800, 3);
+        let mut s = VersionedCart::new();
+        assert!(s.offer(cart_with_mug(1, &old)));
+        assert_eq!(s.offer_product(new.clone()), ProductOffer { newer: true, cart_changed: true });
+        assert_eq!(s.current().unwrap().total_cents, crate::Cents(1600));
+        // Version 2, priced at the old price, arrives late.
+        assert!(s.offer(cart_with_mug(2, &old)));
+        assert_eq!(s.current().unwrap().total_cents, crate::Cents(1600), "priced with the newest state held");
+        assert_eq!(s.offer_product(old), ProductOffer { newer: false, cart_changed: false }, "an older state");
+        assert_eq!(s.offer_product(new), ProductOffer { newer: false, cart_changed: false }, "the same state");
+        assert_eq!(
+            s.offer_product(mug(900, 4)),
+            ProductOffer { newer: true, cart_changed: true },
+            "a newer one reprices again"
+        );
+        assert_eq!(s.current().unwrap().total_cents, crate::Cents(1800));
     }
 
     proptest! {

@@ -3,11 +3,12 @@
 //!
 //! The shell never imports another micro-frontend: the server passes their rendered HTML in as opaque strings
 //! (`inner_html`), and in the browser their own bundles hydrate those elements. The shell keeps its own
-//! WebSocket for the badge and listens to every bundle's [`shared::link::LINK_EVENT`] for the indicator.
+//! WebSocket for the badge and the notices backend services send (shown as dismissible toasts), and listens to
+//! every bundle's [`shared::link::LINK_EVENT`] for the indicator.
 
 use leptos::prelude::*;
 use shared::page::mount;
-use shared::{Cart, LinkReport, LinkState};
+use shared::{Cart, LinkReport, LinkState, Notice};
 
 /// This bundle's name in connection reports.
 pub const MFE: &str = "shell";
@@ -23,13 +24,35 @@ pub struct Slots {
     pub shopping_cart: Option<String>,
 }
 
+/// Toasts shown at once; a newer notice pushes the oldest out.
+pub const MAX_TOASTS: usize = 3;
+
+/// A notice on screen, with an id to dismiss it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Toast {
+    pub id: u64,
+    pub notice: Notice,
+}
+
+/// Show `notice` (as toast `id`), keeping at most [`MAX_TOASTS`].
+pub fn push_toast(toasts: &mut Vec<Toast>, id: u64, notice: Notice) {
+    toasts.push(Toast { id, notice });
+    let excess = toasts.len().saturating_sub(MAX_TOASTS);
+    toasts.drain(..excess);
+}
+
 /// The connection reports of every bundle, in [`BUNDLES`] order.
 pub fn initial_reports() -> Vec<LinkReport> {
     BUNDLES.iter().map(|(mfe, _)| LinkReport::connecting(mfe)).collect()
 }
 
 #[component]
-pub fn Shell(cart: RwSignal<Cart>, links: RwSignal<Vec<LinkReport>>, slots: Slots) -> impl IntoView {
+pub fn Shell(
+    cart: RwSignal<Cart>,
+    links: RwSignal<Vec<LinkReport>>,
+    toasts: RwSignal<Vec<Toast>>,
+    slots: Slots,
+) -> impl IntoView {
     let count = move || cart.with(|c| c.item_count);
     let badge_label = move || match count() {
         1 => "Cart: 1 item".to_owned(),
@@ -55,6 +78,29 @@ pub fn Shell(cart: RwSignal<Cart>, links: RwSignal<Vec<LinkReport>>, slots: Slot
                 <div id=mount::PRODUCT_LIST class="mfe mfe-products" inner_html=slots.product_list></div>
                 <aside id=mount::SHOPPING_CART class="mfe mfe-cart" inner_html=slots.shopping_cart></aside>
             </main>
+            <div class="toasts" role="region" aria-label="Notices" aria-live="polite">
+                {move || {
+                    toasts
+                        .get()
+                        .into_iter()
+                        .map(|Toast { id, notice }| {
+                            view! {
+                                <div class="toast" data-kind=notice.kind>
+                                    <p class="toast-message">{notice.message}</p>
+                                    <button
+                                        type="button"
+                                        class="toast-close"
+                                        aria-label="Dismiss notice"
+                                        on:click=move |_| toasts.update(|t| t.retain(|t| t.id != id))
+                                    >
+                                        "×"
+                                    </button>
+                                </div>
+                            }
+                        })
+                        .collect_view()
+                }}
+            </div>
             <footer class="site-footer">
                 <p>"Prices include VAT. Carts are kept for you on this device."</p>
             </footer>
@@ -131,17 +177,18 @@ pub fn record(links: &mut [LinkReport], report: LinkReport) {
 pub fn view_for_server(cart: Cart, slots: Slots) -> impl IntoView {
     let cart = RwSignal::new(cart);
     let links = RwSignal::new(initial_reports());
-    view! { <Shell cart links slots /> }
+    let toasts = RwSignal::new(Vec::new());
+    view! { <Shell cart links toasts slots /> }
 }
 
 #[cfg(feature = "hydrate")]
 mod bundle {
     use leptos::prelude::*;
-    use shared::browser::{boot, on_link_reports, CartLink};
+    use shared::browser::{boot, on_link_reports, CartLink, Handlers};
     use shared::page::mount;
     use wasm_bindgen::prelude::wasm_bindgen;
 
-    use super::{initial_reports, record, Shell, Slots, MFE};
+    use super::{initial_reports, push_toast, record, Shell, Slots, MFE};
 
     /// Hydrate the server-rendered shell and open this bundle's link.
     #[wasm_bindgen]
@@ -150,12 +197,22 @@ mod bundle {
         let links = RwSignal::new(initial_reports());
         let handle = leptos::mount::hydrate_from(element, move || {
             let cart = RwSignal::new(state.cart.clone());
-            let on_cart = move |c| {
-                cart.try_set(c);
+            let toasts = RwSignal::new(Vec::new());
+            let next_toast = std::cell::Cell::new(0);
+            let handlers = Handlers {
+                on_cart: Box::new(move |c| {
+                    cart.try_set(c);
+                }),
+                // The shell's own report also arrives through the page event, like every other bundle's.
+                on_report: Box::new(|_| {}),
+                on_product: None,
+                on_notice: Some(Box::new(move |notice| {
+                    next_toast.set(next_toast.get() + 1);
+                    toasts.try_update(|t| push_toast(t, next_toast.get(), notice));
+                })),
             };
-            // The shell's own report also arrives through the page event, like every other bundle's.
-            CartLink::install(MFE, state.reconnect.policy(), Some(state.cart.clone()), on_cart, |_| {});
-            view! { <Shell cart links slots=Slots::default() /> }
+            CartLink::install(MFE, state.reconnect.policy(), Some(state.cart.clone()), Vec::new(), handlers);
+            view! { <Shell cart links toasts slots=Slots::default() /> }
         });
         let listener = on_link_reports(move |report| {
             links.try_update(|l| record(l, report));
@@ -173,6 +230,18 @@ mod bundle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn toasts_keep_the_newest_few() {
+        let notice = |m: &str| Notice { kind: "k".into(), message: m.into(), product_id: None };
+        let mut toasts = Vec::new();
+        for id in 1..=MAX_TOASTS as u64 + 2 {
+            push_toast(&mut toasts, id, notice(&format!("n{id}")));
+        }
+        assert_eq!(toasts.len(), MAX_TOASTS);
+        assert_eq!(toasts.first().map(|t| t.id), Some(3));
+        assert_eq!(toasts.last().map(|t| t.notice.message.as_str()), Some("n5"));
+    }
 
     #[test]
     fn reports_land_in_their_bundles_row() {

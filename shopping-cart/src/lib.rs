@@ -1,5 +1,6 @@
 //! The shopping cart micro-frontend: the session's lines with − / + and remove, line totals, the cart total,
-//! "Clear cart", and an empty state.
+//! "Clear cart", "Checkout" with its order confirmation, and an empty state. Prices and stock follow
+//! `PRODUCT_UPDATE`s live: a line re-prices itself, and a line holding more than is left is flagged.
 //!
 //! Built twice from this one crate: with `ssr` the server renders [`ShoppingCart`] into the page, with
 //! `hydrate` this crate is its own WASM bundle that hydrates that markup and keeps its own WebSocket
@@ -7,7 +8,7 @@
 
 use leptos::prelude::*;
 use shared::browser::{mutate, CartRequest};
-use shared::{Cart, CartLine, Cents, LinkReport};
+use shared::{Cart, CartLine, Cents, LinkReport, Order};
 
 /// This bundle's name in connection reports.
 pub const MFE: &str = "shopping-cart";
@@ -31,7 +32,29 @@ fn run(request: CartRequest, busy: RwSignal<bool>, error: RwSignal<Option<String
 #[component]
 pub fn ShoppingCart(cart: RwSignal<Cart>, link: RwSignal<LinkReport>) -> impl IntoView {
     let clearing = RwSignal::new(false);
+    let ordering = RwSignal::new(false);
     let error = RwSignal::new(None::<String>);
+    let order = RwSignal::new(None::<Order>);
+    let short = move || cart.with(|c| c.items.iter().any(CartLine::exceeds_stock));
+    let check_out = move |_| {
+        if ordering.get_untracked() {
+            return;
+        }
+        ordering.set(true);
+        error.set(None);
+        leptos::task::spawn_local(async move {
+            match shared::browser::checkout().await {
+                Ok(receipt) => {
+                    order.try_set(Some(receipt.order));
+                }
+                Err(e) => {
+                    error.try_set(Some(e.message));
+                }
+            }
+            ordering.try_set(false);
+        });
+    };
+    let ordered = move |f: fn(&Order) -> String| move || order.with(|o| o.as_ref().map(f).unwrap_or_default());
     let lines = Memo::new(move |_| cart.with(|c| c.items.len()));
     let empty = move || lines.get() == 0;
     view! {
@@ -51,8 +74,23 @@ pub fn ShoppingCart(cart: RwSignal<Cart>, link: RwSignal<LinkReport>) -> impl In
                     title=move || format!("Shopping cart: {}", link.with(|l| l.state.label()))
                 ></span>
             </div>
-            // Both states are always in the page and toggled with `hidden`: cheaper in the bundle than `<Show>`.
-            <p class="cart-empty" hidden=move || !empty()>
+            // Every state is always in the page and toggled with `hidden`: cheaper in the bundle than `<Show>`.
+            <div class="order-confirmation" role="status" hidden=move || order.with(Option::is_none)>
+                <p class="order-title">"Thank you! Your order is placed."</p>
+                <p class="order-lines">
+                    {ordered(|o| {
+                        o.lines.iter().map(|l| format!("{} × {}", l.quantity, l.name)).collect::<Vec<_>>().join(", ")
+                    })}
+                </p>
+                <p class="order-total">
+                    "Paid " <strong>{ordered(|o| o.total_cents.format(&o.currency))}</strong> " · order "
+                    <code class="order-id">{ordered(|o| o.id.clone())}</code>
+                </p>
+                <button type="button" class="button secondary" on:click=move |_| order.set(None)>
+                    "Continue shopping"
+                </button>
+            </div>
+            <p class="cart-empty" hidden=move || !empty() || order.with(Option::is_some)>
                 "Your cart is empty. Add something from the products."
             </p>
             <div class="cart-body" hidden=empty>
@@ -68,10 +106,22 @@ pub fn ShoppingCart(cart: RwSignal<Cart>, link: RwSignal<LinkReport>) -> impl In
                         {move || cart.with(|c| c.total_cents.format(&c.currency))}
                     </span>
                 </div>
+                <p class="checkout-blocked" hidden=move || !short()>
+                    "Some lines hold more than is left. Lower them to check out."
+                </p>
+                <button
+                    type="button"
+                    class="button primary checkout"
+                    disabled=move || ordering.get() || clearing.get() || short()
+                    aria-busy=move || ordering.get().to_string()
+                    on:click=check_out
+                >
+                    {move || if ordering.get() { "Placing your order…" } else { "Checkout" }}
+                </button>
                 <button
                     type="button"
                     class="button secondary clear"
-                    disabled=move || clearing.get()
+                    disabled=move || clearing.get() || ordering.get()
                     aria-busy=move || clearing.get().to_string()
                     on:click=move |_| run(CartRequest::Clear, clearing, error)
                 >
@@ -94,6 +144,8 @@ fn CartLineRow(index: usize, cart: RwSignal<Cart>) -> impl IntoView {
     let name = get(|l| l.name.clone());
     let id = get(|l| l.product_id.0.clone());
     let quantity = move || line.with(|l| l.as_ref().map_or(0, |l| l.quantity));
+    let stock = move || line.with(|l| l.as_ref().map_or(0, |l| l.stock));
+    let over = move || line.with(|l| l.as_ref().is_some_and(CartLine::exceeds_stock));
     let cap =
         move || line.with(|l| l.as_ref().map_or(0, |l| l.stock.min(shared::CartLimits::DEFAULT_MAX_QUANTITY_PER_LINE)));
     let price = move |cents: fn(&CartLine) -> Cents| {
@@ -103,7 +155,7 @@ fn CartLineRow(index: usize, cart: RwSignal<Cart>) -> impl IntoView {
     let set = move |q: u32| run(CartRequest::Set { product_id: id(), quantity: i64::from(q) }, busy, error);
     let remove = move |_| run(CartRequest::Remove { product_id: id() }, busy, error);
     view! {
-        <li class="cart-line" data-product-id=id>
+        <li class="cart-line" data-product-id=id class:over-stock=over>
             <img class="line-image" src=get(|l| l.image.clone()) alt="" width="64" height="48" />
             <div class="line-info">
                 <span class="line-name">{name}</span>
@@ -140,6 +192,12 @@ fn CartLineRow(index: usize, cart: RwSignal<Cart>) -> impl IntoView {
             >
                 "Remove"
             </button>
+            <p class="line-warning" role="alert" hidden=move || !over()>
+                {move || match stock() {
+                    0 => "Sold out since you added it: remove it to check out.".to_owned(),
+                    n => format!("Only {n} left: lower the quantity to check out."),
+                }}
+            </p>
             <p class="error line-error" role="alert">{move || error.get()}</p>
         </li>
     }
@@ -151,13 +209,24 @@ fn root(state: shared::page::PageState, connect: bool) -> impl IntoView {
     let cart = RwSignal::new(state.cart.clone());
     let link = RwSignal::new(LinkReport::connecting(MFE));
     if connect {
-        let on_cart = move |c| {
-            cart.try_set(c);
+        let handlers = shared::browser::Handlers {
+            on_cart: Box::new(move |c| {
+                cart.try_set(c);
+            }),
+            on_report: Box::new(move |r| {
+                link.try_set(r);
+            }),
+            // The link re-prices the cart with each newer product state and hands over the result as a cart.
+            on_product: Some(Box::new(|_| {})),
+            on_notice: None,
         };
-        let on_report = move |r| {
-            link.try_set(r);
-        };
-        shared::browser::CartLink::install(MFE, state.reconnect.policy(), Some(state.cart.clone()), on_cart, on_report);
+        shared::browser::CartLink::install(
+            MFE,
+            state.reconnect.policy(),
+            Some(state.cart.clone()),
+            state.products.clone(),
+            handlers,
+        );
     }
     view! { <ShoppingCart cart link /> }
 }

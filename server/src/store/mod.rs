@@ -1,19 +1,25 @@
-//! Where carts live. Handlers see only the [`CartStore`] trait: load a cart, apply a change atomically. The
-//! embedded default is SQLite ([`sqlite::SqliteCartStore`]); a shared backend for several instances implements
-//! the same trait.
+//! Where carts, stock, prices and orders live. Handlers see only the [`CartStore`] trait: load a cart, apply a
+//! change atomically, change a product, check out. The embedded default is SQLite ([`sqlite::SqliteCartStore`]);
+//! a shared backend for several instances implements the same trait.
 //!
 //! Contract every implementation keeps:
-//! - `mutate` returns `Ok` only once the change is durable (committed), so a 2xx survives a crash;
+//! - every change returns `Ok` only once it is durable (committed), so a 2xx survives a crash;
 //! - changes to one cart are serialized, each change that alters the cart adds exactly 1 to its version, and a
 //!   refused or no-op change leaves version and contents untouched;
-//! - a repeated `Idempotency-Key` (per cart) returns the first answer without applying anything again.
+//! - a checkout checks every line against stock, decrements it, records the order and empties the cart as one
+//!   step: two checkouts racing for the last unit cannot both win, and stock never goes negative;
+//! - a repeated `Idempotency-Key` (per cart) returns the first answer without applying anything again;
+//! - [`CartStore::catalog`] never shows a stock or price whose change is not committed.
 
 pub mod sqlite;
 
+use std::sync::Arc;
+
 use futures_util::future::BoxFuture;
-use shared::{Cart, CartError, CartOp, Change};
+use shared::{Cart, CartError, CartOp, Cents, Change, CheckoutReceipt, Product, ProductId, Shortfall};
 use thiserror::Error;
 
+use crate::catalog::Catalog;
 use crate::error::AppError;
 use crate::session::CartKey;
 
@@ -32,6 +38,30 @@ pub struct Mutation {
     pub cart: Cart,
     pub change: Change,
     /// The answer was remembered from an earlier request with the same `Idempotency-Key`.
+    pub replayed: bool,
+}
+
+/// A service's change to one product (already validated: stock ≥ 0, price > 0).
+#[derive(Debug, Clone)]
+pub struct ProductUpdate {
+    pub id: ProductId,
+    pub stock: Option<u32>,
+    pub price_cents: Option<Cents>,
+}
+
+/// Check out one cart.
+#[derive(Debug, Clone)]
+pub struct CheckoutRequest {
+    pub cart: CartKey,
+    pub idempotency_key: Option<String>,
+}
+
+/// What a checkout did.
+#[derive(Debug, Clone)]
+pub struct Checkout {
+    pub receipt: CheckoutReceipt,
+    /// The products whose stock it changed, at their new revision (empty for a replay).
+    pub products: Vec<Product>,
     pub replayed: bool,
 }
 
@@ -55,6 +85,10 @@ pub enum MutationError {
     Cart(#[from] CartError),
     #[error("Idempotency-Key reused for a different request")]
     IdempotencyKeyReused,
+    #[error("the cart is empty")]
+    EmptyCart,
+    #[error("not enough stock for every line")]
+    Shortfalls(Vec<Shortfall>),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -64,6 +98,8 @@ impl From<MutationError> for AppError {
         match e {
             MutationError::Cart(e) => AppError::Cart(e),
             MutationError::IdempotencyKeyReused => AppError::IdempotencyKeyReused,
+            MutationError::EmptyCart => AppError::EmptyCart,
+            MutationError::Shortfalls(lines) => AppError::Shortfalls(lines),
             MutationError::Store(e) => AppError::Store(e),
         }
     }
@@ -75,4 +111,14 @@ pub trait CartStore: Send + Sync + 'static {
 
     /// Apply one change atomically and durably.
     fn mutate(&self, request: MutationRequest) -> BoxFuture<'_, Result<Mutation, MutationError>>;
+
+    /// The catalog with its committed stock and prices.
+    fn catalog(&self) -> Arc<Catalog>;
+
+    /// Change a product's stock and/or price. Returns the product as it is now and whether it changed (a
+    /// change earns a new revision).
+    fn update_product(&self, update: ProductUpdate) -> BoxFuture<'_, Result<(Product, Change), MutationError>>;
+
+    /// Turn the cart into an order (see the module's contract).
+    fn checkout(&self, request: CheckoutRequest) -> BoxFuture<'_, Result<Checkout, MutationError>>;
 }

@@ -7,6 +7,10 @@
 //! the changes of each cart, which is what makes versions strictly sequential.
 //!
 //! Reads use a small pool of read-only connections; WAL lets them proceed while the writer commits.
+//!
+//! Stock and prices that changed at run time are rows of `products`, which override the catalog file's values
+//! at start-up. The writer is the only one changing them: it applies a batch's product changes to a staged copy
+//! of the catalog and publishes that copy ([`LiveCatalog`]) only once the batch is committed.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -16,11 +20,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
-use shared::{Cart, CartContents, CartLimits, CartOp, Change};
+use shared::{Cart, CartContents, CartError, CartLimits, CartOp, Change, CheckoutReceipt, Order, Product};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{CartStore, Mutation, MutationError, MutationRequest, StoreError};
-use crate::catalog::Catalog;
+use super::{
+    CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate, StoreError,
+};
+use crate::catalog::{Catalog, LiveCatalog};
 use crate::config::defaults;
 use crate::session::CartKey;
 
@@ -46,39 +52,135 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (cart_key, key)
     );
     CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);",
+    // 2: stock and prices changed at run time (they override the catalog file), and orders.
+    "CREATE TABLE products (
+        product_id  TEXT PRIMARY KEY,
+        stock       INTEGER NOT NULL CHECK (stock >= 0),
+        price_cents INTEGER NOT NULL CHECK (price_cents > 0),
+        revision    INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    );
+    CREATE TABLE orders (
+        id          TEXT PRIMARY KEY,
+        cart_key    TEXT NOT NULL,
+        total_cents INTEGER NOT NULL,
+        body        TEXT NOT NULL,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE INDEX orders_by_cart ON orders (cart_key, created_at);",
 ];
+
+/// What identifies a checkout for an Idempotency-Key (cart operations use their `Debug` form).
+const CHECKOUT_FINGERPRINT: &str = "Checkout";
 
 /// Queued changes waiting for the writer; when full, callers wait (backpressure) instead of piling up memory.
 const WRITE_QUEUE: usize = 4096;
 /// How often the writer forgets expired idempotency keys.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
-struct WriteJob {
-    request: MutationRequest,
-    reply: oneshot::Sender<Result<Mutation, MutationError>>,
+/// One change for the writer, with where to send its outcome.
+enum WriteJob {
+    Cart { request: MutationRequest, reply: oneshot::Sender<Result<Mutation, MutationError>> },
+    Product { update: ProductUpdate, reply: oneshot::Sender<Result<(Product, Change), MutationError>> },
+    Checkout { request: CheckoutRequest, reply: oneshot::Sender<Result<Checkout, MutationError>> },
+}
+
+/// What a job did, before it is known whether its batch commits.
+enum Done {
+    Cart(Mutation),
+    Product(Product, Change),
+    Checkout(Checkout),
+}
+
+impl Done {
+    /// The catalog changes this outcome makes once committed.
+    fn products(&self) -> &[Product] {
+        match self {
+            Done::Product(p, Change::Changed) => std::slice::from_ref(p),
+            Done::Checkout(c) => &c.products,
+            _ => &[],
+        }
+    }
+}
+
+impl WriteJob {
+    /// Send the final outcome; the caller may have gone away (client disconnected), the change stands regardless.
+    fn answer(self, outcome: Result<Done, MutationError>) {
+        let mismatch = || MutationError::Store(StoreError::Corrupt("a job got another kind's outcome".into()));
+        match self {
+            WriteJob::Cart { reply, .. } => {
+                let _ = reply.send(outcome.and_then(|d| if let Done::Cart(m) = d { Ok(m) } else { Err(mismatch()) }));
+            }
+            WriteJob::Product { reply, .. } => {
+                let _ = reply.send(outcome.and_then(|d| match d {
+                    Done::Product(p, c) => Ok((p, c)),
+                    _ => Err(mismatch()),
+                }));
+            }
+            WriteJob::Checkout { reply, .. } => {
+                let _ = reply
+                    .send(outcome.and_then(|d| if let Done::Checkout(c) = d { Ok(c) } else { Err(mismatch()) }));
+            }
+        }
+    }
 }
 
 /// What the writer needs besides its connection.
 struct Rules {
-    catalog: Arc<Catalog>,
     limits: CartLimits,
     idempotency_ttl: Duration,
+}
+
+/// The writer's view of the catalog: the committed snapshot, and the copy a batch's product changes are staged
+/// in until it commits.
+struct CatalogState {
+    live: Arc<LiveCatalog>,
+    committed: Arc<Catalog>,
+    staged: Option<Catalog>,
+}
+
+impl CatalogState {
+    fn get(&self) -> &Catalog {
+        self.staged.as_ref().unwrap_or(&self.committed)
+    }
+
+    fn stage(&mut self, products: &[Product]) {
+        if products.is_empty() {
+            return;
+        }
+        let staged = self.staged.get_or_insert_with(|| (*self.committed).clone());
+        for p in products {
+            staged.replace(p.clone());
+        }
+    }
+
+    fn commit(&mut self) {
+        if let Some(staged) = self.staged.take() {
+            self.committed = Arc::new(staged);
+            self.live.publish(self.committed.clone());
+        }
+    }
+
+    fn roll_back(&mut self) {
+        self.staged = None;
+    }
 }
 
 pub struct SqliteCartStore {
     jobs: Mutex<Option<mpsc::Sender<WriteJob>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: ReaderPool,
-    catalog: Arc<Catalog>,
+    catalog: Arc<LiveCatalog>,
     secret: Vec<u8>,
 }
 
 impl SqliteCartStore {
-    /// Open (creating if needed) the database at `path`, run pending migrations and start the writer.
+    /// Open (creating if needed) the database at `path`, run pending migrations, apply the stored stock and
+    /// prices to `catalog` and start the writer.
     /// `secret` signs session cookies; when `None`, one is generated on first start and kept in the database.
     pub fn open(
         path: &Path,
-        catalog: Arc<Catalog>,
+        mut catalog: Catalog,
         limits: CartLimits,
         secret: Option<&[u8]>,
     ) -> Result<SqliteCartStore, StoreError> {
@@ -94,12 +196,34 @@ impl SqliteCartStore {
             Some(s) => s.to_vec(),
             None => stored_secret(&conn)?,
         };
+        apply_stored_products(&conn, &mut catalog)?;
+        let committed = Arc::new(catalog);
+        let live = Arc::new(LiveCatalog::new((*committed).clone()));
         let readers = ReaderPool::open(path, defaults::READ_CONNECTIONS)?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let rules = Rules { catalog: catalog.clone(), limits, idempotency_ttl: defaults::IDEMPOTENCY_TTL };
-        let writer =
-            std::thread::Builder::new().name("cart-writer".into()).spawn(move || writer_loop(conn, rx, rules))?;
-        Ok(SqliteCartStore { jobs: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), readers, catalog, secret })
+        let rules = Rules { limits, idempotency_ttl: defaults::IDEMPOTENCY_TTL };
+        let state = CatalogState { live: live.clone(), committed, staged: None };
+        let writer = std::thread::Builder::new()
+            .name("cart-writer".into())
+            .spawn(move || writer_loop(conn, rx, rules, state))?;
+        Ok(SqliteCartStore {
+            jobs: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            readers,
+            catalog: live,
+            secret,
+        })
+    }
+
+    /// Queue a job for the writer and wait for its committed outcome.
+    async fn submit<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, MutationError>>) -> WriteJob,
+    ) -> Result<T, MutationError> {
+        let sender = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or(StoreError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        sender.send(job(reply)).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     pub fn session_secret(&self) -> &[u8] {
@@ -128,20 +252,26 @@ impl CartStore for SqliteCartStore {
         async move {
             let key = cart.0.clone();
             let (version, contents) = self.readers.run(move |conn| read_cart(conn, &key)).await??;
-            let catalog = &self.catalog;
+            let catalog = self.catalog.current();
             Ok(Cart::priced(version, &contents, catalog.currency(), |id| catalog.get(id)))
         }
         .boxed()
     }
 
     fn mutate(&self, request: MutationRequest) -> BoxFuture<'_, Result<Mutation, MutationError>> {
-        async move {
-            let sender = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or(StoreError::Closed)?;
-            let (reply, answer) = oneshot::channel();
-            sender.send(WriteJob { request, reply }).await.map_err(|_| StoreError::Closed)?;
-            answer.await.map_err(|_| StoreError::Closed)?
-        }
-        .boxed()
+        self.submit(|reply| WriteJob::Cart { request, reply }).boxed()
+    }
+
+    fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.current()
+    }
+
+    fn update_product(&self, update: ProductUpdate) -> BoxFuture<'_, Result<(Product, Change), MutationError>> {
+        self.submit(|reply| WriteJob::Product { update, reply }).boxed()
+    }
+
+    fn checkout(&self, request: CheckoutRequest) -> BoxFuture<'_, Result<Checkout, MutationError>> {
+        self.submit(|reply| WriteJob::Checkout { request, reply }).boxed()
     }
 }
 
@@ -179,6 +309,35 @@ fn now_secs() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn to_sql(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Put the stock and prices changed at run time in place of the catalog file's.
+fn apply_stored_products(conn: &Connection, catalog: &mut Catalog) -> Result<(), StoreError> {
+    let mut statement = conn.prepare("SELECT product_id, stock, price_cents, revision FROM products")?;
+    let rows = statement.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+    })?;
+    for row in rows {
+        let (id, stock, price, revision) = row?;
+        let Some(mut product) = catalog.get(&id.as_str().into()).cloned() else {
+            tracing::warn!(product = id, "stored stock and price for a product the catalog no longer lists");
+            continue;
+        };
+        let corrupt = || StoreError::Corrupt(format!("stored stock or price of '{id}' is out of range"));
+        product.stock = u32::try_from(stock).map_err(|_| corrupt())?;
+        product.price_cents = shared::Cents(u64::try_from(price).map_err(|_| corrupt())?);
+        product.revision = u64::try_from(revision).map_err(|_| corrupt())?;
+        catalog.replace(product);
+    }
+    Ok(())
+}
+
 fn read_cart(conn: &Connection, key: &str) -> Result<(u64, CartContents), StoreError> {
     let row: Option<(i64, String)> = conn
         .prepare_cached("SELECT version, contents FROM carts WHERE cart_key = ?1")?
@@ -200,7 +359,7 @@ fn fingerprint(op: &CartOp) -> String {
     format!("{op:?}")
 }
 
-fn writer_loop(mut conn: Connection, mut jobs: mpsc::Receiver<WriteJob>, rules: Rules) {
+fn writer_loop(mut conn: Connection, mut jobs: mpsc::Receiver<WriteJob>, rules: Rules, mut catalog: CatalogState) {
     let mut last_prune = std::time::Instant::now();
     let mut batch = Vec::with_capacity(defaults::MAX_COMMIT_BATCH);
     while let Some(first) = jobs.blocking_recv() {
@@ -211,10 +370,9 @@ fn writer_loop(mut conn: Connection, mut jobs: mpsc::Receiver<WriteJob>, rules: 
                 Err(_) => break,
             }
         }
-        let outcomes = commit_batch(&mut conn, &batch, &rules);
+        let outcomes = commit_batch(&mut conn, &batch, &rules, &mut catalog);
         for (job, outcome) in batch.drain(..).zip(outcomes) {
-            // The caller may have gone away (client disconnected); the change is committed regardless.
-            let _ = job.reply.send(outcome);
+            job.answer(outcome);
         }
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = std::time::Instant::now();
@@ -234,8 +392,13 @@ fn prune_idempotency_keys(conn: &Connection, rules: &Rules) {
 }
 
 /// Apply every job in one transaction; each job's outcome is final only if the commit succeeds.
-fn commit_batch(conn: &mut Connection, batch: &[WriteJob], rules: &Rules) -> Vec<Result<Mutation, MutationError>> {
-    let store_failure = |e: &rusqlite::Error| -> Vec<Result<Mutation, MutationError>> {
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &[WriteJob],
+    rules: &Rules,
+    catalog: &mut CatalogState,
+) -> Vec<Result<Done, MutationError>> {
+    let store_failure = |e: &rusqlite::Error| -> Vec<Result<Done, MutationError>> {
         tracing::error!(error = %e, jobs = batch.len(), "cart batch failed");
         batch.iter().map(|_| Err(MutationError::Store(StoreError::Batch(e.to_string())))).collect()
     };
@@ -248,15 +411,20 @@ fn commit_batch(conn: &mut Connection, batch: &[WriteJob], rules: &Rules) -> Vec
         let outcome = match tx.savepoint() {
             Err(e) => Err(MutationError::Store(e.into())),
             Ok(mut sp) => {
-                let outcome = apply_one(&sp, &job.request, rules);
-                if outcome.is_ok() {
-                    if let Err(e) = sp.commit() {
-                        outcomes.push(Err(MutationError::Store(e.into())));
-                        continue;
+                let outcome = apply_job(&sp, job, rules, catalog.get());
+                match &outcome {
+                    Ok(done) => {
+                        if let Err(e) = sp.commit() {
+                            outcomes.push(Err(MutationError::Store(e.into())));
+                            continue;
+                        }
+                        // Later jobs of this batch see this job's stock and prices.
+                        catalog.stage(done.products());
                     }
-                } else {
                     // Refused changes leave no trace; dropping a savepoint rolls it back too, this says so.
-                    let _ = sp.rollback();
+                    Err(_) => {
+                        let _ = sp.rollback();
+                    }
                 }
                 outcome
             }
@@ -264,20 +432,78 @@ fn commit_batch(conn: &mut Connection, batch: &[WriteJob], rules: &Rules) -> Vec
         outcomes.push(outcome);
     }
     match tx.commit() {
-        Ok(()) => outcomes,
-        Err(e) => store_failure(&e),
+        Ok(()) => {
+            catalog.commit();
+            outcomes
+        }
+        Err(e) => {
+            catalog.roll_back();
+            store_failure(&e)
+        }
     }
 }
 
-fn apply_one(conn: &Connection, request: &MutationRequest, rules: &Rules) -> Result<Mutation, MutationError> {
+fn apply_job(conn: &Connection, job: &WriteJob, rules: &Rules, catalog: &Catalog) -> Result<Done, MutationError> {
+    match job {
+        WriteJob::Cart { request, .. } => apply_one(conn, request, rules, catalog).map(Done::Cart),
+        WriteJob::Product { update, .. } => apply_product(conn, update, catalog).map(|(p, c)| Done::Product(p, c)),
+        WriteJob::Checkout { request, .. } => apply_checkout(conn, request, catalog).map(Done::Checkout),
+    }
+}
+
+/// The request and answer remembered for `idem` on this cart, if any.
+fn remembered(conn: &Connection, key: &str, idem: &str) -> Result<Option<(String, String)>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT request, response FROM idempotency_keys WHERE cart_key = ?1 AND key = ?2")
+        .and_then(|mut s| s.query_row(params![key, idem], |r| Ok((r.get(0)?, r.get(1)?))).optional())?)
+}
+
+fn remember(conn: &Connection, key: &str, idem: &str, fingerprint: &str, answer: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO idempotency_keys (cart_key, key, request, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut s| s.execute(params![key, idem, fingerprint, answer, now_secs()]))?;
+    Ok(())
+}
+
+fn write_cart(conn: &Connection, key: &str, version: u64, contents: &CartContents) -> Result<(), StoreError> {
+    let stored = serde_json::to_string(contents).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    // Cached statements: parsing SQL per mutation showed up in the S4 profile.
+    conn.prepare_cached(
+        "INSERT INTO carts (cart_key, version, contents, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (cart_key) DO UPDATE SET version = ?2, contents = ?3, updated_at = ?4",
+    )
+    .and_then(|mut s| s.execute(params![key, to_sql(version), stored, now_secs()]))?;
+    Ok(())
+}
+
+fn write_product(conn: &Connection, p: &Product) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO products (product_id, stock, price_cents, revision, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (product_id) DO UPDATE SET stock = ?2, price_cents = ?3, revision = ?4, updated_at = ?5",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            p.id.as_str(),
+            i64::from(p.stock),
+            to_sql(p.price_cents.0),
+            to_sql(p.revision),
+            now_secs()
+        ])
+    })?;
+    Ok(())
+}
+
+fn apply_one(
+    conn: &Connection,
+    request: &MutationRequest,
+    rules: &Rules,
+    catalog: &Catalog,
+) -> Result<Mutation, MutationError> {
     let key = request.cart.0.as_str();
     let fp = fingerprint(&request.op);
     if let Some(idem) = &request.idempotency_key {
-        let earlier: Option<(String, String)> = conn
-            .prepare_cached("SELECT request, response FROM idempotency_keys WHERE cart_key = ?1 AND key = ?2")
-            .and_then(|mut s| s.query_row(params![key, idem], |r| Ok((r.get(0)?, r.get(1)?))).optional())
-            .map_err(StoreError::from)?;
-        if let Some((earlier_fp, response)) = earlier {
+        if let Some((earlier_fp, response)) = remembered(conn, key, idem)? {
             if earlier_fp != fp {
                 return Err(MutationError::IdempotencyKeyReused);
             }
@@ -287,29 +513,82 @@ fn apply_one(conn: &Connection, request: &MutationRequest, rules: &Rules) -> Res
         }
     }
     let (mut version, mut contents) = read_cart(conn, key)?;
-    let catalog = &rules.catalog;
     let change = contents.apply(&request.op, &rules.limits, |id| catalog.get(id))?;
     if change == Change::Changed {
         version += 1;
-        let stored = serde_json::to_string(&contents).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        // Cached statements: parsing SQL per mutation showed up in the S4 profile.
-        conn.prepare_cached(
-            "INSERT INTO carts (cart_key, version, contents, updated_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (cart_key) DO UPDATE SET version = ?2, contents = ?3, updated_at = ?4",
-        )
-        .and_then(|mut s| s.execute(params![key, i64::try_from(version).unwrap_or(i64::MAX), stored, now_secs()]))
-        .map_err(StoreError::from)?;
+        write_cart(conn, key, version, &contents)?;
     }
     let cart = Cart::priced(version, &contents, catalog.currency(), |id| catalog.get(id));
     if let Some(idem) = &request.idempotency_key {
         let response = serde_json::to_string(&cart).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        conn.prepare_cached(
-            "INSERT INTO idempotency_keys (cart_key, key, request, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .and_then(|mut s| s.execute(params![key, idem, fp, response, now_secs()]))
-        .map_err(StoreError::from)?;
+        remember(conn, key, idem, &fp, &response)?;
     }
     Ok(Mutation { cart, change, replayed: false })
+}
+
+fn apply_product(
+    conn: &Connection,
+    update: &ProductUpdate,
+    catalog: &Catalog,
+) -> Result<(Product, Change), MutationError> {
+    let current = catalog.get(&update.id).ok_or_else(|| CartError::UnknownProduct(update.id.clone()))?;
+    let mut next = current.clone();
+    next.stock = update.stock.unwrap_or(current.stock);
+    next.price_cents = update.price_cents.unwrap_or(current.price_cents);
+    if next.stock == current.stock && next.price_cents == current.price_cents {
+        return Ok((next, Change::Unchanged));
+    }
+    next.revision = catalog.revision() + 1;
+    write_product(conn, &next)?;
+    Ok((next, Change::Changed))
+}
+
+fn apply_checkout(conn: &Connection, request: &CheckoutRequest, catalog: &Catalog) -> Result<Checkout, MutationError> {
+    let key = request.cart.0.as_str();
+    if let Some(idem) = &request.idempotency_key {
+        if let Some((earlier_fp, response)) = remembered(conn, key, idem)? {
+            if earlier_fp != CHECKOUT_FINGERPRINT {
+                return Err(MutationError::IdempotencyKeyReused);
+            }
+            let receipt: CheckoutReceipt =
+                serde_json::from_str(&response).map_err(|e| StoreError::Corrupt(format!("remembered order: {e}")))?;
+            return Ok(Checkout { receipt, products: Vec::new(), replayed: true });
+        }
+    }
+    let (version, contents) = read_cart(conn, key)?;
+    let priced = Cart::priced(version, &contents, catalog.currency(), |id| catalog.get(id));
+    if priced.items.is_empty() {
+        return Err(MutationError::EmptyCart);
+    }
+    let shortfalls = priced.shortfalls();
+    if !shortfalls.is_empty() {
+        return Err(MutationError::Shortfalls(shortfalls));
+    }
+    let revision = catalog.revision() + 1;
+    let mut products = Vec::with_capacity(priced.items.len());
+    for line in &priced.items {
+        let mut product = catalog.get(&line.product_id).cloned().ok_or_else(|| CartError::UnknownProduct(line.product_id.clone()))?;
+        product.stock = product.stock.checked_sub(line.quantity).ok_or_else(|| {
+            StoreError::Corrupt(format!("stock of '{}' would go negative after the check", product.id))
+        })?;
+        product.revision = revision;
+        write_product(conn, &product)?;
+        products.push(product);
+    }
+    let order = Order::of(format!("ord_{}", hex::encode(rand::random::<[u8; 10]>())), key.to_owned(), &priced, now_ms());
+    let body = serde_json::to_string(&order).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    conn.prepare_cached("INSERT INTO orders (id, cart_key, total_cents, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .and_then(|mut s| s.execute(params![order.id, key, to_sql(order.total_cents.0), body, now_secs()]))
+        .map_err(StoreError::from)?;
+    let emptied = CartContents::default();
+    write_cart(conn, key, version + 1, &emptied)?;
+    let cart = Cart::priced(version + 1, &emptied, catalog.currency(), |id| catalog.get(id));
+    let receipt = CheckoutReceipt { order, cart };
+    if let Some(idem) = &request.idempotency_key {
+        let answer = serde_json::to_string(&receipt).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        remember(conn, key, idem, CHECKOUT_FINGERPRINT, &answer)?;
+    }
+    Ok(Checkout { receipt, products, replayed: false })
 }
 
 /// A fixed set of read-only connections handed out one per blocking read.

@@ -1,10 +1,13 @@
 //! REST calls to the cart API with the browser's `fetch`, and the error shown to people when they fail.
 
+use serde::de::DeserializeOwned;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
 use super::json;
 use crate::cart::Cart;
+use crate::catalog::Product;
+use crate::order::CheckoutReceipt;
 use crate::link::MUTATION_RETRIES;
 use crate::protocol::{AddToCart, ErrorBody, ErrorCode, SetQuantity};
 use crate::reconnect::ReconnectPolicy;
@@ -50,14 +53,22 @@ impl std::fmt::Display for ApiError {
 /// `GET /api/cart`.
 pub async fn fetch_cart() -> Result<Cart, ApiError> {
     let (status, body) = call("GET", "/api/cart", None, None).await?;
-    read_cart(status, body)
+    read(status, body)
 }
 
-/// Apply a change over REST. Network failures, 429 and 5xx are retried with the same `Idempotency-Key`, so a
-/// change whose answer was lost is applied once, not twice.
+/// `GET /api/products`.
+pub async fn fetch_products() -> Result<Vec<Product>, ApiError> {
+    let (status, body) = call("GET", "/api/products", None, None).await?;
+    read(status, body)
+}
+
+/// `POST /api/cart/checkout`, retried like a cart change: a lost answer never buys twice.
+pub async fn checkout() -> Result<CheckoutReceipt, ApiError> {
+    send_once("POST", "/api/cart/checkout", None).await
+}
+
+/// Apply a change over REST (see [`send_once`]).
 pub async fn send(request: &CartRequest) -> Result<Cart, ApiError> {
-    let key = idempotency_key();
-    let policy = ReconnectPolicy::default();
     let (method, path, body) = match request {
         CartRequest::Add { product_id, quantity } => (
             "POST",
@@ -70,10 +81,18 @@ pub async fn send(request: &CartRequest) -> Result<Cart, ApiError> {
         CartRequest::Remove { product_id } => ("DELETE", item_path(product_id), None),
         CartRequest::Clear => ("DELETE", "/api/cart".to_owned(), None),
     };
+    send_once(method, &path, body.as_deref()).await
+}
+
+/// One change over REST. Network failures, 429 and 5xx are retried with the same `Idempotency-Key`, so a
+/// change whose answer was lost is applied once, not twice.
+async fn send_once<T: DeserializeOwned>(method: &str, path: &str, body: Option<&str>) -> Result<T, ApiError> {
+    let key = idempotency_key();
+    let policy = ReconnectPolicy::default();
     let mut attempt = 0;
     loop {
-        let result = match call(method, &path, body.as_deref(), Some(&key)).await {
-            Ok((status, body)) => read_cart(status, body),
+        let result = match call(method, path, body, Some(&key)).await {
+            Ok((status, body)) => read(status, body),
             Err(e) => Err(e),
         };
         match result {
@@ -119,9 +138,9 @@ fn item_path(product_id: &str) -> String {
     format!("/api/cart/items/{encoded}")
 }
 
-fn read_cart(status: u16, body: JsValue) -> Result<Cart, ApiError> {
+fn read<T: DeserializeOwned>(status: u16, body: JsValue) -> Result<T, ApiError> {
     if (200..300).contains(&status) {
-        return json::from_js::<Cart>(body).ok_or_else(|| ApiError {
+        return json::from_js::<T>(body).ok_or_else(|| ApiError {
             status: Some(status),
             code: ErrorCode::Internal,
             message: "The shop sent an answer this page does not understand. Reload the page.".to_owned(),

@@ -13,8 +13,10 @@ use web_sys::{CloseEvent, CustomEvent, CustomEventInit, MessageEvent, Visibility
 use super::api::{self, ApiError, CartRequest};
 use super::json;
 use crate::cart::Cart;
+use crate::catalog::Product;
 use crate::link::{LinkReport, LinkState, LINK_EVENT, LINK_QUERY_EVENT, PING_INTERVAL, POLL_INTERVAL};
-use crate::protocol::{ClientMessage, ServerMessage, CART_EVENT, WS_PATH};
+use crate::order::CheckoutReceipt;
+use crate::protocol::{ClientMessage, Notice, ServerMessage, CART_EVENT, WS_PATH};
 use crate::reconnect::{ReconnectPolicy, ReconnectSchedule};
 use crate::version::VersionedCart;
 
@@ -27,10 +29,23 @@ thread_local! {
 #[derive(Clone)]
 pub struct CartLink(Rc<Inner>);
 
+/// What a bundle wants to hear from its link.
+pub struct Handlers {
+    /// Every cart newer than the one shown, and the shown cart again when a product change re-priced it.
+    pub on_cart: Box<dyn Fn(Cart)>,
+    /// Every change of the connection's state.
+    pub on_report: Box<dyn Fn(LinkReport)>,
+    /// Every product state newer than the one held. With it the link also keeps the cart's prices current and
+    /// fetches every product after each (re)connect and while polling, because product updates sent while the
+    /// socket was down are not replayed.
+    pub on_product: Option<Box<dyn Fn(Product)>>,
+    /// Every `NOTICE` for this session.
+    pub on_notice: Option<Box<dyn Fn(Notice)>>,
+}
+
 struct Inner {
     mfe: &'static str,
-    on_cart: Box<dyn Fn(Cart)>,
-    on_report: Box<dyn Fn(LinkReport)>,
+    handlers: Handlers,
     state: RefCell<State>,
 }
 
@@ -68,24 +83,25 @@ impl Drop for Socket {
 }
 
 impl CartLink {
-    /// Start this bundle's link: connect, listen to the page's events, and call `on_cart` with every cart newer
-    /// than the one shown (starting from `initial`, the server-rendered cart) and `on_report` with every change
-    /// of the connection's state.
+    /// Start this bundle's link: connect, listen to the page's events, and call the `handlers`, starting from
+    /// the state the page was rendered from (`initial` cart, `products`).
     pub fn install(
         mfe: &'static str,
         policy: ReconnectPolicy,
         initial: Option<Cart>,
-        on_cart: impl Fn(Cart) + 'static,
-        on_report: impl Fn(LinkReport) + 'static,
+        products: Vec<Product>,
+        handlers: Handlers,
     ) -> CartLink {
         let mut shown = VersionedCart::new();
+        for p in products {
+            shown.offer_product(p);
+        }
         if let Some(cart) = initial {
             shown.offer(cart);
         }
         let inner = Rc::new(Inner {
             mfe,
-            on_cart: Box::new(on_cart),
-            on_report: Box::new(on_report),
+            handlers,
             state: RefCell::new(State {
                 socket: None,
                 retired: None,
@@ -162,6 +178,15 @@ pub async fn mutate(request: CartRequest) -> Result<Cart, ApiError> {
     Ok(cart)
 }
 
+/// Check out (with an `Idempotency-Key`, retried like a change); the emptied cart is shown and dispatched.
+pub async fn checkout() -> Result<CheckoutReceipt, ApiError> {
+    let receipt = api::checkout().await?;
+    if let Some(link) = CartLink::installed() {
+        link.apply_own(&receipt.cart);
+    }
+    Ok(receipt)
+}
+
 impl Inner {
     fn connect(self: &Rc<Self>) {
         {
@@ -213,6 +238,7 @@ impl Inner {
             s.ping = Some(Interval::new(PING_INTERVAL.as_millis() as u32, move || with(&weak, |inner| inner.ping())));
         }
         self.ping();
+        self.refresh_products();
         self.emit();
     }
 
@@ -238,6 +264,12 @@ impl Inner {
                 };
                 if rtt {
                     self.emit();
+                }
+            }
+            Some(ServerMessage::ProductUpdate { data }) => self.offer_product(data),
+            Some(ServerMessage::Notice { data }) => {
+                if let Some(on_notice) = &self.handlers.on_notice {
+                    on_notice(data);
                 }
             }
             Some(ServerMessage::Error { code, message }) => {
@@ -310,19 +342,57 @@ impl Inner {
                 with(&weak, |inner| inner.offer(cart));
             }
         });
+        self.refresh_products();
+    }
+
+    /// Every product as it is now, for bundles that follow products (see [`Handlers::on_product`]).
+    fn refresh_products(self: &Rc<Self>) {
+        if self.handlers.on_product.is_none() {
+            return;
+        }
+        let weak = Rc::downgrade(self);
+        wasm_bindgen_futures::spawn_local(async move {
+            if let Ok(products) = api::fetch_products().await {
+                with(&weak, |inner| products.into_iter().for_each(|p| inner.offer_product(p)));
+            }
+        });
     }
 
     /// Show `cart` if it is newer than what is shown (the version rule); never call back while borrowed.
     fn offer(&self, cart: Cart) {
-        let newer = self.state.borrow_mut().shown.offer(cart.clone());
-        if newer {
-            (self.on_cart)(cart);
+        let taken = {
+            let mut s = self.state.borrow_mut();
+            if s.shown.offer(cart) {
+                s.shown.current().cloned()
+            } else {
+                None
+            }
+        };
+        if let Some(cart) = taken {
+            (self.handlers.on_cart)(cart);
+        }
+    }
+
+    /// Keep `product` if it is newer than the state held (the revision rule) and re-price the cart with it.
+    fn offer_product(&self, product: Product) {
+        let Some(on_product) = &self.handlers.on_product else { return };
+        let (offer, repriced) = {
+            let mut s = self.state.borrow_mut();
+            let offer = s.shown.offer_product(product.clone());
+            let repriced = if offer.cart_changed { s.shown.current().cloned() } else { None };
+            (offer, repriced)
+        };
+        if offer.newer {
+            on_product(product);
+        }
+        if let Some(cart) = repriced {
+            (self.handlers.on_cart)(cart);
         }
     }
 
     fn emit(&self) {
         let report = self.state.borrow().report.clone();
-        (self.on_report)(report.clone());
+        (self.handlers.on_report)(report.clone());
         dispatch_json(LINK_EVENT, &report);
     }
 }

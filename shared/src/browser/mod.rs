@@ -15,4 +15,4 @@ mod json;
 pub mod link;
 
 pub use api::{ApiError, CartRequest};
-pub use link::{mutate, on_link_reports, CartLink};
+pub use link::{checkout, mutate, on_link_reports, CartLink, Handlers};
