@@ -14,7 +14,11 @@ pub const MFE: &str = "product-list";
 
 /// The list. `products` and `cart` are as this bundle last saw them; `link` is its connection's state.
 #[component]
-pub fn ProductList(products: RwSignal<Vec<Product>>, cart: RwSignal<Cart>, link: RwSignal<LinkReport>) -> impl IntoView {
+pub fn ProductList(
+    products: RwSignal<Vec<Product>>,
+    cart: RwSignal<Cart>,
+    link: RwSignal<LinkReport>,
+) -> impl IntoView {
     // The catalog's products are fixed at start-up; only their stock and price change, so the cards are made
     // once and each follows its own product.
     let initial = products.get_untracked();
@@ -44,9 +48,15 @@ pub fn ProductList(products: RwSignal<Vec<Product>>, cart: RwSignal<Cart>, link:
 
 /// The product at `index`: name, picture and description as rendered, stock and price live.
 #[component]
-fn ProductCard(product: Product, index: usize, products: RwSignal<Vec<Product>>, cart: RwSignal<Cart>) -> impl IntoView {
+fn ProductCard(
+    product: Product,
+    index: usize,
+    products: RwSignal<Vec<Product>>,
+    cart: RwSignal<Cart>,
+) -> impl IntoView {
     let Product { id, name, description, currency, image, .. } = product;
-    let live = Memo::new(move |_| products.with(|ps| ps.get(index).map_or((Cents::ZERO, 0), |p| (p.price_cents, p.stock))));
+    let live =
+        Memo::new(move |_| products.with(|ps| ps.get(index).map_or((Cents::ZERO, 0), |p| (p.price_cents, p.stock))));
     let stock = move || live.get().1;
     let sold_out = move || stock() == 0;
     let id = id.0;

@@ -5,11 +5,11 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
-use axum::http::StatusCode;
 use shared::protocol::{AddToCart, SessionInfo, SetQuantity};
 use shared::{Cart, CartOp, CheckoutReceipt, Product, ProductId};
 

@@ -67,7 +67,10 @@ impl Frame {
     }
 
     pub fn cart_update(cart: &Cart) -> Frame {
-        Frame::new(FrameKind::Cart(cart.version), &ServerMessage::CartUpdate { version: cart.version, data: cart.clone() })
+        Frame::new(
+            FrameKind::Cart(cart.version),
+            &ServerMessage::CartUpdate { version: cart.version, data: cart.clone() },
+        )
     }
 
     pub fn product_update(product: &Product) -> Frame {
@@ -340,7 +343,8 @@ mod tests {
         for i in 0..5 {
             hub.publish_notice(Some(&CartKey("b".into())), &notice(&format!("n{i}")));
         }
-        let texts: Vec<String> = only_notices.mailbox.queue.lock().unwrap().iter().map(|f| f.text.to_string()).collect();
+        let texts: Vec<String> =
+            only_notices.mailbox.queue.lock().unwrap().iter().map(|f| f.text.to_string()).collect();
         assert_eq!(texts.len(), 4);
         assert!(texts[0].contains("n1") && texts[3].contains("n4"), "{texts:?}");
     }

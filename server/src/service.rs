@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 use shared::protocol::NoticeRequest;
 use shared::{Cents, Product, ProductId, ProductPatch};
 
-use crate::app::AppState;
 use crate::api::ApiJson;
+use crate::app::AppState;
 use crate::config::defaults;
 use crate::error::AppError;
 use crate::rate_limit::{KeyedLimiter, Rate};

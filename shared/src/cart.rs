@@ -353,7 +353,10 @@ mod tests {
         assert!(cart.apply_product(&c[0]));
         assert_eq!(cart, Cart::priced(4, &contents, "EUR", lookup(&c)), "the same as the server would price it");
         assert_eq!(cart.total_cents, Cents(3 * 1000 + 4999));
-        assert_eq!(cart.shortfalls(), vec![Shortfall { product_id: "mug".into(), name: "Product mug".into(), requested: 3, available: 2 }]);
+        assert_eq!(
+            cart.shortfalls(),
+            vec![Shortfall { product_id: "mug".into(), name: "Product mug".into(), requested: 3, available: 2 }]
+        );
 
         let mut stale = c[0].clone();
         stale.price_cents = Cents(1);

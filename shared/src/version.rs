@@ -123,7 +123,9 @@ mod tests {
     fn cart_with_mug(version: CartVersion, product: &Product) -> Cart {
         let mut contents = crate::CartContents::default();
         contents
-            .apply(&crate::CartOp::Add { product_id: "mug".into(), quantity: 2 }, &Default::default(), |_| Some(product))
+            .apply(&crate::CartOp::Add { product_id: "mug".into(), quantity: 2 }, &Default::default(), |_| {
+                Some(product)
+            })
             .unwrap();
         Cart::priced(version, &contents, "EUR", |_| Some(product))
     }

@@ -118,8 +118,8 @@ impl WriteJob {
                 }));
             }
             WriteJob::Checkout { reply, .. } => {
-                let _ = reply
-                    .send(outcome.and_then(|d| if let Done::Checkout(c) = d { Ok(c) } else { Err(mismatch()) }));
+                let _ =
+                    reply.send(outcome.and_then(|d| if let Done::Checkout(c) = d { Ok(c) } else { Err(mismatch()) }));
             }
         }
     }
@@ -483,13 +483,7 @@ fn write_product(conn: &Connection, p: &Product) -> Result<(), StoreError> {
          ON CONFLICT (product_id) DO UPDATE SET stock = ?2, price_cents = ?3, revision = ?4, updated_at = ?5",
     )
     .and_then(|mut s| {
-        s.execute(params![
-            p.id.as_str(),
-            i64::from(p.stock),
-            to_sql(p.price_cents.0),
-            to_sql(p.revision),
-            now_secs()
-        ])
+        s.execute(params![p.id.as_str(), i64::from(p.stock), to_sql(p.price_cents.0), to_sql(p.revision), now_secs()])
     })?;
     Ok(())
 }
@@ -567,7 +561,8 @@ fn apply_checkout(conn: &Connection, request: &CheckoutRequest, catalog: &Catalo
     let revision = catalog.revision() + 1;
     let mut products = Vec::with_capacity(priced.items.len());
     for line in &priced.items {
-        let mut product = catalog.get(&line.product_id).cloned().ok_or_else(|| CartError::UnknownProduct(line.product_id.clone()))?;
+        let mut product =
+            catalog.get(&line.product_id).cloned().ok_or_else(|| CartError::UnknownProduct(line.product_id.clone()))?;
         product.stock = product.stock.checked_sub(line.quantity).ok_or_else(|| {
             StoreError::Corrupt(format!("stock of '{}' would go negative after the check", product.id))
         })?;
@@ -575,7 +570,8 @@ fn apply_checkout(conn: &Connection, request: &CheckoutRequest, catalog: &Catalo
         write_product(conn, &product)?;
         products.push(product);
     }
-    let order = Order::of(format!("ord_{}", hex::encode(rand::random::<[u8; 10]>())), key.to_owned(), &priced, now_ms());
+    let order =
+        Order::of(format!("ord_{}", hex::encode(rand::random::<[u8; 10]>())), key.to_owned(), &priced, now_ms());
     let body = serde_json::to_string(&order).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     conn.prepare_cached("INSERT INTO orders (id, cart_key, total_cents, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
         .and_then(|mut s| s.execute(params![order.id, key, to_sql(order.total_cents.0), body, now_secs()]))

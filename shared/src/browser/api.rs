@@ -7,8 +7,8 @@ use wasm_bindgen_futures::JsFuture;
 use super::json;
 use crate::cart::Cart;
 use crate::catalog::Product;
-use crate::order::CheckoutReceipt;
 use crate::link::MUTATION_RETRIES;
+use crate::order::CheckoutReceipt;
 use crate::protocol::{AddToCart, ErrorBody, ErrorCode, SetQuantity};
 use crate::reconnect::ReconnectPolicy;
 
