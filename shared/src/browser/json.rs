@@ -15,6 +15,8 @@ use serde::forward_to_deserialize_any;
 use serde::Serialize;
 use wasm_bindgen::{JsCast, JsValue};
 
+use crate::protocol::ServerMessage;
+
 /// Parse JSON text into `T`.
 pub fn parse<T: DeserializeOwned>(text: &str) -> Option<T> {
     let value = js_sys::JSON::parse(text).ok()?;
@@ -24,6 +26,29 @@ pub fn parse<T: DeserializeOwned>(text: &str) -> Option<T> {
 /// A JS value (e.g. an event's `detail` or a `fetch` body) into `T`.
 pub fn from_js<T: DeserializeOwned>(value: JsValue) -> Option<T> {
     T::deserialize(JsDeserializer(value)).ok()
+}
+
+/// A frame from the server, dispatched on its `"type"` by hand. Deriving it through serde's internally tagged
+/// enum made serde buffer every frame into its `Content` tree first, which put a second deserializer for every
+/// payload type into each bundle (~10 KB gzip apiece). The shapes are the same types the server serializes, and
+/// the server's tests pin them; a new [`ServerMessage`] variant must be added here too (unknown types are
+/// ignored by clients, so an old bundle survives a newer server).
+pub fn parse_server_message(text: &str) -> Option<ServerMessage> {
+    let frame = js_sys::JSON::parse(text).ok()?;
+    let field = |name: &str| Reflect::get(&frame, &JsValue::from_str(name)).ok();
+    let message = match field("type")?.as_string()?.as_str() {
+        "CART_UPDATE" => {
+            ServerMessage::CartUpdate { version: from_js(field("version")?)?, data: from_js(field("data")?)? }
+        }
+        "PONG" => {
+            ServerMessage::Pong { id: from_js(field("id")?)?, server_time_ms: from_js(field("server_time_ms")?)? }
+        }
+        "ERROR" => ServerMessage::Error { code: from_js(field("code")?)?, message: field("message")?.as_string()? },
+        "PRODUCT_UPDATE" => ServerMessage::ProductUpdate { data: from_js(field("data")?)? },
+        "NOTICE" => ServerMessage::Notice { data: from_js(field("data")?)? },
+        _ => return None,
+    };
+    Some(message)
 }
 
 /// `T` as a plain JS object (objects for maps, numbers for integers), e.g. an event's `detail`.

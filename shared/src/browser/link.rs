@@ -244,7 +244,7 @@ impl Inner {
 
     fn message(self: &Rc<Self>, event: &MessageEvent) {
         let Some(text) = event.data().as_string() else { return };
-        match json::parse::<ServerMessage>(&text) {
+        match json::parse_server_message(&text) {
             Some(ServerMessage::CartUpdate { version, mut data }) => {
                 data.version = version;
                 self.offer(data);
