@@ -1,0 +1,112 @@
+// Backend services reach shoppers through the server: a stock or price change appears in the product list and
+// the cart while the page is open, a notice appears as a toast, and checkout turns the cart into an order.
+import { test as base, expect, expectLive, addFromPage, watch } from '../support/fixtures';
+import { ShopServer } from '../support/server';
+
+const TOKEN = 'e2e-service-token-0123456789';
+
+// This file's own server, with the service API switched on.
+const test = base.extend<{}, { server: ShopServer }>({
+  server: [
+    async ({}, use) => {
+      const server = await ShopServer.start(['--service-token', TOKEN]);
+      await use(server);
+      await server.dispose();
+    },
+    { scope: 'worker' },
+  ],
+});
+
+const auth = { authorization: `Bearer ${TOKEN}` };
+
+/** A page that fails the test if it ever reloads. */
+async function markNoReload(page: import('@playwright/test').Page): Promise<void> {
+  await page.evaluate(() => ((window as any).__sameDocument = true));
+}
+
+async function expectSameDocument(page: import('@playwright/test').Page): Promise<void> {
+  expect(await page.evaluate(() => (window as any).__sameDocument)).toBe(true);
+}
+
+test('a service changes stock and price: the list and the cart show it without a reload', async ({ page, request, server }) => {
+  const watched = watch(page);
+  await page.goto('/');
+  await expectLive(page);
+  await addFromPage(page, 'glass-carafe', 2);
+  const line = page.locator('.cart-line[data-product-id="glass-carafe"]');
+  await expect(line.locator('.line-total')).toHaveText('€52.00');
+  await markNoReload(page);
+
+  const patched = await request.patch(`${server.url}/api/service/products/glass-carafe`, {
+    headers: auth,
+    data: { price_cents: 2000, stock: 1 },
+  });
+  expect(patched.status()).toBe(200);
+
+  const card = page.locator('.product-card[data-product-id="glass-carafe"]');
+  await expect(card.locator('.price')).toHaveText('€20.00');
+  await expect(card.locator('.stock')).toHaveText('Only 1 left');
+  await expect(line.locator('.line-unit')).toHaveText('€20.00 each');
+  await expect(line.locator('.line-total')).toHaveText('€40.00');
+  await expect(page.locator('.shopping-cart .total')).toHaveText('€40.00');
+  // Two in the cart, one left: the line says so and checkout waits for the shopper to fix it.
+  await expect(line).toHaveClass(/over-stock/);
+  await expect(line.locator('.line-warning')).toHaveText('Only 1 left: lower the quantity to check out.');
+  await expect(page.getByRole('button', { name: 'Checkout' })).toBeDisabled();
+  await line.getByRole('button', { name: 'One fewer Glass Carafe' }).click();
+  await expect(line.locator('.line-warning')).toBeHidden();
+  await expect(page.getByRole('button', { name: 'Checkout' })).toBeEnabled();
+
+  // Sold out elsewhere: that product's "Add" is disabled at once.
+  await request.patch(`${server.url}/api/service/products/beeswax-candle`, { headers: auth, data: { stock: 0 } });
+  const candle = page.locator('.product-card[data-product-id="beeswax-candle"]');
+  await expect(candle.locator('.stock')).toHaveText('Out of stock');
+  await expect(candle.locator('button[type=submit]')).toBeDisabled();
+  await expect(candle.locator('button[type=submit]')).toHaveText('Sold out');
+
+  await expectSameDocument(page);
+  expect(watched.errors).toEqual([]);
+});
+
+test('checkout shows the order, empties the cart everywhere and updates the stock live', async ({ page }) => {
+  const watched = watch(page);
+  await page.goto('/');
+  await expectLive(page);
+  await addFromPage(page, 'copper-planter', 7); // 9 in stock
+  await expect(page.locator('.cart-count')).toHaveText('7');
+  await markNoReload(page);
+
+  await page.getByRole('button', { name: 'Checkout' }).click();
+  const confirmation = page.locator('.order-confirmation');
+  await expect(confirmation).toBeVisible();
+  await expect(confirmation.locator('.order-lines')).toHaveText('7 × Copper Planter');
+  await expect(confirmation.locator('.order-total strong')).toHaveText('€252.00');
+  await expect(confirmation.locator('.order-id')).toHaveText(/^ord_[0-9a-f]{20}$/);
+  await expect(page.locator('.cart-count')).toHaveText('0');
+  await expect(page.locator('.cart-line')).toHaveCount(0);
+  // Every connection heard the new stock: this page's list too.
+  await expect(page.locator('.product-card[data-product-id="copper-planter"] .stock')).toHaveText('Only 2 left');
+
+  await confirmation.getByRole('button', { name: 'Continue shopping' }).click();
+  await expect(confirmation).toBeHidden();
+  await expect(page.locator('.cart-empty')).toBeVisible();
+  await expectSameDocument(page);
+  expect(watched.errors).toEqual([]);
+});
+
+test("a service's notice to this session appears as a toast that can be dismissed", async ({ page, request, server }) => {
+  await page.goto('/');
+  await expectLive(page);
+  const session = (await (await page.request.get('/api/session')).json()).session;
+  const sent = await request.post(`${server.url}/api/service/notify`, {
+    headers: auth,
+    data: { session, kind: 'price_drop', message: 'The walnut desk lamp is cheaper today.' },
+  });
+  expect(sent.status()).toBe(202);
+  expect((await sent.json()).connections).toBe(3); // one socket per bundle of this page
+  const toast = page.locator('.toast');
+  await expect(toast).toHaveText(/The walnut desk lamp is cheaper today\./);
+  await expect(toast).toHaveAttribute('data-kind', 'price_drop');
+  await toast.getByRole('button', { name: 'Dismiss notice' }).click();
+  await expect(page.locator('.toast')).toHaveCount(0);
+});
