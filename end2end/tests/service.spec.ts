@@ -86,6 +86,7 @@ test('checkout shows the order, empties the cart everywhere and updates the stoc
   await expect(page.locator('.cart-line')).toHaveCount(0);
   // Every connection heard the new stock: this page's list too.
   await expect(page.locator('.product-card[data-product-id="copper-planter"] .stock')).toHaveText('Only 2 left');
+  await page.locator('.shopping-cart').screenshot({ path: test.info().outputPath('order-confirmation.png') });
 
   await confirmation.getByRole('button', { name: 'Continue shopping' }).click();
   await expect(confirmation).toBeHidden();
@@ -107,6 +108,7 @@ test("a service's notice to this session appears as a toast that can be dismisse
   const toast = page.locator('.toast');
   await expect(toast).toHaveText(/The walnut desk lamp is cheaper today\./);
   await expect(toast).toHaveAttribute('data-kind', 'price_drop');
+  await page.screenshot({ path: test.info().outputPath('notice.png') });
   await toast.getByRole('button', { name: 'Dismiss notice' }).click();
   await expect(page.locator('.toast')).toHaveCount(0);
 });
