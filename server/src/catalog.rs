@@ -109,8 +109,8 @@ pub struct LiveCatalog {
 }
 
 impl LiveCatalog {
-    pub fn new(catalog: Catalog) -> LiveCatalog {
-        LiveCatalog { current: RwLock::new(Arc::new(catalog)) }
+    pub fn new(catalog: Arc<Catalog>) -> LiveCatalog {
+        LiveCatalog { current: RwLock::new(catalog) }
     }
 
     /// The catalog as it is now; cheap (one reference count), and consistent for as long as it is held.

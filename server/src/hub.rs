@@ -178,15 +178,15 @@ impl CartHub {
         Subscription { hub: Arc::downgrade(self), key: key.clone(), mailbox }
     }
 
-    /// Deliver an already-serialized update to the local subscribers of `key`.
-    pub fn deliver(&self, key: &CartKey, frame: Frame) {
+    /// Deliver an already-serialized frame to the local subscribers of `key`; returns how many it reached.
+    pub fn deliver(&self, key: &CartKey, frame: Frame) -> usize {
         let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
         let Some(topic) = topics.get_mut(key) else {
-            return;
+            return 0;
         };
         if let Some(version) = frame.version() {
             if version <= topic.newest {
-                return;
+                return 0;
             }
             topic.newest = version;
         }
@@ -195,11 +195,7 @@ impl CartHub {
                 self.metrics.slow_consumer_events.inc();
             }
         }
-    }
-
-    /// Connections subscribed to `key` here.
-    fn subscribers(&self, key: &CartKey) -> usize {
-        self.topics.lock().unwrap_or_else(|p| p.into_inner()).get(key).map_or(0, |t| t.mailboxes.len())
+        topic.mailboxes.len()
     }
 
     /// Carts with at least one subscriber here (for metrics and tests).
@@ -233,11 +229,7 @@ impl CartEvents for CartHub {
     fn publish_notice(&self, session: Option<&CartKey>, notice: &Notice) -> usize {
         let frame = Frame::notice(notice);
         match session {
-            Some(key) => {
-                let reached = self.subscribers(key);
-                self.deliver(key, frame);
-                reached
-            }
+            Some(key) => self.deliver(key, frame),
             None => self.everyone.send(frame).unwrap_or(0),
         }
     }

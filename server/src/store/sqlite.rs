@@ -198,7 +198,7 @@ impl SqliteCartStore {
         };
         apply_stored_products(&conn, &mut catalog)?;
         let committed = Arc::new(catalog);
-        let live = Arc::new(LiveCatalog::new((*committed).clone()));
+        let live = Arc::new(LiveCatalog::new(committed.clone()));
         let readers = ReaderPool::open(path, defaults::READ_CONNECTIONS)?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let rules = Rules { limits, idempotency_ttl: defaults::IDEMPOTENCY_TTL };
