@@ -15,6 +15,7 @@ use tower_http::services::ServeDir;
 
 use crate::api::{self, BodyLimit};
 use crate::assets::{self, Assets};
+use crate::bus::Bus;
 use crate::config::Config;
 use crate::error::AppError;
 use crate::hub::{CartEvents, CartHub};
@@ -51,6 +52,8 @@ pub struct AppParts {
     pub store: Arc<dyn CartStore>,
     pub events: Arc<dyn CartEvents>,
     pub hub: Arc<CartHub>,
+    /// Redis mode: this instance's subscription to the others' changes.
+    pub bus: Option<Arc<Bus>>,
     pub sessions: SessionKeys,
     pub origins: Arc<OriginPolicy>,
     pub request_limits: Option<Arc<RequestLimits>>,
@@ -171,16 +174,22 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Liveness and readiness: `ok` when the cart store answers a read, `degraded` (503) when it does not.
+/// Liveness and readiness: `ok` when the cart store answers a read (and, in Redis mode, the subscription to
+/// the other instances' changes is up); `degraded` (503) when not.
 async fn healthz(State(app): State<AppState>) -> impl IntoResponse {
     let probe = crate::session::CartKey("healthz".into());
-    match app.store.load(&probe).await {
-        Ok(_) => (axum::http::StatusCode::OK, axum::Json(serde_json::json!({ "status": "ok" }))),
-        Err(e) => (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "status": "degraded", "store": e.to_string() })),
-        ),
+    let store = app.store.load(&probe).await.err().map(|e| e.to_string());
+    let bus = app.bus.as_ref().map(|bus| if bus.is_subscribed() { "subscribed" } else { "resubscribing" });
+    let healthy = store.is_none() && bus != Some("resubscribing");
+    let status = if healthy { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
+    let mut body = serde_json::json!({ "status": if healthy { "ok" } else { "degraded" } });
+    if let Some(e) = store {
+        body["store"] = e.into();
     }
+    if let Some(bus) = bus {
+        body["bus"] = bus.into();
+    }
+    (status, axum::Json(body))
 }
 
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {

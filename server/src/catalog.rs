@@ -122,6 +122,26 @@ impl LiveCatalog {
     pub fn publish(&self, catalog: Arc<Catalog>) {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = catalog;
     }
+
+    /// Take in product states committed elsewhere (another instance's change, a reload), keeping for each
+    /// product whichever state has the higher revision, whatever order they arrive in. Returns the products
+    /// that were newer than what this catalog had.
+    pub fn merge(&self, products: &[Product]) -> Vec<Product> {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let newer: Vec<Product> = products
+            .iter()
+            .filter(|p| current.get(&p.id).is_some_and(|known| p.revision > known.revision))
+            .cloned()
+            .collect();
+        if !newer.is_empty() {
+            let mut next = (**current).clone();
+            for p in &newer {
+                next.replace(p.clone());
+            }
+            *current = Arc::new(next);
+        }
+        newer
+    }
 }
 
 #[cfg(test)]
@@ -157,6 +177,22 @@ mod tests {
         c.replace(stranger);
         assert_eq!(c.revision(), 5);
         assert_eq!(c.products().len(), Catalog::built_in().unwrap().products().len());
+    }
+
+    #[test]
+    fn merging_keeps_the_newest_revision_of_each_product() {
+        let base = Catalog::built_in().unwrap();
+        let live = LiveCatalog::new(Arc::new(base.clone()));
+        let mut newer = base.products()[0].clone();
+        newer.stock = 7;
+        newer.revision = 3;
+        let mut older = newer.clone();
+        older.stock = 9;
+        older.revision = 2;
+        assert_eq!(live.merge(std::slice::from_ref(&newer)), vec![newer.clone()]);
+        assert!(live.merge(&[older, newer.clone()]).is_empty(), "an older and the same state change nothing");
+        assert_eq!(live.current().get(&newer.id), Some(&newer));
+        assert_eq!(live.current().revision(), 3);
     }
 
     #[test]

@@ -62,6 +62,19 @@ pub mod defaults {
     /// Highest stock and price a service may set.
     pub const MAX_STOCK: u32 = 1_000_000;
     pub const MAX_PRICE_CENTS: u64 = 100_000_000;
+    /// Redis mode: longest a command or script may take before the request fails with 503.
+    pub const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Redis mode: how often a change is tried again when another instance changed the same cart or the
+    /// catalog between its read and its commit.
+    pub const REDIS_CONFLICT_ATTEMPTS: u32 = 64;
+    /// Redis mode: the pub/sub connection is pinged this often; no answer within the command timeout means it
+    /// is gone, and the instance subscribes again.
+    pub const REDIS_HEARTBEAT: Duration = Duration::from_secs(1);
+    /// Redis mode: the first and the longest wait before subscribing again (full jitter below them).
+    pub const REDIS_RESUBSCRIBE_BASE: Duration = Duration::from_millis(100);
+    pub const REDIS_RESUBSCRIBE_MAX: Duration = Duration::from_secs(2);
+    /// A WebSocket whose snapshot could not be read (store unavailable) tries again this often.
+    pub const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
 }
 
 /// Cartwheel's cart server.
@@ -72,7 +85,12 @@ pub struct Config {
     #[arg(long, env = "CARTWHEEL_BIND", default_value = defaults::BIND)]
     pub bind: SocketAddr,
 
-    /// SQLite database file (created with its directory if missing).
+    /// Share carts, stock and sessions with other instances through this Redis (`redis://host:port/db`)
+    /// instead of the SQLite file. Every instance of one shop points at the same Redis.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// SQLite database file (created with its directory if missing); unused with `--redis-url`.
     #[arg(long, env = "CARTWHEEL_DATABASE", default_value = defaults::DATABASE)]
     pub database: PathBuf,
 

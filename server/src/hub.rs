@@ -21,11 +21,14 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use shared::{Cart, CartVersion, Notice, Product, ServerMessage};
 use tokio::sync::{broadcast, Notify};
 
 use crate::metrics::Metrics;
 use crate::session::CartKey;
+use crate::store::StoreError;
 
 /// Announces committed changes and service notices to the connections they concern.
 pub trait CartEvents: Send + Sync + 'static {
@@ -36,8 +39,12 @@ pub trait CartEvents: Send + Sync + 'static {
     fn publish_products(&self, products: &[Product]);
 
     /// Deliver `notice` to the connections of `session`, or to every connection. Returns how many connections
-    /// of this instance it reached.
-    fn publish_notice(&self, session: Option<&CartKey>, notice: &Notice) -> usize;
+    /// of this instance it reached; fails when the notice could not be passed on to the other instances.
+    fn publish_notice<'a>(
+        &'a self,
+        session: Option<&'a CartKey>,
+        notice: &'a Notice,
+    ) -> BoxFuture<'a, Result<usize, StoreError>>;
 }
 
 /// What a frame carries, as far as queueing is concerned.
@@ -63,6 +70,11 @@ impl Frame {
     fn new(kind: FrameKind, message: &ServerMessage) -> Frame {
         // Serializing plain data with string keys cannot fail; an empty frame would be refused by clients anyway.
         let text = serde_json::to_string(message).unwrap_or_default();
+        Frame { kind, text: text.into(), published_at: Instant::now() }
+    }
+
+    /// A frame serialized elsewhere (another instance), forwarded as it is.
+    pub fn from_text(kind: FrameKind, text: String) -> Frame {
         Frame { kind, text: text.into(), published_at: Instant::now() }
     }
 
@@ -198,6 +210,17 @@ impl CartHub {
         topic.mailboxes.len()
     }
 
+    /// Hand `frame` to every connection through the shared ring; returns how many receivers it reached.
+    pub fn broadcast(&self, frame: Frame) -> usize {
+        // Err only means nobody is connected.
+        self.everyone.send(frame).unwrap_or(0)
+    }
+
+    /// The carts with at least one subscriber here.
+    pub fn subscribed_keys(&self) -> Vec<CartKey> {
+        self.topics.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+
     /// Carts with at least one subscriber here (for metrics and tests).
     pub fn subscribed_carts(&self) -> usize {
         self.topics.lock().unwrap_or_else(|p| p.into_inner()).len()
@@ -221,17 +244,21 @@ impl CartEvents for CartHub {
 
     fn publish_products(&self, products: &[Product]) {
         for product in products {
-            // Err only means nobody is connected.
-            let _ = self.everyone.send(Frame::product_update(product));
+            self.broadcast(Frame::product_update(product));
         }
     }
 
-    fn publish_notice(&self, session: Option<&CartKey>, notice: &Notice) -> usize {
+    fn publish_notice<'a>(
+        &'a self,
+        session: Option<&'a CartKey>,
+        notice: &'a Notice,
+    ) -> BoxFuture<'a, Result<usize, StoreError>> {
         let frame = Frame::notice(notice);
-        match session {
+        let reached = match session {
             Some(key) => self.deliver(key, frame),
-            None => self.everyone.send(frame).unwrap_or(0),
-        }
+            None => self.broadcast(frame),
+        };
+        futures_util::future::ready(Ok(reached)).boxed()
     }
 }
 
@@ -319,11 +346,11 @@ mod tests {
         let a = CartKey("a".into());
         let s = hub.subscribe(&a);
         hub.publish(&a, &cart(1));
-        hub.publish_notice(Some(&a), &notice("first"));
+        hub.publish_notice(Some(&a), &notice("first")).await.unwrap();
         hub.publish(&a, &cart(2));
-        hub.publish_notice(Some(&a), &notice("second"));
+        hub.publish_notice(Some(&a), &notice("second")).await.unwrap();
         // Full: a notice makes the older snapshot (version 1) go, not a notice.
-        assert_eq!(hub.publish_notice(Some(&a), &notice("third")), 1);
+        assert_eq!(hub.publish_notice(Some(&a), &notice("third")).await.unwrap(), 1);
         let kinds: Vec<FrameKind> = s.mailbox.queue.lock().unwrap().iter().map(|f| f.kind).collect();
         assert_eq!(kinds, [FrameKind::Notice, FrameKind::Cart(2), FrameKind::Notice, FrameKind::Notice]);
         // Full of notices and one snapshot: a newer snapshot replaces the old one.
@@ -333,7 +360,7 @@ mod tests {
         // Notices only: the oldest makes room.
         let only_notices = hub.subscribe(&CartKey("b".into()));
         for i in 0..5 {
-            hub.publish_notice(Some(&CartKey("b".into())), &notice(&format!("n{i}")));
+            hub.publish_notice(Some(&CartKey("b".into())), &notice(&format!("n{i}"))).await.unwrap();
         }
         let texts: Vec<String> =
             only_notices.mailbox.queue.lock().unwrap().iter().map(|f| f.text.to_string()).collect();
@@ -346,11 +373,11 @@ mod tests {
         let hub = hub(4);
         let mut one = hub.everyone();
         let mut two = hub.everyone();
-        assert_eq!(hub.publish_notice(None, &notice("hello")), 2);
+        assert_eq!(hub.publish_notice(None, &notice("hello")).await.unwrap(), 2);
         assert_eq!(one.recv().await.unwrap().kind, FrameKind::Notice);
         assert_eq!(two.recv().await.unwrap().kind, FrameKind::Notice);
         for i in 0..9 {
-            hub.publish_notice(None, &notice(&format!("{i}")));
+            hub.publish_notice(None, &notice(&format!("{i}"))).await.unwrap();
         }
         assert!(matches!(one.recv().await, Err(broadcast::error::RecvError::Lagged(1))), "ring of 8, 9 sent");
     }

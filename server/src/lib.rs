@@ -4,14 +4,18 @@
 //! [`store`], and the new cart is broadcast by the [`hub`] to every WebSocket connection of that session,
 //! with a version number so no client shows stale state.
 //!
+//! Several instances can share one Redis instead ([`store::redis`] for the carts, [`bus`] for the fan-out
+//! between instances).
+//!
 //! Module map: [`config`] (flags and limits), [`app`] (state and router), [`api`] (REST handlers), [`service`]
-//! (the API other backend services call), [`ws`] (WebSocket connections), [`hub`] (fan-out), [`store`]
-//! (persistence), [`session`] (cookies), [`origin`] and [`rate_limit`] (request guards), [`catalog`]
+//! (the API other backend services call), [`ws`] (WebSocket connections), [`hub`] (fan-out), [`bus`] (fan-out
+//! between instances), [`store`] (persistence: SQLite or Redis), [`session`] (cookies), [`origin`] and [`rate_limit`] (request guards), [`catalog`]
 //! (products), [`metrics`], [`error`] (failures → responses).
 
 pub mod api;
 pub mod app;
 pub mod assets;
+pub mod bus;
 pub mod catalog;
 pub mod config;
 pub mod error;
@@ -37,16 +41,19 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::{AppParts, AppState};
 use crate::assets::Assets;
+use crate::bus::Bus;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{defaults, Config};
+use crate::hub::CartEvents;
 use crate::hub::CartHub;
 use crate::metrics::Metrics;
 use crate::origin::OriginPolicy;
 use crate::rate_limit::{KeyedLimiter, Rate, RequestLimits};
 use crate::service::ServiceAccess;
 use crate::session::SessionKeys;
+use crate::store::redis::RedisCartStore;
 use crate::store::sqlite::SqliteCartStore;
-use crate::store::StoreError;
+use crate::store::{CartStore, StoreError};
 
 #[derive(Debug, Error)]
 pub enum StartupError {
@@ -54,6 +61,8 @@ pub enum StartupError {
     Catalog(#[from] CatalogError),
     #[error("cannot open the cart database: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot use Redis at the given --redis-url: {0}")]
+    Redis(StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("the session secret must be at least {} bytes", session::MIN_SECRET_LEN)]
@@ -70,7 +79,15 @@ pub enum StartupError {
 pub struct Server {
     listener: TcpListener,
     state: AppState,
-    store: Arc<SqliteCartStore>,
+    backend: Backend,
+}
+
+/// Where the carts live: what `run` must start next to the server and stop after it.
+enum Backend {
+    /// Flushed and closed at shutdown.
+    Sqlite(Arc<SqliteCartStore>),
+    /// Its subscription runs as long as the server.
+    Redis(Arc<Bus>),
 }
 
 impl Server {
@@ -86,12 +103,33 @@ impl Server {
         if config.service_tokens.iter().any(|t| t.len() < defaults::MIN_SERVICE_TOKEN_LEN) {
             return Err(StartupError::WeakServiceToken);
         }
-        let store =
-            Arc::new(SqliteCartStore::open(&config.database, catalog, config.cart_limits(), configured_secret)?);
-        let listener =
-            TcpListener::bind(config.bind).await.map_err(|source| StartupError::Bind { addr: config.bind, source })?;
         let metrics = Arc::new(Metrics::new());
         let hub = CartHub::new(config.ws_queue_capacity, config.broadcast_capacity, metrics.clone());
+        let (store, events, secret, backend): (Arc<dyn CartStore>, Arc<dyn CartEvents>, Vec<u8>, Backend) =
+            match &config.redis_url {
+                Some(url) => {
+                    let store = Arc::new(
+                        RedisCartStore::open(url, catalog, config.cart_limits(), configured_secret, metrics.clone())
+                            .await
+                            .map_err(StartupError::Redis)?,
+                    );
+                    let bus = Bus::new(store.clone(), hub.clone(), metrics.clone());
+                    let secret = store.session_secret().to_vec();
+                    (store, bus.clone(), secret, Backend::Redis(bus))
+                }
+                None => {
+                    let store = Arc::new(SqliteCartStore::open(
+                        &config.database,
+                        catalog,
+                        config.cart_limits(),
+                        configured_secret,
+                    )?);
+                    let secret = store.session_secret().to_vec();
+                    (store.clone(), hub.clone(), secret, Backend::Sqlite(store))
+                }
+            };
+        let listener =
+            TcpListener::bind(config.bind).await.map_err(|source| StartupError::Bind { addr: config.bind, source })?;
         let service_rate = Rate { per_sec: config.service_rate_per_sec, burst: config.service_burst };
         let service =
             ServiceAccess::new(&config.service_tokens, (!config.no_rate_limit).then_some(service_rate)).map(Arc::new);
@@ -115,11 +153,15 @@ impl Server {
         };
         let state = AppState::new(AppParts {
             assets,
-            sessions: SessionKeys::new(store.session_secret(), config.https, defaults::SESSION_MAX_AGE),
+            sessions: SessionKeys::new(&secret, config.https, defaults::SESSION_MAX_AGE),
             origins: Arc::new(OriginPolicy::new(config.https, &config.allowed_origins)),
             config: Arc::new(config),
-            store: store.clone(),
-            events: hub.clone(),
+            bus: match &backend {
+                Backend::Redis(bus) => Some(bus.clone()),
+                Backend::Sqlite(_) => None,
+            },
+            store,
+            events,
             hub,
             request_limits,
             service,
@@ -127,7 +169,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
         });
-        Ok(Server { listener, state, store })
+        Ok(Server { listener, state, backend })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -137,9 +179,12 @@ impl Server {
     /// Serve until `shutdown` completes; then stop accepting, close every WebSocket with 1001, wait (bounded)
     /// for their close handshakes and in-flight requests, and flush the store.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartupError> {
-        let Server { listener, state, store } = self;
+        let Server { listener, state, backend } = self;
         let addr = listener.local_addr().ok();
         let token = state.shutdown.clone();
+        if let Backend::Redis(bus) = &backend {
+            tokio::spawn(bus.clone().run(token.clone()));
+        }
         if state.config.watch_assets {
             state.assets.watch(token.clone());
         }
@@ -174,7 +219,9 @@ impl Server {
             tracing::warn!(left = connections.len(), "some WebSocket connections did not close in time");
         }
         // Queued writes finish before the writer stops; every answered request is already committed.
-        tokio::task::spawn_blocking(move || store.close()).await.ok();
+        if let Backend::Sqlite(store) = backend {
+            tokio::task::spawn_blocking(move || store.close()).await.ok();
+        }
         tracing::info!("stopped");
         served.map_err(StartupError::Serve)
     }

@@ -11,7 +11,11 @@ async fn main() -> std::process::ExitCode {
     let config = Config::parse();
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
-    let database = config.database.display().to_string();
+    // Never the Redis URL itself: it may carry a password.
+    let store = match &config.redis_url {
+        Some(_) => "redis (shared with the other instances)".to_owned(),
+        None => config.database.display().to_string(),
+    };
     let server = match Server::bind(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -20,7 +24,7 @@ async fn main() -> std::process::ExitCode {
         }
     };
     if let Ok(addr) = server.local_addr() {
-        tracing::info!(database, "Cartwheel serving on http://{addr}");
+        tracing::info!(store, "Cartwheel serving on http://{addr}");
     }
     match server.run(shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

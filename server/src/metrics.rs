@@ -23,6 +23,15 @@ pub struct Metrics {
     pub rate_limited: Counter,
     pub service_requests: Family<Labels, Counter>,
     pub checkouts: Family<Labels, Counter>,
+    /// Redis mode: seconds per command or script, as the instance saw it.
+    pub redis_round_trip: Histogram,
+    /// Redis mode: seconds from an instance publishing a change to this instance receiving it.
+    pub redis_pubsub_lag: Histogram,
+    /// Redis mode: 1 while this instance's pub/sub subscription is up.
+    pub redis_subscribed: Gauge,
+    pub redis_resubscriptions: Counter,
+    /// Redis mode: changes retried because another instance changed the same cart or the catalog first.
+    pub redis_conflicts: Counter,
 }
 
 impl Metrics {
@@ -40,6 +49,11 @@ impl Metrics {
         let rate_limited = Counter::default();
         let service_requests = Family::<Labels, Counter>::default();
         let checkouts = Family::<Labels, Counter>::default();
+        let redis_round_trip = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        let redis_pubsub_lag = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        let redis_subscribed = Gauge::default();
+        let redis_resubscriptions = Counter::default();
+        let redis_conflicts = Counter::default();
         registry.register("ws_connections_open", "Open WebSocket connections", ws_connections_open.clone());
         registry.register("ws_connections", "WebSocket connections accepted", ws_connections_total.clone());
         registry.register("ws_messages_sent", "WebSocket messages sent", ws_messages_sent.clone());
@@ -63,6 +77,23 @@ impl Metrics {
         registry.register("http_rate_limited", "Requests refused with 429", rate_limited.clone());
         registry.register("service_requests", "Service API requests by endpoint and outcome", service_requests.clone());
         registry.register("checkouts", "Checkouts by outcome", checkouts.clone());
+        registry.register("redis_round_trip_seconds", "Redis command and script round trips", redis_round_trip.clone());
+        registry.register(
+            "redis_pubsub_lag_seconds",
+            "Time from an instance publishing a change to this instance receiving it",
+            redis_pubsub_lag.clone(),
+        );
+        registry.register("redis_subscribed", "1 while the Redis pub/sub subscription is up", redis_subscribed.clone());
+        registry.register(
+            "redis_resubscriptions",
+            "Times the pub/sub subscription came back and local carts were re-sent",
+            redis_resubscriptions.clone(),
+        );
+        registry.register(
+            "redis_conflicts",
+            "Changes retried because another instance changed the same cart or the catalog first",
+            redis_conflicts.clone(),
+        );
         Metrics {
             registry,
             ws_connections_open,
@@ -76,6 +107,11 @@ impl Metrics {
             rate_limited,
             service_requests,
             checkouts,
+            redis_round_trip,
+            redis_pubsub_lag,
+            redis_subscribed,
+            redis_resubscriptions,
+            redis_conflicts,
         }
     }
 

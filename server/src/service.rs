@@ -160,7 +160,7 @@ pub async fn notify(
         Some(id) => Some(CartKey(id)),
         None => None,
     };
-    let connections = app.events.publish_notice(session.as_ref(), &request.notice);
+    let connections = app.events.publish_notice(session.as_ref(), &request.notice).await?;
     app.metrics.service_requests.get_or_create(&vec![("outcome", "notice_sent")]).inc();
     Ok((StatusCode::ACCEPTED, Json(Delivered { connections })))
 }

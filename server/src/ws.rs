@@ -2,7 +2,9 @@
 //!
 //! The connection first sends a `CART_UPDATE` snapshot, then every newer version the hub delivers, every
 //! `PRODUCT_UPDATE` and the `NOTICE`s meant for it, answers `PING` with `PONG` and `RESYNC` with a fresh
-//! snapshot, and refuses anything else with an `ERROR` frame while staying open. It closes with 1009 for an oversized frame, 1008 for a client that floods frames, 1001 when the
+//! snapshot, and refuses anything else with an `ERROR` frame while staying open. When the store cannot be
+//! read (Redis unreachable), it says so in an `ERROR` frame, stays open and tries the snapshot again every
+//! [`defaults::SNAPSHOT_RETRY`]. It closes with 1009 for an oversized frame, 1008 for a client that floods frames, 1001 when the
 //! server shuts down or the peer stops answering heartbeats — and it drops a peer that stops reading rather than
 //! buffer for it without bound.
 
@@ -63,7 +65,6 @@ enum Ending {
     MessageTooBig,
     Flooding,
     StoppedReading,
-    StoreFailed,
     ReadError,
 }
 
@@ -77,7 +78,6 @@ impl Ending {
             Ending::MessageTooBig => "message_too_big",
             Ending::Flooding => "flooding",
             Ending::StoppedReading => "stopped_reading",
-            Ending::StoreFailed => "store_failed",
             Ending::ReadError => "read_error",
         }
     }
@@ -94,7 +94,7 @@ async fn serve(socket: WebSocket, app: AppState, session: Session, peer: SocketA
     app.metrics.ws_connections_total.inc();
     app.metrics.ws_connections_open.inc();
     tracing::info!(cart = session.cart.short(), peer = %peer, client, "websocket connected");
-    let mut conn = Connection { socket, app: app.clone(), session, last_sent: None, sent: 0 };
+    let mut conn = Connection { socket, app: app.clone(), session, last_sent: None, sent: 0, snapshot_due: None };
     let ending = conn.run().await;
     app.metrics.ws_connections_open.dec();
     app.metrics.ws_disconnects.get_or_create(&vec![("reason", ending.label())]).inc();
@@ -115,6 +115,8 @@ struct Connection {
     session: Session,
     last_sent: Option<CartVersion>,
     sent: u64,
+    /// When to try again a snapshot the store could not give.
+    snapshot_due: Option<TokioInstant>,
 }
 
 enum Sent {
@@ -211,6 +213,12 @@ impl Connection {
                         return ending;
                     }
                 }
+                () = sleep_until(self.snapshot_due.unwrap_or(far_future)), if self.snapshot_due.is_some() => {
+                    self.snapshot_due = None;
+                    if let Sent::Failed(ending) = self.send_snapshot().await {
+                        return ending;
+                    }
+                }
                 () = sleep_until(pong_deadline.unwrap_or(far_future)), if pong_deadline.is_some() => {
                     self.close(close::GOING_AWAY, "heartbeat timeout").await;
                     return Ending::HeartbeatTimeout;
@@ -243,9 +251,10 @@ impl Connection {
                 self.send(Message::Text(frame.text)).await
             }
             Err(e) => {
-                tracing::error!(cart = self.session.cart.short(), error = %e, "cannot load cart for a snapshot");
-                self.close(close::INTERNAL_ERROR, "cart unavailable").await;
-                Sent::Failed(Ending::StoreFailed)
+                tracing::warn!(cart = self.session.cart.short(), error = %e, "cannot load cart for a snapshot");
+                self.snapshot_due = Some(TokioInstant::now() + defaults::SNAPSHOT_RETRY);
+                let message = "the cart cannot be read right now; it will be sent as soon as it can";
+                self.send_error(ErrorCode::ServiceUnavailable, message).await
             }
         }
     }

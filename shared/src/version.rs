@@ -22,6 +22,14 @@ pub fn is_newer(shown: Option<CartVersion>, incoming: CartVersion) -> bool {
     shown.is_none_or(|v| incoming > v)
 }
 
+/// Whether a `CART_UPDATE` arriving on the socket skips versions after the one shown. The newer cart is whole,
+/// so nothing is lost by showing it; but a skip means this connection's stream missed changes (its server
+/// coalesced a slow connection's queue, or caught up after losing its Redis subscription), so the client asks
+/// for `RESYNC` rather than trust that the stream is current.
+pub fn skips_versions(shown: Option<CartVersion>, incoming: CartVersion) -> bool {
+    shown.is_some_and(|v| incoming > v.saturating_add(1))
+}
+
 /// The cart a client currently shows, guarded by the version rule, and the newest state of every product it
 /// has heard of, guarded by the revision rule.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -87,6 +95,16 @@ impl VersionedCart {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_skip_is_more_than_one_version_ahead_of_the_shown_cart() {
+        assert!(!skips_versions(None, 9), "nothing shown yet: the first cart is no skip");
+        assert!(!skips_versions(Some(4), 5));
+        assert!(!skips_versions(Some(5), 5), "a repeat");
+        assert!(!skips_versions(Some(6), 5), "a late arrival");
+        assert!(skips_versions(Some(4), 6));
+        assert!(!skips_versions(Some(u64::MAX), u64::MAX));
+    }
     use proptest::prelude::*;
 
     fn cart(v: CartVersion) -> Cart {

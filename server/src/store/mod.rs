@@ -11,6 +11,7 @@
 //! - a repeated `Idempotency-Key` (per cart) returns the first answer without applying anything again;
 //! - [`CartStore::catalog`] never shows a stock or price whose change is not committed.
 
+pub mod redis;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -77,6 +78,12 @@ pub enum StoreError {
     Batch(String),
     #[error("the store is shut down")]
     Closed,
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("redis did not answer within {} ms", .0.as_millis())]
+    Timeout(std::time::Duration),
+    #[error("the change conflicted with others {0} times in a row")]
+    Contended(u32),
 }
 
 #[derive(Debug, Error)]

@@ -2,6 +2,8 @@
 //! shopper (its own session cookie) and real WebSocket clients.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -169,6 +171,16 @@ impl Shopper {
         let set_cookie = response.headers().get(SET_COOKIE).expect("a new client gets a session cookie");
         let cookie = set_cookie.to_str().unwrap().split(';').next().unwrap().to_owned();
         Shopper { http, base: server.base.clone(), addr: server.addr, cookie }
+    }
+
+    /// The same shopper (same cookie) talking to another instance.
+    pub fn on(&self, server: &TestServer) -> Shopper {
+        Shopper {
+            http: reqwest::Client::new(),
+            base: server.base.clone(),
+            addr: server.addr,
+            cookie: self.cookie.clone(),
+        }
     }
 
     pub async fn send(

@@ -246,8 +246,12 @@ impl Inner {
         let Some(text) = event.data().as_string() else { return };
         match json::parse_server_message(&text) {
             Some(ServerMessage::CartUpdate { version, mut data }) => {
+                let skipped = crate::version::skips_versions(self.state.borrow().shown.version(), version);
                 data.version = version;
                 self.offer(data);
+                if skipped {
+                    self.resync();
+                }
             }
             Some(ServerMessage::Pong { id, .. }) => {
                 let rtt = {
