@@ -68,3 +68,14 @@ cartwheel_setup_e2e() {
     (cd end2end && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
   fi
 }
+
+# Redis for the multi-instance mode and its tests: Debian's redis-server (any 6.2 or newer runs our scripts).
+cartwheel_setup_redis() {
+  if ! command -v redis-server >/dev/null 2>&1 && ! [ -x /usr/bin/redis-server ]; then
+    cartwheel_log "installing Debian's redis-server"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server
+  fi
+}

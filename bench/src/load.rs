@@ -64,14 +64,20 @@ struct Subscriber {
     ping: Option<u64>,
 }
 
-pub async fn run(server: &ServerProcess, scenario: &Scenario) -> Result<Report, String> {
+/// Run `scenario` against one server, or several sharing a Redis: sessions are made on the first; each
+/// cart's subscribers are spread over all of them, and each cart's mutations go to one of them in turn, so
+/// most deliveries cross instances.
+pub async fn run(servers: &[ServerProcess], scenario: &Scenario) -> Result<Report, String> {
+    let server = servers.first().ok_or("no server")?;
+    let rss = || servers.iter().map(ServerProcess::rss_bytes).sum::<u64>();
+    let cpu_time = || servers.iter().map(ServerProcess::cpu_time).sum::<Duration>();
+    let addrs: Vec<String> = servers.iter().map(|s| s.base.trim_start_matches("http://").to_owned()).collect();
     let mut report = Report::default();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(scenario.carts.min(512))
         .build()
         .map_err(|e| e.to_string())?;
     let base = server.base.clone();
-    let addr = base.trim_start_matches("http://").to_owned();
 
     // Sessions.
     let cookies: Vec<String> = futures_util::stream::iter(0..scenario.carts)
@@ -100,14 +106,14 @@ pub async fn run(server: &ServerProcess, scenario: &Scenario) -> Result<Report, 
 
     // Sockets.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    report.rss_before = server.rss_bytes();
+    report.rss_before = rss();
     let stop = tokio::sync::watch::channel(false);
     let wanted: Vec<(usize, usize)> =
         (0..scenario.carts).flat_map(|c| (0..scenario.subscribers_per_cart).map(move |s| (c, s))).collect();
     let connected: Vec<_> = futures_util::stream::iter(wanted)
         .map(|(cart, index)| {
             let cookie = cookies[cart].clone();
-            let addr = addr.clone();
+            let addr = addrs[index % addrs.len()].clone();
             async move {
                 let mut request =
                     format!("ws://{addr}/ws?mfe=bench").into_client_request().map_err(|e| e.to_string())?;
@@ -182,16 +188,16 @@ pub async fn run(server: &ServerProcess, scenario: &Scenario) -> Result<Report, 
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    report.rss_after = server.rss_bytes();
+    report.rss_after = rss();
 
     // Mutations: one driver per cart, each at most one in flight, paced on a global open-loop schedule.
-    let cpu_before = server.cpu_time();
+    let cpu_before = cpu_time();
     let started = Instant::now();
     let drivers: Vec<_> = (0..scenario.carts)
         .map(|cart| {
             let http = http.clone();
             let cookie = cookies[cart].clone();
-            let url = format!("{base}/api/cart/items/{PRODUCT}");
+            let url = format!("{}/api/cart/items/{PRODUCT}", servers[cart % servers.len()].base);
             let sent = sent.clone();
             let slots: Vec<usize> = (0..scenario.mutations).filter(|i| i % scenario.carts == cart).collect();
             let rate = scenario.rate;
@@ -233,7 +239,7 @@ pub async fn run(server: &ServerProcess, scenario: &Scenario) -> Result<Report, 
         report.post.extend(post);
     }
     report.mutation_seconds = started.elapsed().as_secs_f64();
-    let cpu = server.cpu_time().saturating_sub(cpu_before);
+    let cpu = cpu_time().saturating_sub(cpu_before);
     report.cpu_percent = 100.0 * cpu.as_secs_f64() / report.mutation_seconds.max(1e-9);
 
     // Drain, then count what never arrived.

@@ -6,6 +6,7 @@
 //! target/release/bench            # S1–S4
 //! target/release/bench s3         # one scenario
 //! target/release/bench custom --carts 10 --subscribers 100 --mutations 500 --rate 50
+//! target/release/bench s2 --redis # the same through Redis: a redis-server and two instances sharing it
 //! target/release/bench weight     # bundle sizes against bench/wasm-budget.json
 //! ```
 
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use load::{Report, Scenario};
-use process::ServerProcess;
+use process::{RedisProcess, ServerProcess};
 use stats::ms;
 
 #[derive(Parser)]
@@ -43,6 +44,12 @@ struct Args {
     /// Mutations per second; 0 = as fast as the server answers.
     #[arg(long, default_value_t = 20.0)]
     rate: f64,
+    /// Run through Redis: start a redis-server (on the server core) and `--instances` servers sharing it.
+    #[arg(long)]
+    redis: bool,
+    /// With `--redis`: how many server instances.
+    #[arg(long, default_value_t = 2)]
+    instances: usize,
     /// `weight`: where cargo-leptos wrote the bundles.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/site"))]
     site_dir: PathBuf,
@@ -131,18 +138,38 @@ fn main() -> std::process::ExitCode {
     let mut ok = true;
     for scenario in scenarios {
         let result = runtime.block_on(async {
-            let server = ServerProcess::start(&args.server, server_core).await?;
-            let report = tokio::time::timeout(std::time::Duration::from_secs(600), load::run(&server, &scenario))
+            let redis = if args.redis { Some(RedisProcess::start(server_core).await?) } else { None };
+            let mut servers = Vec::new();
+            match &redis {
+                Some(redis) => {
+                    let flags = ["--redis-url".to_owned(), redis.url.clone()];
+                    for _ in 0..args.instances.max(1) {
+                        servers.push(ServerProcess::start(&args.server, server_core, &flags).await?);
+                    }
+                }
+                None => servers.push(ServerProcess::start(&args.server, server_core, &[]).await?),
+            }
+            let report = tokio::time::timeout(std::time::Duration::from_secs(600), load::run(&servers, &scenario))
                 .await
                 .map_err(|_| "scenario took longer than 10 minutes".to_owned())
                 .and_then(|r| r);
-            server.stop().await;
+            for server in servers {
+                server.stop().await;
+            }
+            if let Some(redis) = redis {
+                redis.stop().await;
+            }
             report
         });
         match result {
             Ok(report) => {
                 ok &= report.lost == 0 && report.connections_failed == 0 && report.post_failed == 0;
-                print_report(&scenario, report);
+                let via = if args.redis {
+                    format!(" — through Redis, {} instances", args.instances.max(1))
+                } else {
+                    String::new()
+                };
+                print_report(&scenario, &via, report);
             }
             Err(e) => {
                 ok = false;
@@ -157,11 +184,11 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn print_report(scenario: &Scenario, mut r: Report) {
+fn print_report(scenario: &Scenario, via: &str, mut r: Report) {
     let connections = r.connections_ok.max(1) as u64;
     let per_connection = r.rss_after.saturating_sub(r.rss_before) / connections;
     let throughput = r.mutations_done as f64 / r.mutation_seconds.max(1e-9);
-    println!("\n== {}", scenario.name);
+    println!("\n== {}{}", scenario.name, via);
     println!(
         "connections {} ok, {} failed; handshake p50 {:.2} ms, p99 {:.2} ms",
         r.connections_ok,

@@ -26,9 +26,11 @@ impl Drop for TempDir {
 }
 
 impl ServerProcess {
-    /// Start `bin` pinned to `core` (via `taskset`) and wait for its address.
-    pub async fn start(bin: &Path, core: Option<usize>) -> Result<ServerProcess, String> {
-        let dir = std::env::temp_dir().join(format!("cartwheel-bench-{}", std::process::id()));
+    /// Start `bin` pinned to `core` (via `taskset`) with `extra` flags and wait for its address.
+    pub async fn start(bin: &Path, core: Option<usize>, extra: &[String]) -> Result<ServerProcess, String> {
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("cartwheel-bench-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
         let mut command = match core {
             Some(core) => {
@@ -43,6 +45,7 @@ impl ServerProcess {
             .arg(dir.join("carts.sqlite3"))
             .arg("--site-dir")
             .arg(dir.join("no-site"))
+            .args(extra)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -87,6 +90,62 @@ impl ServerProcess {
         let total = ticks(11) + ticks(12);
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
         Duration::from_millis(total * 1000 / hz)
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// A real `redis-server` for the Redis-mode runs: free loopback port, fresh data directory, `appendonly yes`
+/// with `appendfsync always` (as we recommend), pinned like the server, killed on drop.
+pub struct RedisProcess {
+    child: Child,
+    pub url: String,
+    _dir: TempDir,
+}
+
+impl RedisProcess {
+    pub async fn start(core: Option<usize>) -> Result<RedisProcess, String> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let dir = std::env::temp_dir().join(format!("cartwheel-bench-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
+        let mut command = match core {
+            Some(core) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(core.to_string()).arg("redis-server");
+                c
+            }
+            None => Command::new("redis-server"),
+        };
+        command
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--daemonize", "no"])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command.spawn().map_err(|e| format!("cannot start redis-server: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("Ready to accept connections") {
+                    return Some(());
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .ok_or("redis-server never became ready")?;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(RedisProcess { child, url: format!("redis://127.0.0.1:{port}/"), _dir: TempDir(dir) })
     }
 
     pub async fn stop(mut self) {
