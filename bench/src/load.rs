@@ -56,6 +56,12 @@ pub struct Report {
     /// From the server's own histogram (`cartwheel_broadcast_latency_seconds`): commit → frame written, as the
     /// upper bounds of the buckets holding p50, p99 and p99.9 (seconds).
     pub server_fanout: Option<[f64; 3]>,
+    /// Redis mode, from the first instance's histograms (bucket bounds of p50, p99, p99.9, seconds): Redis
+    /// round trips, and pub/sub lag from the publishing commit to this instance receiving it.
+    pub redis_round_trip: Option<[f64; 3]>,
+    pub redis_pubsub_lag: Option<[f64; 3]>,
+    /// Redis mode: what the first instance counted (`name value` lines) — resubscriptions, conflicts, ...
+    pub redis_counters: Vec<String>,
 }
 
 struct Subscriber {
@@ -262,6 +268,23 @@ pub async fn run(servers: &[ServerProcess], scenario: &Scenario) -> Result<Repor
         if let Ok(text) = r.text().await {
             report.server_fanout =
                 histogram_quantiles(&text, "cartwheel_broadcast_latency_seconds", [0.5, 0.99, 0.999]);
+            report.redis_round_trip =
+                histogram_quantiles(&text, "cartwheel_redis_round_trip_seconds", [0.5, 0.99, 0.999]);
+            report.redis_pubsub_lag =
+                histogram_quantiles(&text, "cartwheel_redis_pubsub_lag_seconds", [0.5, 0.99, 0.999]);
+            report.redis_counters = text
+                .lines()
+                .filter(|l| {
+                    [
+                        "cartwheel_redis_resubscriptions_total ",
+                        "cartwheel_redis_conflicts_total ",
+                        "cartwheel_ws_slow_consumer_events_total ",
+                    ]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+                })
+                .map(str::to_owned)
+                .collect();
         }
     }
     for (cart, sub) in subs {

@@ -222,6 +222,12 @@ fn print_report(scenario: &Scenario, via: &str, mut r: Report) {
         ms(r.fanout.max()),
         r.lost
     );
+    let bounds =
+        |q: [f64; 3]| format!("p50 ≤ {:.3} ms, p99 ≤ {:.3} ms, p99.9 ≤ {:.3} ms", q[0] * 1e3, q[1] * 1e3, q[2] * 1e3);
+    if let (Some(rtt), Some(lag)) = (r.redis_round_trip, r.redis_pubsub_lag) {
+        println!("first instance (bucket bounds): Redis round trip {}; pub/sub lag {}", bounds(rtt), bounds(lag));
+        println!("first instance: {}", r.redis_counters.join(", "));
+    }
     if let Some([p50, p99, p999]) = r.server_fanout {
         println!(
             "server-side fan-out, commit → frame written (bucket bounds): p50 ≤ {:.3} ms, p99 ≤ {:.3} ms, p99.9 ≤ {:.3} ms",

@@ -182,7 +182,12 @@ impl RedisCartStore {
         secret: Option<&[u8]>,
         metrics: Arc<Metrics>,
     ) -> Result<RedisCartStore, StoreError> {
-        let client = redis::Client::open(url)?;
+        use redis::IntoConnectionInfo;
+        // Without TCP_NODELAY, a command written while the previous one is unacknowledged waits for the delayed
+        // ACK (40–200 ms): S3 through Redis had a fan-out p99 of 218 ms until this was set.
+        let info =
+            url.into_connection_info()?.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(defaults::REDIS_COMMAND_TIMEOUT))
             .set_response_timeout(Some(defaults::REDIS_COMMAND_TIMEOUT))
