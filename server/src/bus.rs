@@ -156,15 +156,16 @@ impl Bus {
         self.metrics.redis_subscribed.set(i64::from(up));
     }
 
-    /// One subscription's life: subscribe, catch up (unless it is the first), forward until it is lost.
+    /// One subscription's life: subscribe, catch up, forward until it is lost.
     async fn subscription(&self, first: bool) -> Result<(), StoreError> {
         let pubsub = timed(self.store.client().get_async_pubsub()).await?;
         let (mut sink, mut stream) = pubsub.split();
         timed(sink.subscribe(CHANNEL)).await?;
         // Subscribed first, caught up second: anything committed meanwhile arrives on the stream, and the
-        // hub drops whatever the catch-up already delivered.
+        // hub drops whatever the catch-up already delivered. The first time too: connections accepted before
+        // the subscription was up have read their snapshot, and a change committed since would be missed.
+        self.catch_up().await?;
         if !first {
-            self.catch_up().await?;
             self.metrics.redis_resubscriptions.inc();
             tracing::info!("Redis subscription is back; local carts caught up");
         }
