@@ -214,7 +214,6 @@ impl Connection {
                     }
                 }
                 () = sleep_until(self.snapshot_due.unwrap_or(far_future)), if self.snapshot_due.is_some() => {
-                    self.snapshot_due = None;
                     if let Sent::Failed(ending) = self.send_snapshot().await {
                         return ending;
                     }
@@ -246,13 +245,18 @@ impl Connection {
     async fn send_snapshot(&mut self) -> Sent {
         match self.app.cart(&self.session).await {
             Ok(cart) => {
+                self.snapshot_due = None;
                 let frame = Frame::cart_update(&cart);
                 self.last_sent = self.last_sent.max(Some(cart.version));
                 self.send(Message::Text(frame.text)).await
             }
             Err(e) => {
                 tracing::warn!(cart = self.session.cart.short(), error = %e, "cannot load cart for a snapshot");
-                self.snapshot_due = Some(TokioInstant::now() + defaults::SNAPSHOT_RETRY);
+                // Said once per outage, not once per retry.
+                let first = self.snapshot_due.replace(TokioInstant::now() + defaults::SNAPSHOT_RETRY).is_none();
+                if !first {
+                    return Sent::Ok;
+                }
                 let message = "the cart cannot be read right now; it will be sent as soon as it can";
                 self.send_error(ErrorCode::ServiceUnavailable, message).await
             }

@@ -314,3 +314,23 @@ async fn clients_of_an_instance_killed_with_kill_9_reconnect_to_another_and_see_
     assert_eq!(snapshot["version"], 2);
     assert_eq!(quantity(&snapshot["data"], "stoneware-mug"), 3);
 }
+
+#[tokio::test]
+async fn a_socket_opened_while_redis_is_down_stays_open_and_gets_its_snapshot_when_redis_is_back() {
+    let mut redis = RedisServer::start();
+    let one = instance(&redis).await;
+    subscribed(&one).await;
+    let frank = one.shopper().await;
+    assert_eq!(frank.add("bamboo-organizer", 2).await.version(), 1);
+    redis.kill();
+    let mut ws = frank.ws().await;
+    let error = ws.next_json().await;
+    assert_eq!(error["type"], "ERROR", "{error}");
+    assert_eq!(error["code"], "service_unavailable");
+    redis.restart();
+    // Retried every second by the connection itself (or delivered by the catch-up), without another ERROR
+    // for each failed retry: the committed cart is the next frame.
+    let snapshot = ws.next_update().await;
+    assert_eq!(snapshot["version"], 1);
+    assert_eq!(quantity(&snapshot["data"], "bamboo-organizer"), 2);
+}
