@@ -25,7 +25,7 @@ use crate::config::defaults;
 use crate::hub::{CartEvents, CartHub, Frame, FrameKind};
 use crate::metrics::Metrics;
 use crate::session::CartKey;
-use crate::store::redis::RedisCartStore;
+use crate::store::redis::{bounded, RedisCartStore};
 use crate::store::{CartStore, StoreError};
 
 /// The one channel all instances of a shop share.
@@ -158,9 +158,9 @@ impl Bus {
 
     /// One subscription's life: subscribe, catch up, forward until it is lost.
     async fn subscription(&self, first: bool) -> Result<(), StoreError> {
-        let pubsub = timed(self.store.client().get_async_pubsub()).await?;
+        let pubsub = bounded(self.store.client().get_async_pubsub()).await?;
         let (mut sink, mut stream) = pubsub.split();
-        timed(sink.subscribe(CHANNEL)).await?;
+        bounded(sink.subscribe(CHANNEL)).await?;
         // Subscribed first, caught up second: anything committed meanwhile arrives on the stream, and the
         // hub drops whatever the catch-up already delivered. The first time too: connections accepted before
         // the subscription was up have read their snapshot, and a change committed since would be missed.
@@ -179,7 +179,7 @@ impl Bus {
                     None => return Ok(()),
                 },
                 _ = heartbeat.tick() => {
-                    timed(sink.ping::<redis::Value>()).await?;
+                    bounded(sink.ping::<redis::Value>()).await?;
                 }
             }
         }
@@ -250,13 +250,6 @@ impl CartEvents for Bus {
             })
         }
         .boxed()
-    }
-}
-
-async fn timed<T>(work: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
-    match tokio::time::timeout(defaults::REDIS_COMMAND_TIMEOUT, work).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(StoreError::Timeout(defaults::REDIS_COMMAND_TIMEOUT)),
     }
 }
 

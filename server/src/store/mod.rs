@@ -24,6 +24,21 @@ use crate::catalog::Catalog;
 use crate::error::AppError;
 use crate::session::CartKey;
 
+/// What identifies "the same request" for an Idempotency-Key: a cart operation's `Debug` form, or
+/// [`CHECKOUT_FINGERPRINT`]. Both stores remember it next to the answer.
+pub(crate) fn fingerprint(op: &CartOp) -> String {
+    format!("{op:?}")
+}
+
+pub(crate) const CHECKOUT_FINGERPRINT: &str = "Checkout";
+
+/// Milliseconds since the Unix epoch (order timestamps).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// A change to apply to one cart.
 #[derive(Debug, Clone)]
 pub struct MutationRequest {

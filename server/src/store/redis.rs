@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -36,7 +36,8 @@ use shared::{
 };
 
 use super::{
-    CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate, StoreError,
+    fingerprint, now_ms, CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate,
+    StoreError, CHECKOUT_FINGERPRINT,
 };
 use crate::bus::{Envelope, Topic, CHANNEL};
 use crate::catalog::{Catalog, LiveCatalog};
@@ -47,8 +48,6 @@ use crate::session::CartKey;
 const CATALOG_REVISION: &str = "cartwheel:catalog-revision";
 const PRODUCTS: &str = "cartwheel:products";
 const SESSION_SECRET: &str = "cartwheel:session-secret";
-/// What identifies a checkout for an Idempotency-Key (cart operations use their `Debug` form).
-const CHECKOUT_FINGERPRINT: &str = "Checkout";
 
 fn cart_key(cart: &CartKey) -> String {
     format!("cartwheel:cart:{}", cart.0)
@@ -382,7 +381,7 @@ impl RedisCartStore {
     }
 
     async fn apply_mutation(&self, request: &MutationRequest) -> Result<Mutation, MutationError> {
-        let fp = format!("{:?}", request.op);
+        let fp = fingerprint(&request.op);
         let idem = request.idempotency_key.as_deref().map(|k| idempotency_key(&request.cart, k));
         for _ in 0..defaults::REDIS_CONFLICT_ATTEMPTS {
             let read = self.read(&request.cart, idem.as_deref()).await?;
@@ -549,7 +548,9 @@ impl CartStore for RedisCartStore {
 }
 
 /// Bound a Redis call by [`defaults::REDIS_COMMAND_TIMEOUT`].
-async fn bounded<T>(work: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
+pub(crate) async fn bounded<T>(
+    work: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
     match tokio::time::timeout(defaults::REDIS_COMMAND_TIMEOUT, work).await {
         Ok(result) => Ok(result?),
         Err(_) => Err(StoreError::Timeout(defaults::REDIS_COMMAND_TIMEOUT)),
@@ -562,10 +563,6 @@ fn to_json(value: &impl serde::Serialize) -> Result<String, StoreError> {
 
 fn product_state(p: &Product) -> String {
     format!("{} {} {}", p.stock, p.price_cents.0, p.revision)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The remembered answer to a cart change, if it was for the same request.

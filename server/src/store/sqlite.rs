@@ -20,11 +20,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
-use shared::{Cart, CartContents, CartError, CartLimits, CartOp, Change, CheckoutReceipt, Order, Product};
+use shared::{Cart, CartContents, CartError, CartLimits, Change, CheckoutReceipt, Order, Product};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{
-    CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate, StoreError,
+    fingerprint, now_ms, CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate,
+    StoreError, CHECKOUT_FINGERPRINT,
 };
 use crate::catalog::{Catalog, LiveCatalog};
 use crate::config::defaults;
@@ -69,9 +70,6 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX orders_by_cart ON orders (cart_key, created_at);",
 ];
-
-/// What identifies a checkout for an Idempotency-Key (cart operations use their `Debug` form).
-const CHECKOUT_FINGERPRINT: &str = "Checkout";
 
 /// Queued changes waiting for the writer; when full, callers wait (backpressure) instead of piling up memory.
 const WRITE_QUEUE: usize = 4096;
@@ -309,10 +307,6 @@ fn now_secs() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn to_sql(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -352,11 +346,6 @@ fn read_cart(conn: &Connection, key: &str) -> Result<(u64, CartContents), StoreE
             Ok((version, contents))
         }
     }
-}
-
-/// What identifies "the same request" for an Idempotency-Key.
-fn fingerprint(op: &CartOp) -> String {
-    format!("{op:?}")
 }
 
 fn writer_loop(mut conn: Connection, mut jobs: mpsc::Receiver<WriteJob>, rules: Rules, mut catalog: CatalogState) {
