@@ -39,6 +39,57 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// What checking out `priced` does to the catalog, the rule both stores apply inside their atomic step: refused
+/// for an empty cart or when any line no longer fits the stock; otherwise every bought product with its stock
+/// lowered, at the catalog's next revision.
+pub(crate) fn plan_checkout(priced: &Cart, catalog: &Catalog) -> Result<Vec<Product>, MutationError> {
+    if priced.items.is_empty() {
+        return Err(MutationError::EmptyCart);
+    }
+    let shortfalls = priced.shortfalls();
+    if !shortfalls.is_empty() {
+        return Err(MutationError::Shortfalls(shortfalls));
+    }
+    let revision = catalog.revision() + 1;
+    priced
+        .items
+        .iter()
+        .map(|line| {
+            let mut product = catalog
+                .get(&line.product_id)
+                .cloned()
+                .ok_or_else(|| CartError::UnknownProduct(line.product_id.clone()))?;
+            product.stock = product.stock.checked_sub(line.quantity).ok_or_else(|| {
+                StoreError::Corrupt(format!("stock of '{}' would go negative after the check", product.id))
+            })?;
+            product.revision = revision;
+            Ok(product)
+        })
+        .collect()
+}
+
+/// A service's change applied to the product as `catalog` has it: the product as it would be, and whether it
+/// changed (a change earns the catalog's next revision).
+pub(crate) fn plan_product_update(
+    update: &ProductUpdate,
+    catalog: &Catalog,
+) -> Result<(Product, Change), MutationError> {
+    let current = catalog.get(&update.id).ok_or_else(|| CartError::UnknownProduct(update.id.clone()))?;
+    let mut next = current.clone();
+    next.stock = update.stock.unwrap_or(current.stock);
+    next.price_cents = update.price_cents.unwrap_or(current.price_cents);
+    if next.stock == current.stock && next.price_cents == current.price_cents {
+        return Ok((next, Change::Unchanged));
+    }
+    next.revision = catalog.revision() + 1;
+    Ok((next, Change::Changed))
+}
+
+/// A new order's id: `ord_` and 20 random hex digits.
+pub(crate) fn new_order_id() -> String {
+    format!("ord_{}", hex::encode(rand::random::<[u8; 10]>()))
+}
+
 /// A change to apply to one cart.
 #[derive(Debug, Clone)]
 pub struct MutationRequest {

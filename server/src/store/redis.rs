@@ -31,13 +31,11 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
-use shared::{
-    Cart, CartContents, CartError, CartLimits, Cents, Change, CheckoutReceipt, Order, Product, ServerMessage,
-};
+use shared::{Cart, CartContents, CartLimits, Cents, Change, CheckoutReceipt, Order, Product, ServerMessage};
 
 use super::{
-    fingerprint, now_ms, CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate,
-    StoreError, CHECKOUT_FINGERPRINT,
+    fingerprint, new_order_id, now_ms, plan_checkout, plan_product_update, CartStore, Checkout, CheckoutRequest,
+    Mutation, MutationError, MutationRequest, ProductUpdate, StoreError, CHECKOUT_FINGERPRINT,
 };
 use crate::bus::{Envelope, Topic, CHANNEL};
 use crate::catalog::{Catalog, LiveCatalog};
@@ -426,37 +424,15 @@ impl RedisCartStore {
             }
             let catalog = self.catalog_at(read.catalog_revision).await?;
             let priced = Cart::priced(read.version, &read.contents, catalog.currency(), |id| catalog.get(id));
-            if priced.items.is_empty() {
-                return Err(MutationError::EmptyCart);
-            }
-            let shortfalls = priced.shortfalls();
-            if !shortfalls.is_empty() {
-                return Err(MutationError::Shortfalls(shortfalls));
-            }
-            let revision = catalog.revision() + 1;
+            let products = plan_checkout(&priced, &catalog)?;
             let mut commit = Commit::new(catalog.revision());
-            let mut products = Vec::with_capacity(priced.items.len());
-            for line in &priced.items {
-                let mut product = catalog
-                    .get(&line.product_id)
-                    .cloned()
-                    .ok_or_else(|| CartError::UnknownProduct(line.product_id.clone()))?;
-                product.stock = product.stock.checked_sub(line.quantity).ok_or_else(|| {
-                    StoreError::Corrupt(format!("stock of '{}' would go negative after the check", product.id))
-                })?;
-                product.revision = revision;
-                commit.hset(PRODUCTS, product.id.as_str(), product_state(&product));
+            for product in &products {
+                commit.hset(PRODUCTS, product.id.as_str(), product_state(product));
                 let message = ServerMessage::ProductUpdate { data: product.clone() };
                 commit.publish(&self.envelope(Topic::Product, &message)?);
-                products.push(product);
             }
-            commit.set(CATALOG_REVISION, revision.to_string());
-            let order = Order::of(
-                format!("ord_{}", hex::encode(rand::random::<[u8; 10]>())),
-                request.cart.0.clone(),
-                &priced,
-                now_ms(),
-            );
+            commit.set(CATALOG_REVISION, (catalog.revision() + 1).to_string());
+            let order = Order::of(new_order_id(), request.cart.0.clone(), &priced, now_ms());
             commit.set(&order_key(&order.id), to_json(&order)?);
             let key = cart_key(&request.cart);
             let emptied = CartContents::default();
@@ -489,14 +465,10 @@ impl RedisCartStore {
         for _ in 0..defaults::REDIS_CONFLICT_ATTEMPTS {
             let (revision,): (Option<u64>,) = self.query(redis::pipe().get(CATALOG_REVISION)).await?;
             let catalog = self.catalog_at(revision.unwrap_or(0)).await?;
-            let current = catalog.get(&update.id).ok_or_else(|| CartError::UnknownProduct(update.id.clone()))?;
-            let mut next = current.clone();
-            next.stock = update.stock.unwrap_or(current.stock);
-            next.price_cents = update.price_cents.unwrap_or(current.price_cents);
-            if next.stock == current.stock && next.price_cents == current.price_cents {
-                return Ok((next, Change::Unchanged));
+            let (next, change) = plan_product_update(update, &catalog)?;
+            if change == Change::Unchanged {
+                return Ok((next, change));
             }
-            next.revision = catalog.revision() + 1;
             let mut commit = Commit::new(catalog.revision());
             commit.hset(PRODUCTS, next.id.as_str(), product_state(&next));
             commit.set(CATALOG_REVISION, next.revision.to_string());

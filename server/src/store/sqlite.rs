@@ -20,12 +20,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
-use shared::{Cart, CartContents, CartError, CartLimits, Change, CheckoutReceipt, Order, Product};
+use shared::{Cart, CartContents, CartLimits, Change, CheckoutReceipt, Order, Product};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{
-    fingerprint, now_ms, CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate,
-    StoreError, CHECKOUT_FINGERPRINT,
+    fingerprint, new_order_id, now_ms, plan_checkout, plan_product_update, CartStore, Checkout, CheckoutRequest,
+    Mutation, MutationError, MutationRequest, ProductUpdate, StoreError, CHECKOUT_FINGERPRINT,
 };
 use crate::catalog::{Catalog, LiveCatalog};
 use crate::config::defaults;
@@ -514,16 +514,11 @@ fn apply_product(
     update: &ProductUpdate,
     catalog: &Catalog,
 ) -> Result<(Product, Change), MutationError> {
-    let current = catalog.get(&update.id).ok_or_else(|| CartError::UnknownProduct(update.id.clone()))?;
-    let mut next = current.clone();
-    next.stock = update.stock.unwrap_or(current.stock);
-    next.price_cents = update.price_cents.unwrap_or(current.price_cents);
-    if next.stock == current.stock && next.price_cents == current.price_cents {
-        return Ok((next, Change::Unchanged));
+    let (next, change) = plan_product_update(update, catalog)?;
+    if change == Change::Changed {
+        write_product(conn, &next)?;
     }
-    next.revision = catalog.revision() + 1;
-    write_product(conn, &next)?;
-    Ok((next, Change::Changed))
+    Ok((next, change))
 }
 
 fn apply_checkout(conn: &Connection, request: &CheckoutRequest, catalog: &Catalog) -> Result<Checkout, MutationError> {
@@ -540,27 +535,11 @@ fn apply_checkout(conn: &Connection, request: &CheckoutRequest, catalog: &Catalo
     }
     let (version, contents) = read_cart(conn, key)?;
     let priced = Cart::priced(version, &contents, catalog.currency(), |id| catalog.get(id));
-    if priced.items.is_empty() {
-        return Err(MutationError::EmptyCart);
+    let products = plan_checkout(&priced, catalog)?;
+    for product in &products {
+        write_product(conn, product)?;
     }
-    let shortfalls = priced.shortfalls();
-    if !shortfalls.is_empty() {
-        return Err(MutationError::Shortfalls(shortfalls));
-    }
-    let revision = catalog.revision() + 1;
-    let mut products = Vec::with_capacity(priced.items.len());
-    for line in &priced.items {
-        let mut product =
-            catalog.get(&line.product_id).cloned().ok_or_else(|| CartError::UnknownProduct(line.product_id.clone()))?;
-        product.stock = product.stock.checked_sub(line.quantity).ok_or_else(|| {
-            StoreError::Corrupt(format!("stock of '{}' would go negative after the check", product.id))
-        })?;
-        product.revision = revision;
-        write_product(conn, &product)?;
-        products.push(product);
-    }
-    let order =
-        Order::of(format!("ord_{}", hex::encode(rand::random::<[u8; 10]>())), key.to_owned(), &priced, now_ms());
+    let order = Order::of(new_order_id(), key.to_owned(), &priced, now_ms());
     let body = serde_json::to_string(&order).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     conn.prepare_cached("INSERT INTO orders (id, cart_key, total_cents, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
         .and_then(|mut s| s.execute(params![order.id, key, to_sql(order.total_cents.0), body, now_secs()]))
