@@ -7,6 +7,16 @@ use std::time::Duration;
 
 use clap::Parser;
 use shared::CartLimits;
+use thiserror::Error;
+
+/// A configuration that cannot be run: refused at start-up, before anything listens.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    #[error("the session secret must be at least {} bytes", defaults::MIN_SESSION_SECRET_LEN)]
+    WeakSecret,
+    #[error("every service token must be at least {} characters", defaults::MIN_SERVICE_TOKEN_LEN)]
+    WeakServiceToken,
+}
 
 /// Defaults, named so tests and docs can refer to them.
 pub mod defaults {
@@ -25,9 +35,6 @@ pub mod defaults {
     /// Frames per second a WebSocket client may send, and its burst, before it is told off and closed (1008).
     pub const WS_FRAMES_PER_SEC: u32 = 20;
     pub const WS_FRAME_BURST: u32 = 40;
-    /// WebSocket heartbeat: a Ping this often, and how long a Pong may take before the connection is closed.
-    pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(25);
-    pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
     /// A single frame write that takes longer than this means the peer stopped reading: the connection is dropped.
     pub const WS_SEND_TIMEOUT: Duration = Duration::from_secs(10);
     /// Cart updates queued for one connection before stale ones are dropped in favour of the newest.
@@ -41,8 +48,10 @@ pub mod defaults {
     pub const SOCKET_SEND_BUFFER_BYTES: usize = 64 * 1024;
     /// How long an Idempotency-Key is remembered.
     pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
-    /// Longest accepted Idempotency-Key.
-    pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 255;
+    /// Longest accepted Idempotency-Key (a rule of the key's type, named here with the other limits).
+    pub const IDEMPOTENCY_KEY_MAX_LEN: usize = crate::domain::keys::IDEMPOTENCY_KEY_MAX_LEN;
+    /// Shortest session secret accepted from configuration or found in Redis.
+    pub const MIN_SESSION_SECRET_LEN: usize = 32;
     /// Session cookie lifetime.
     pub const SESSION_MAX_AGE: Duration = Duration::from_secs(400 * 24 * 60 * 60);
     /// Mutations committed together in one SQLite transaction at most (group commit).
@@ -206,6 +215,17 @@ impl Config {
     /// The defaults, as if started with no flags and no environment (what tests build on).
     pub fn defaults() -> Config {
         Config::parse_from(["server"])
+    }
+
+    /// Refuse secrets and tokens too short to be safe.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.session_secret.as_ref().is_some_and(|s| s.len() < defaults::MIN_SESSION_SECRET_LEN) {
+            return Err(ConfigError::WeakSecret);
+        }
+        if self.service_tokens.iter().any(|t| t.len() < defaults::MIN_SERVICE_TOKEN_LEN) {
+            return Err(ConfigError::WeakServiceToken);
+        }
+        Ok(())
     }
 
     pub fn cart_limits(&self) -> CartLimits {

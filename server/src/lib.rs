@@ -1,33 +1,30 @@
 //! Cartwheel's cart server.
 //!
-//! One process owns the carts: every mutation arrives over REST, is applied and committed by the
-//! [`store`], and the new cart is broadcast by the [`hub`] to every WebSocket connection of that session,
-//! with a version number so no client shows stale state.
+//! One process owns the carts: every mutation arrives over REST, is committed by the [`store`] and announced
+//! by the [`shop`] to every WebSocket connection of that session, with a version number so no client shows
+//! stale state. Several instances can share one Redis instead ([`store::redis`] for the carts,
+//! [`realtime::bus`] for the fan-out between instances).
 //!
-//! Several instances can share one Redis instead ([`store::redis`] for the carts, [`bus`] for the fan-out
-//! between instances).
-//!
-//! Module map: [`config`] (flags and limits), [`app`] (state and router), [`api`] (REST handlers), [`service`]
-//! (the API other backend services call), [`ws`] (WebSocket connections), [`hub`] (fan-out), [`bus`] (fan-out
-//! between instances), [`store`] (persistence: SQLite or Redis), [`session`] (cookies), [`origin`] and [`rate_limit`] (request guards), [`catalog`]
-//! (products), [`metrics`], [`error`] (failures → responses).
+//! Layers, each importing only from those before it (`scripts/check-layers` keeps the rule):
+//! 1. [`domain`] — keys, catalog, events; with the leaf helpers [`clock`], [`sync`], [`throttle`], and
+//!    [`config`] and [`metrics`], which every layer may read;
+//! 2. [`store`] — persistence only (SQLite or Redis);
+//! 3. [`shop`] — the operations, and the one place where "commit, then announce" happens;
+//! 4. [`realtime`] — fan-out to connections (hub, bus, one WebSocket connection);
+//! 5. [`http`] — routes, extractors, guards, the error mapping;
+//! 6. this file — start-up: [`Server::bind`] builds the backend (store, fan-out, secret) and the router,
+//!    [`Server::run`] serves until shutdown.
 
-pub mod api;
-pub mod app;
-pub mod assets;
-pub mod bus;
-pub mod catalog;
+pub mod clock;
 pub mod config;
-pub mod error;
-pub mod hub;
+pub mod domain;
+pub mod http;
 pub mod metrics;
-pub mod origin;
-pub mod page;
-pub mod rate_limit;
-pub mod service;
-pub mod session;
+pub mod realtime;
+pub mod shop;
 pub mod store;
-pub mod ws;
+pub mod sync;
+pub mod throttle;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,24 +36,29 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::{AppParts, AppState};
-use crate::assets::Assets;
-use crate::bus::Bus;
-use crate::catalog::{Catalog, CatalogError};
-use crate::config::{defaults, Config};
-use crate::hub::CartEvents;
-use crate::hub::CartHub;
+use crate::config::{defaults, Config, ConfigError};
+use crate::domain::{Catalog, CatalogError};
+use crate::http::assets::Assets;
+use crate::http::guards::origin::OriginPolicy;
+use crate::http::guards::rate_limit::RequestLimits;
+use crate::http::guards::session::SessionKeys;
+use crate::http::service::ServiceAccess;
+use crate::http::{AppParts, AppState};
 use crate::metrics::Metrics;
-use crate::origin::OriginPolicy;
-use crate::rate_limit::{KeyedLimiter, Rate, RequestLimits};
-use crate::service::ServiceAccess;
-use crate::session::SessionKeys;
+use crate::realtime::bus::envelope::EnvelopeFormat;
+use crate::realtime::bus::Bus;
+use crate::realtime::hub::CartHub;
+use crate::realtime::ws::{SocketLimits, Sockets};
+use crate::shop::{Fanout, Shop};
 use crate::store::redis::RedisCartStore;
 use crate::store::sqlite::SqliteCartStore;
 use crate::store::{CartStore, StoreError};
+use crate::throttle::{KeyedLimiter, Rate};
 
 #[derive(Debug, Error)]
 pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error("cannot open the cart database: {0}")]
@@ -65,10 +67,6 @@ pub enum StartupError {
     Redis(StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("the session secret must be at least {} bytes", session::MIN_SECRET_LEN)]
-    WeakSecret,
-    #[error("every service token must be at least {} characters", defaults::MIN_SERVICE_TOKEN_LEN)]
-    WeakServiceToken,
     #[error("loading the browser assets failed")]
     Assets,
     #[error("server failed: {0}")]
@@ -79,55 +77,62 @@ pub enum StartupError {
 pub struct Server {
     listener: TcpListener,
     state: AppState,
-    backend: Backend,
+    backend: BackendKind,
 }
 
-/// Where the carts live: what `run` must start next to the server and stop after it.
-enum Backend {
+/// Where the carts live, and how committed changes reach connections: what `run` must start next to the
+/// server and stop after it.
+struct Backend {
+    store: Arc<dyn CartStore>,
+    fanout: Arc<dyn Fanout>,
+    /// Signs session cookies: configured, or kept by the store so it survives restarts (and, in Redis mode,
+    /// is the same on every instance).
+    secret: Vec<u8>,
+    kind: BackendKind,
+}
+
+enum BackendKind {
     /// Flushed and closed at shutdown.
     Sqlite(Arc<SqliteCartStore>),
     /// Its subscription runs as long as the server.
     Redis(Arc<Bus>),
 }
 
+impl Backend {
+    async fn open(config: &Config, catalog: Catalog, hub: &Arc<CartHub>, metrics: &Arc<Metrics>) -> Result<Backend, StartupError> {
+        let secret = config.session_secret.as_deref().map(str::as_bytes);
+        match &config.redis_url {
+            Some(url) => {
+                let format = Arc::new(EnvelopeFormat::new());
+                let store = Arc::new(
+                    RedisCartStore::open(url, catalog, config.cart_limits(), secret, format.clone(), metrics.clone())
+                        .await
+                        .map_err(StartupError::Redis)?,
+                );
+                let bus = Bus::new(store.clone(), hub.clone(), format, metrics.clone());
+                let secret = store.session_secret().to_vec();
+                Ok(Backend { store, fanout: bus.clone(), secret, kind: BackendKind::Redis(bus) })
+            }
+            None => {
+                let store =
+                    Arc::new(SqliteCartStore::open(&config.database, catalog, config.cart_limits(), secret)?);
+                let secret = store.session_secret().to_vec();
+                Ok(Backend { store: store.clone(), fanout: hub.clone(), secret, kind: BackendKind::Sqlite(store) })
+            }
+        }
+    }
+}
+
 impl Server {
     pub async fn bind(config: Config) -> Result<Server, StartupError> {
+        config.validate()?;
         let catalog = match &config.catalog {
             Some(path) => Catalog::load(path)?,
             None => Catalog::built_in()?,
         };
-        let configured_secret = config.session_secret.as_deref().map(str::as_bytes);
-        if configured_secret.is_some_and(|s| s.len() < session::MIN_SECRET_LEN) {
-            return Err(StartupError::WeakSecret);
-        }
-        if config.service_tokens.iter().any(|t| t.len() < defaults::MIN_SERVICE_TOKEN_LEN) {
-            return Err(StartupError::WeakServiceToken);
-        }
         let metrics = Arc::new(Metrics::new());
         let hub = CartHub::new(config.ws_queue_capacity, config.broadcast_capacity, metrics.clone());
-        let (store, events, secret, backend): (Arc<dyn CartStore>, Arc<dyn CartEvents>, Vec<u8>, Backend) =
-            match &config.redis_url {
-                Some(url) => {
-                    let store = Arc::new(
-                        RedisCartStore::open(url, catalog, config.cart_limits(), configured_secret, metrics.clone())
-                            .await
-                            .map_err(StartupError::Redis)?,
-                    );
-                    let bus = Bus::new(store.clone(), hub.clone(), metrics.clone());
-                    let secret = store.session_secret().to_vec();
-                    (store, bus.clone(), secret, Backend::Redis(bus))
-                }
-                None => {
-                    let store = Arc::new(SqliteCartStore::open(
-                        &config.database,
-                        catalog,
-                        config.cart_limits(),
-                        configured_secret,
-                    )?);
-                    let secret = store.session_secret().to_vec();
-                    (store.clone(), hub.clone(), secret, Backend::Sqlite(store))
-                }
-            };
+        let backend = Backend::open(&config, catalog, &hub, &metrics).await?;
         let listener =
             TcpListener::bind(config.bind).await.map_err(|source| StartupError::Bind { addr: config.bind, source })?;
         let service_rate = Rate { per_sec: config.service_rate_per_sec, burst: config.service_burst };
@@ -143,6 +148,7 @@ impl Server {
                     per_sec: config.address_rate_per_sec,
                     burst: config.address_burst,
                 }),
+                metrics: metrics.clone(),
             })
         });
         // Leptos renders on whatever executor is global; ours is tokio. Err only means it was already set.
@@ -151,25 +157,38 @@ impl Server {
             let (site, style) = (config.site_dir.clone(), config.stylesheet.clone());
             tokio::task::spawn_blocking(move || Assets::load(site, style)).await.map_err(|_| StartupError::Assets)?
         };
+        let shutdown = CancellationToken::new();
+        let shop = Shop::new(backend.store.clone(), backend.fanout.clone(), metrics.clone());
+        let sockets = Arc::new(Sockets {
+            shop: shop.clone(),
+            hub,
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+            limits: SocketLimits {
+                heartbeat_interval: config.heartbeat_interval,
+                heartbeat_timeout: config.heartbeat_timeout,
+                frames: Rate { per_sec: config.ws_frames_per_sec, burst: config.ws_frame_burst },
+            },
+        });
         let state = AppState::new(AppParts {
             assets,
-            sessions: SessionKeys::new(&secret, config.https, defaults::SESSION_MAX_AGE),
+            sessions: SessionKeys::new(&backend.secret, config.https, defaults::SESSION_MAX_AGE),
             origins: Arc::new(OriginPolicy::new(config.https, &config.allowed_origins)),
             config: Arc::new(config),
-            bus: match &backend {
-                Backend::Redis(bus) => Some(bus.clone()),
-                Backend::Sqlite(_) => None,
+            bus: match &backend.kind {
+                BackendKind::Redis(bus) => Some(bus.clone()),
+                BackendKind::Sqlite(_) => None,
             },
-            store,
-            events,
-            hub,
+            shop,
+            store: backend.store.clone(),
+            sockets,
             request_limits,
             service,
             metrics,
-            shutdown: CancellationToken::new(),
+            shutdown,
             connections: TaskTracker::new(),
         });
-        Ok(Server { listener, state, backend })
+        Ok(Server { listener, state, backend: backend.kind })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -182,7 +201,7 @@ impl Server {
         let Server { listener, state, backend } = self;
         let addr = listener.local_addr().ok();
         let token = state.shutdown.clone();
-        if let Backend::Redis(bus) = &backend {
+        if let BackendKind::Redis(bus) = &backend {
             tokio::spawn(bus.clone().run(token.clone()));
         }
         if state.config.watch_assets {
@@ -190,7 +209,7 @@ impl Server {
         }
         let connections = state.connections.clone();
         let send_buffer = state.config.socket_send_buffer_bytes;
-        let app = app::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
         // Small frames must not wait for Nagle + delayed ACK (~40 ms).
         let listener = listener.tap_io(move |tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
@@ -219,7 +238,7 @@ impl Server {
             tracing::warn!(left = connections.len(), "some WebSocket connections did not close in time");
         }
         // Queued writes finish before the writer stops; every answered request is already committed.
-        if let Backend::Sqlite(store) = backend {
+        if let BackendKind::Sqlite(store) = backend {
             tokio::task::spawn_blocking(move || store.close()).await.ok();
         }
         tracing::info!("stopped");

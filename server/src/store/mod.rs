@@ -1,6 +1,8 @@
-//! Where carts, stock, prices and orders live. Handlers see only the [`CartStore`] trait: load a cart, apply a
-//! change atomically, change a product, check out. The embedded default is SQLite ([`sqlite::SqliteCartStore`]);
-//! a shared backend for several instances implements the same trait.
+//! Persistence, and nothing else: where carts, stock, prices, orders and idempotency keys live. The layers
+//! above see only the [`CartStore`] trait; the embedded default is SQLite ([`sqlite::SqliteCartStore`]), the
+//! shared backend for several instances is Redis ([`redis::RedisCartStore`]). The rules both apply inside
+//! their atomic step are written once, in [`rules`]. A store returns what it committed plus the [`Event`]s to
+//! announce; it knows nothing of HTTP, of WebSocket frames or of who is listening.
 //!
 //! Contract every implementation keeps:
 //! - every change returns `Ok` only once it is durable (committed), so a 2xx survives a crash;
@@ -8,10 +10,14 @@
 //!   refused or no-op change leaves version and contents untouched;
 //! - a checkout checks every line against stock, decrements it, records the order and empties the cart as one
 //!   step: two checkouts racing for the last unit cannot both win, and stock never goes negative;
-//! - a repeated `Idempotency-Key` (per cart) returns the first answer without applying anything again;
-//! - [`CartStore::catalog`] never shows a stock or price whose change is not committed.
+//! - a repeated `Idempotency-Key` (per cart) returns the first answer without applying anything again, and
+//!   with no events (they were announced the first time);
+//! - [`CartStore::catalog`] never shows a stock or price whose change is not committed;
+//! - a change whose caller went away is still committed (or not) as a whole: no future of a store is
+//!   cancelled half-way through a commit by the HTTP layer (the shop runs each change on its own task).
 
 pub mod redis;
+pub mod rules;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -20,82 +26,14 @@ use futures_util::future::BoxFuture;
 use shared::{Cart, CartError, CartOp, Cents, Change, CheckoutReceipt, Product, ProductId, Shortfall};
 use thiserror::Error;
 
-use crate::catalog::Catalog;
-use crate::error::AppError;
-use crate::session::CartKey;
-
-/// What identifies "the same request" for an Idempotency-Key: a cart operation's `Debug` form, or
-/// [`CHECKOUT_FINGERPRINT`]. Both stores remember it next to the answer.
-pub(crate) fn fingerprint(op: &CartOp) -> String {
-    format!("{op:?}")
-}
-
-pub(crate) const CHECKOUT_FINGERPRINT: &str = "Checkout";
-
-/// Milliseconds since the Unix epoch (order timestamps).
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// What checking out `priced` does to the catalog, the rule both stores apply inside their atomic step: refused
-/// for an empty cart or when any line no longer fits the stock; otherwise every bought product with its stock
-/// lowered, at the catalog's next revision.
-pub(crate) fn plan_checkout(priced: &Cart, catalog: &Catalog) -> Result<Vec<Product>, MutationError> {
-    if priced.items.is_empty() {
-        return Err(MutationError::EmptyCart);
-    }
-    let shortfalls = priced.shortfalls();
-    if !shortfalls.is_empty() {
-        return Err(MutationError::Shortfalls(shortfalls));
-    }
-    let revision = catalog.revision() + 1;
-    priced
-        .items
-        .iter()
-        .map(|line| {
-            let mut product = catalog
-                .get(&line.product_id)
-                .cloned()
-                .ok_or_else(|| CartError::UnknownProduct(line.product_id.clone()))?;
-            product.stock = product.stock.checked_sub(line.quantity).ok_or_else(|| {
-                StoreError::Corrupt(format!("stock of '{}' would go negative after the check", product.id))
-            })?;
-            product.revision = revision;
-            Ok(product)
-        })
-        .collect()
-}
-
-/// A service's change applied to the product as `catalog` has it: the product as it would be, and whether it
-/// changed (a change earns the catalog's next revision).
-pub(crate) fn plan_product_update(
-    update: &ProductUpdate,
-    catalog: &Catalog,
-) -> Result<(Product, Change), MutationError> {
-    let current = catalog.get(&update.id).ok_or_else(|| CartError::UnknownProduct(update.id.clone()))?;
-    let mut next = current.clone();
-    next.stock = update.stock.unwrap_or(current.stock);
-    next.price_cents = update.price_cents.unwrap_or(current.price_cents);
-    if next.stock == current.stock && next.price_cents == current.price_cents {
-        return Ok((next, Change::Unchanged));
-    }
-    next.revision = catalog.revision() + 1;
-    Ok((next, Change::Changed))
-}
-
-/// A new order's id: `ord_` and 20 random hex digits.
-pub(crate) fn new_order_id() -> String {
-    format!("ord_{}", hex::encode(rand::random::<[u8; 10]>()))
-}
+use crate::domain::{CartKey, Catalog, Event, IdempotencyKey};
 
 /// A change to apply to one cart.
 #[derive(Debug, Clone)]
 pub struct MutationRequest {
     pub cart: CartKey,
     pub op: CartOp,
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<IdempotencyKey>,
 }
 
 /// What a change did.
@@ -106,6 +44,8 @@ pub struct Mutation {
     pub change: Change,
     /// The answer was remembered from an earlier request with the same `Idempotency-Key`.
     pub replayed: bool,
+    /// What to announce now that it is committed: the new cart version, if it changed (and is no replay).
+    pub events: Vec<Event>,
 }
 
 /// A service's change to one product (already validated: stock ≥ 0, price > 0).
@@ -116,11 +56,21 @@ pub struct ProductUpdate {
     pub price_cents: Option<Cents>,
 }
 
+/// What a product change did.
+#[derive(Debug, Clone)]
+pub struct ProductUpdated {
+    /// The product as it is now.
+    pub product: Product,
+    /// A change earns the catalog's next revision.
+    pub change: Change,
+    pub events: Vec<Event>,
+}
+
 /// Check out one cart.
 #[derive(Debug, Clone)]
 pub struct CheckoutRequest {
     pub cart: CartKey,
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<IdempotencyKey>,
 }
 
 /// What a checkout did.
@@ -130,6 +80,8 @@ pub struct Checkout {
     /// The products whose stock it changed, at their new revision (empty for a replay).
     pub products: Vec<Product>,
     pub replayed: bool,
+    /// The emptied cart and every product whose stock it changed (none for a replay).
+    pub events: Vec<Event>,
 }
 
 #[derive(Debug, Error)]
@@ -152,6 +104,8 @@ pub enum StoreError {
     Contended(u32),
 }
 
+/// Why a change was not made: the shopper's request does not fit (cart rules, stock, key reuse), or the
+/// store failed.
 #[derive(Debug, Error)]
 pub enum MutationError {
     #[error(transparent)]
@@ -166,18 +120,8 @@ pub enum MutationError {
     Store(#[from] StoreError),
 }
 
-impl From<MutationError> for AppError {
-    fn from(e: MutationError) -> Self {
-        match e {
-            MutationError::Cart(e) => AppError::Cart(e),
-            MutationError::IdempotencyKeyReused => AppError::IdempotencyKeyReused,
-            MutationError::EmptyCart => AppError::EmptyCart,
-            MutationError::Shortfalls(lines) => AppError::Shortfalls(lines),
-            MutationError::Store(e) => AppError::Store(e),
-        }
-    }
-}
-
+/// Where carts, stock, prices and orders live (see the module's contract). Object-safe, so start-up picks the
+/// backend at run time; every method that writes is atomic and durable before it answers.
 pub trait CartStore: Send + Sync + 'static {
     /// The cart as it is now, priced (an empty cart at version 0 if it was never changed).
     fn load<'a>(&'a self, cart: &'a CartKey) -> BoxFuture<'a, Result<Cart, StoreError>>;
@@ -188,9 +132,8 @@ pub trait CartStore: Send + Sync + 'static {
     /// The catalog with its committed stock and prices.
     fn catalog(&self) -> Arc<Catalog>;
 
-    /// Change a product's stock and/or price. Returns the product as it is now and whether it changed (a
-    /// change earns a new revision).
-    fn update_product(&self, update: ProductUpdate) -> BoxFuture<'_, Result<(Product, Change), MutationError>>;
+    /// Change a product's stock and/or price.
+    fn update_product(&self, update: ProductUpdate) -> BoxFuture<'_, Result<ProductUpdated, MutationError>>;
 
     /// Turn the cart into an order (see the module's contract).
     fn checkout(&self, request: CheckoutRequest) -> BoxFuture<'_, Result<Checkout, MutationError>>;

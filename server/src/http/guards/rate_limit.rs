@@ -1,0 +1,42 @@
+//! Request rate limits on the HTTP API: per session and per client address, each a [`KeyedLimiter`] of token
+//! buckets; over either, the request is answered 429 with `Retry-After` before any handler runs.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::domain::CartKey;
+use crate::http::error::AppError;
+use crate::http::guards::session::Session;
+use crate::metrics::Metrics;
+use std::sync::Arc;
+use crate::throttle::KeyedLimiter;
+
+/// The HTTP limiters, or none when switched off.
+pub struct RequestLimits {
+    pub per_session: KeyedLimiter<CartKey>,
+    pub per_address: KeyedLimiter<IpAddr>,
+    /// Where refusals are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Middleware: 429 with `Retry-After` when the client's address or session is over its rate.
+pub async fn limit(State(limits): State<Option<Arc<RequestLimits>>>, request: Request, next: Next) -> Response {
+    if let Some(limits) = limits.as_deref() {
+        let now = Instant::now();
+        let address = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        let session = request.extensions().get::<Session>().map(|s| s.cart.clone());
+        let verdict = address
+            .map_or(Ok(()), |ip| limits.per_address.check(&ip, now))
+            .and_then(|()| session.map_or(Ok(()), |k| limits.per_session.check(&k, now)));
+        if let Err(retry_after) = verdict {
+            limits.metrics.rate_limited.inc();
+            return AppError::RateLimited { retry_after }.into_response();
+        }
+    }
+    next.run(request).await
+}
+

@@ -1,0 +1,116 @@
+//! The shop page: one server-rendered document composed of the three micro-frontends.
+//!
+//! The server renders each micro-frontend's real content for *this* session — products, the cart's lines, the
+//! badge count — so the shop is visible before any WASM arrives, or without JavaScript at all. The product
+//! list and the cart are rendered by their own crates into strings that the shell places, unopened, into
+//! their mount points; the document around the shell is rendered by leptos_axum. The page embeds the state it
+//! was rendered from, and a loader that starts each bundle independently: one bundle failing to load leaves
+//! the others working.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::CACHE_CONTROL;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use leptos::prelude::*;
+use shared::page::{mount, PageState, ReconnectSettings, STATE_SCRIPT_ID};
+
+use super::assets::BundleUrls;
+use super::error::AppError;
+use super::guards::session::Session;
+use super::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/", get(shop))
+}
+
+/// `GET /`.
+async fn shop(State(app): State<AppState>, session: Session, request: Request<Body>) -> Result<Response, AppError> {
+    let cart = app.shop.cart(&session.cart).await?;
+    let reconnect = ReconnectSettings { base_ms: app.config.reconnect_base_ms, max_ms: app.config.reconnect_max_ms };
+    let state = PageState { products: app.shop.catalog().products().to_vec(), cart, reconnect };
+    let slots = shell::Slots {
+        product_list: Some(product_list::render_to_html(&state)),
+        shopping_cart: Some(shopping_cart::render_to_html(&state)),
+    };
+    let assets = app.assets.current();
+    let document = Document {
+        state_json: state.to_script_json(),
+        cart: state.cart,
+        slots,
+        stylesheet: assets.stylesheet().map(str::to_owned),
+        icon: assets.icon().map(str::to_owned),
+        bundles: assets.bundles().to_vec(),
+    };
+    let render = leptos_axum::render_app_to_stream_with_context(|| {}, move || document.clone().view());
+    let mut response = render(request).await.into_response();
+    // The page holds this session's cart: never cache it in a shared cache, always revalidate.
+    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+    Ok(response)
+}
+
+#[derive(Clone)]
+struct Document {
+    state_json: String,
+    cart: shared::Cart,
+    slots: shell::Slots,
+    stylesheet: Option<String>,
+    icon: Option<String>,
+    bundles: Vec<BundleUrls>,
+}
+
+impl Document {
+    fn view(self) -> impl IntoView {
+        let preloads = self
+            .bundles
+            .iter()
+            .map(|b| {
+                view! {
+                    <link rel="modulepreload" href=b.js.clone() />
+                    <link rel="preload" href=b.wasm.clone() r#as="fetch" crossorigin="anonymous" />
+                }
+            })
+            .collect_view();
+        let loader = loader_script(&self.bundles);
+        view! {
+            <!DOCTYPE html>
+            <html lang="en">
+                <head>
+                    <meta charset="utf-8" />
+                    <meta name="viewport" content="width=device-width, initial-scale=1" />
+                    <meta name="description" content="Cartwheel: a small shop of well-made things for your desk and home." />
+                    <title>"Cartwheel — goods for a calm desk"</title>
+                    {self.stylesheet.map(|href| view! { <link rel="stylesheet" href=href /> })}
+                    {self.icon.map(|href| view! { <link rel="icon" type="image/svg+xml" href=href /> })}
+                    {preloads}
+                    <script type="module" inner_html=loader></script>
+                </head>
+                <body>
+                    <div id=mount::SHELL>{shell::view_for_server(self.cart, self.slots)}</div>
+                    <script type="application/json" id=STATE_SCRIPT_ID inner_html=self.state_json></script>
+                </body>
+            </html>
+        }
+    }
+}
+
+/// Start every bundle on its own: import its glue, instantiate its module, hydrate. A failure is logged and
+/// marked on the `<html>` element (`data-failed-bundles`) instead of stopping the others.
+fn loader_script(bundles: &[BundleUrls]) -> String {
+    let list = bundles.iter().map(|b| format!("[{:?},{:?},{:?}]", b.name, b.js, b.wasm)).collect::<Vec<_>>().join(",");
+    format!(
+        "window.__RESOLVED_RESOURCES=window.__RESOLVED_RESOURCES||[];\
+         window.__SERIALIZED_ERRORS=window.__SERIALIZED_ERRORS||[];\
+         window.__INCOMPLETE_CHUNKS=window.__INCOMPLETE_CHUNKS||[];\
+         for (const [name, js, wasm] of [{list}]) {{\
+           import(js).then(async (m) => {{ await m.default({{ module_or_path: wasm }}); m.hydrate(); }})\
+             .catch((e) => {{\
+               console.error(`cartwheel: the ${{name}} bundle failed to start`, e);\
+               const root = document.documentElement;\
+               root.dataset.failedBundles = ((root.dataset.failedBundles || '') + ' ' + name).trim();\
+             }});\
+         }}"
+    )
+}

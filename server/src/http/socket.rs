@@ -1,0 +1,50 @@
+//! `GET /ws`: check the session, upgrade with bounded buffers, and hand the socket to
+//! [`crate::realtime::ws::serve`]. The route sits outside the session guard: a socket without a valid session
+//! is refused (401), never given one.
+
+use std::net::SocketAddr;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use super::error::AppError;
+use super::guards::session::Session;
+use super::state::AppState;
+use crate::config::defaults;
+use crate::realtime::ws::{client_label, serve};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route(shared::protocol::WS_PATH, get(upgrade))
+}
+
+async fn upgrade(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    session: Result<Session, AppError>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let session = match session {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(rejection) => return AppError::BadUpgrade(rejection.body_text()).into_response(),
+    };
+    let max_message = app.config.max_ws_message_bytes;
+    let (sockets, connections) = (app.sockets.clone(), app.connections.clone());
+    upgrade
+        .read_buffer_size(defaults::WS_READ_BUFFER_BYTES)
+        .write_buffer_size(defaults::WS_WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(defaults::WS_MAX_WRITE_BUFFER_BYTES)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |socket| {
+            connections.track_future(serve(socket, sockets, session.cart, peer, client_label(query.as_deref())))
+        })
+}

@@ -1,0 +1,139 @@
+//! The shop's operations — change a cart, check out, change a product, send a notice — and the one place where
+//! "commit, then announce" happens. Handlers (REST, service API, WebSocket snapshots) call [`Shop`]; it asks
+//! the [`CartStore`] to commit, counts the outcome, and hands the committed [`Event`]s to the [`Fanout`], which
+//! the realtime layer implements (the in-process hub, or the hub plus the Redis bus).
+//!
+//! Cancellation: a client that hangs up drops its handler at whatever `.await` it was in. A change therefore
+//! runs on its own task: once the store accepted it, it is committed and announced whether or not anyone is
+//! still waiting for the answer, so no open tab misses a version another tab's aborted request committed.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use shared::{Cart, CartOp, Notice, Product};
+
+use crate::domain::{CartKey, Catalog, Event, IdempotencyKey};
+use crate::metrics::Metrics;
+use crate::store::{
+    CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate, StoreError,
+};
+
+/// Delivers what the shop committed to the connections it concerns.
+pub trait Fanout: Send + Sync + 'static {
+    /// These events were committed through this instance; deliver each to the connections it concerns.
+    fn announce(&self, events: &[Event]);
+
+    /// Deliver `notice` to the connections of `session`, or to every connection. Returns how many connections
+    /// of this instance it reached; fails when the notice could not be passed on to the other instances.
+    fn notify<'a>(&'a self, session: Option<&'a CartKey>, notice: &'a Notice)
+        -> BoxFuture<'a, Result<usize, StoreError>>;
+}
+
+/// The domain operations, over one store and one fan-out. Cheap to clone (three `Arc`s).
+#[derive(Clone)]
+pub struct Shop {
+    store: Arc<dyn CartStore>,
+    fanout: Arc<dyn Fanout>,
+    metrics: Arc<Metrics>,
+}
+
+impl Shop {
+    pub fn new(store: Arc<dyn CartStore>, fanout: Arc<dyn Fanout>, metrics: Arc<Metrics>) -> Shop {
+        Shop { store, fanout, metrics }
+    }
+
+    /// The cart as it is now.
+    pub async fn cart(&self, cart: &CartKey) -> Result<Cart, StoreError> {
+        self.store.load(cart).await
+    }
+
+    /// The catalog with its committed stock and prices.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.store.catalog()
+    }
+
+    /// Apply a change to a cart and, if it changed, announce the new version to its connections.
+    #[tracing::instrument(name = "shop.mutate", skip_all, fields(cart = cart.short(), op = ?op))]
+    pub async fn mutate(
+        &self,
+        cart: &CartKey,
+        op: CartOp,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> Result<Mutation, MutationError> {
+        let request = MutationRequest { cart: cart.clone(), op, idempotency_key };
+        let (store, fanout, metrics) = self.parts();
+        detached(async move {
+            let result = store.mutate(request).await;
+            let outcome = match &result {
+                Ok(m) if m.replayed => "replayed",
+                Ok(m) if m.change == shared::Change::Changed => "changed",
+                Ok(_) => "unchanged",
+                Err(_) => "rejected",
+            };
+            metrics.mutations.get_or_create(&vec![("outcome", outcome)]).inc();
+            if let Ok(m) = &result {
+                fanout.announce(&m.events);
+            }
+            result
+        })
+        .await
+    }
+
+    /// Check out a cart; its connections get the emptied cart and every connection the new stock of what was
+    /// bought.
+    #[tracing::instrument(name = "shop.checkout", skip_all, fields(cart = cart.short()))]
+    pub async fn checkout(
+        &self,
+        cart: &CartKey,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> Result<Checkout, MutationError> {
+        let request = CheckoutRequest { cart: cart.clone(), idempotency_key };
+        let (store, fanout, metrics) = self.parts();
+        detached(async move {
+            let result = store.checkout(request).await;
+            let outcome = match &result {
+                Ok(c) if c.replayed => "replayed",
+                Ok(_) => "ordered",
+                Err(MutationError::Shortfalls(_)) => "short_of_stock",
+                Err(_) => "refused",
+            };
+            metrics.checkouts.get_or_create(&vec![("outcome", outcome)]).inc();
+            if let Ok(c) = &result {
+                fanout.announce(&c.events);
+            }
+            result
+        })
+        .await
+    }
+
+    /// Change a product's stock or price and, if it changed, tell every connection.
+    #[tracing::instrument(name = "shop.update_product", skip_all, fields(product = %update.id))]
+    pub async fn update_product(&self, update: ProductUpdate) -> Result<Product, MutationError> {
+        let (store, fanout, _) = self.parts();
+        detached(async move {
+            let updated = store.update_product(update).await?;
+            fanout.announce(&updated.events);
+            Ok(updated.product)
+        })
+        .await
+    }
+
+    /// Send a notice to one session's connections (on every instance), or to every connection.
+    #[tracing::instrument(name = "shop.notify", skip_all, fields(kind = %notice.kind, targeted = session.is_some()))]
+    pub async fn notify(&self, session: Option<&CartKey>, notice: &Notice) -> Result<usize, StoreError> {
+        self.fanout.notify(session, notice).await
+    }
+
+    fn parts(&self) -> (Arc<dyn CartStore>, Arc<dyn Fanout>, Arc<Metrics>) {
+        (self.store.clone(), self.fanout.clone(), self.metrics.clone())
+    }
+}
+
+/// Run `work` on its own task and wait for it: dropping the wait (the client hung up) does not cancel it.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, MutationError>> + Send + 'static,
+) -> Result<T, MutationError> {
+    // A join error means the task panicked or the runtime is shutting down: either way the store is gone for
+    // this request.
+    tokio::spawn(work).await.unwrap_or_else(|_| Err(MutationError::Store(StoreError::Closed)))
+}

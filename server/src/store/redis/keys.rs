@@ -1,0 +1,53 @@
+//! Every Redis key and value layout the store uses, in one place (all under `cartwheel:`):
+//! `cart:<key>` (hash `v` version, `c` contents), `idem:<cart key>:<Idempotency-Key>` (expires),
+//! `products` (hash id → `stock price revision`, overriding the catalog file), `catalog-revision`,
+//! `order:<id>`, `session-secret`, and the pub/sub channel every instance of one shop shares.
+
+use shared::Product;
+
+use crate::domain::{CartKey, IdempotencyKey};
+
+/// The one channel all instances of a shop share.
+pub const CHANNEL: &str = "cartwheel:events";
+pub const CATALOG_REVISION: &str = "cartwheel:catalog-revision";
+pub const PRODUCTS: &str = "cartwheel:products";
+pub const SESSION_SECRET: &str = "cartwheel:session-secret";
+
+pub fn cart(cart: &CartKey) -> String {
+    format!("cartwheel:cart:{cart}")
+}
+
+pub fn idempotency(cart: &CartKey, key: &IdempotencyKey) -> String {
+    format!("cartwheel:idem:{cart}:{}", key.as_str())
+}
+
+pub fn order(id: &str) -> String {
+    format!("cartwheel:order:{id}")
+}
+
+/// A product's field in [`PRODUCTS`]: `stock price revision`.
+pub fn product_state(p: &Product) -> String {
+    format!("{} {} {}", p.stock, p.price_cents.0, p.revision)
+}
+
+/// `(stock, price_cents, revision)` from a [`product_state`]; `None` if it is not one.
+pub fn parse_product_state(state: &str) -> Option<(u32, u64, u64)> {
+    let mut fields = state.split(' ');
+    let stock = fields.next()?.parse().ok()?;
+    let price = fields.next()?.parse().ok()?;
+    let revision = fields.next()?.parse().ok()?;
+    fields.next().is_none().then_some((stock, price, revision))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn product_states_round_trip_and_junk_is_refused() {
+        assert_eq!(parse_product_state("4 9900 7"), Some((4, 9900, 7)));
+        for junk in ["", "4 9900", "4 9900 7 1", "-1 9900 7", "4 x 7"] {
+            assert_eq!(parse_product_state(junk), None, "{junk}");
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The embedded cart store: one SQLite file in WAL mode. [`schema`] creates and migrates it, one writer thread
+//! ([`writer`]) commits every change in group commits, a small pool of read-only connections ([`readers`])
+//! serves loads, and [`queries`] holds the statements both run.
+//!
+//! Stock and prices that changed at run time are rows of `products`, which override the catalog file's values
+//! at start-up.
+
+mod queries;
+mod readers;
+mod schema;
+mod writer;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use rusqlite::Connection;
+use shared::{Cart, CartLimits};
+use tokio::sync::{mpsc, oneshot};
+
+use self::readers::ReaderPool;
+use self::writer::{writer_loop, CatalogState, WriteJob, WriterSettings};
+use super::rules::price;
+use super::{
+    CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate, ProductUpdated,
+    StoreError,
+};
+use crate::config::defaults;
+use crate::domain::{CartKey, Catalog, LiveCatalog};
+use crate::sync::lock;
+
+/// Queued changes waiting for the writer; when full, callers wait (backpressure) instead of piling up memory.
+const WRITE_QUEUE: usize = 4096;
+
+/// Carts, stock, prices, orders and idempotency keys in one SQLite file, for a single instance. Every change
+/// answers only once its group commit is on disk; `close` finishes queued writes (see the store's contract).
+pub struct SqliteCartStore {
+    jobs: Mutex<Option<mpsc::Sender<WriteJob>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: ReaderPool,
+    catalog: Arc<LiveCatalog>,
+    secret: Vec<u8>,
+}
+
+impl SqliteCartStore {
+    /// Open (creating if needed) the database at `path`, run pending migrations, apply the stored stock and
+    /// prices to `catalog` and start the writer.
+    /// `secret` signs session cookies; when `None`, one is generated on first start and kept in the database.
+    pub fn open(
+        path: &Path,
+        mut catalog: Catalog,
+        limits: CartLimits,
+        secret: Option<&[u8]>,
+    ) -> Result<SqliteCartStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        schema::migrate(&mut conn)?;
+        let secret = match secret {
+            Some(s) => s.to_vec(),
+            None => schema::stored_secret(&conn)?,
+        };
+        schema::apply_stored_products(&conn, &mut catalog)?;
+        let committed = Arc::new(catalog);
+        let live = Arc::new(LiveCatalog::new(committed.clone()));
+        let readers = ReaderPool::open(path, defaults::READ_CONNECTIONS)?;
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let settings = WriterSettings { limits, idempotency_ttl: defaults::IDEMPOTENCY_TTL };
+        let state = CatalogState::new(live.clone(), committed);
+        let writer = std::thread::Builder::new()
+            .name("cart-writer".into())
+            .spawn(move || writer_loop(conn, rx, settings, state))?;
+        Ok(SqliteCartStore {
+            jobs: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            readers,
+            catalog: live,
+            secret,
+        })
+    }
+
+    /// Queue a job for the writer and wait for its committed outcome.
+    async fn submit<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, MutationError>>) -> WriteJob,
+    ) -> Result<T, MutationError> {
+        let sender = lock(&self.jobs).clone().ok_or(StoreError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        sender.send(job(reply)).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub fn session_secret(&self) -> &[u8] {
+        &self.secret
+    }
+
+    /// Finish queued writes and stop the writer. Later mutations fail with [`StoreError::Closed`].
+    pub fn close(&self) {
+        drop(lock(&self.jobs).take());
+        if let Some(handle) = lock(&self.writer).take() {
+            if handle.join().is_err() {
+                tracing::error!("cart writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for SqliteCartStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl CartStore for SqliteCartStore {
+    fn load<'a>(&'a self, cart: &'a CartKey) -> BoxFuture<'a, Result<Cart, StoreError>> {
+        async move {
+            let key = cart.as_str().to_owned();
+            let (version, contents) = self.readers.run(move |conn| queries::read_cart(conn, &key)).await??;
+            Ok(price(version, &contents, &self.catalog.current()))
+        }
+        .boxed()
+    }
+
+    fn mutate(&self, request: MutationRequest) -> BoxFuture<'_, Result<Mutation, MutationError>> {
+        self.submit(|reply| WriteJob::Cart { request, reply }).boxed()
+    }
+
+    fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.current()
+    }
+
+    fn update_product(&self, update: ProductUpdate) -> BoxFuture<'_, Result<ProductUpdated, MutationError>> {
+        self.submit(|reply| WriteJob::Product { update, reply }).boxed()
+    }
+
+    fn checkout(&self, request: CheckoutRequest) -> BoxFuture<'_, Result<Checkout, MutationError>> {
+        self.submit(|reply| WriteJob::Checkout { request, reply }).boxed()
+    }
+}

@@ -1,0 +1,83 @@
+//! The statements a change runs, on whichever connection (the writer's savepoint or a reader). Cached: parsing
+//! SQL per mutation showed up in the S4 profile.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use shared::{CartContents, Order, Product};
+
+use crate::clock::now_secs;
+use crate::store::rules::{parse_contents, to_json};
+use crate::store::StoreError;
+
+pub(super) fn to_sql(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A cart's version and contents (version 0 and empty if it was never changed).
+pub(super) fn read_cart(conn: &Connection, key: &str) -> Result<(u64, CartContents), StoreError> {
+    let row: Option<(i64, String)> = conn
+        .prepare_cached("SELECT version, contents FROM carts WHERE cart_key = ?1")?
+        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match row {
+        None => Ok((0, CartContents::default())),
+        Some((version, contents)) => {
+            let contents = parse_contents(key, &contents)?;
+            let version = u64::try_from(version).map_err(|_| StoreError::Corrupt("negative version".into()))?;
+            Ok((version, contents))
+        }
+    }
+}
+
+/// The request fingerprint and answer remembered for `idem` on this cart, if any.
+pub(super) fn remembered(conn: &Connection, key: &str, idem: &str) -> Result<Option<(String, String)>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT request, response FROM idempotency_keys WHERE cart_key = ?1 AND key = ?2")
+        .and_then(|mut s| s.query_row(params![key, idem], |r| Ok((r.get(0)?, r.get(1)?))).optional())?)
+}
+
+pub(super) fn remember(
+    conn: &Connection,
+    key: &str,
+    idem: &str,
+    fingerprint: &str,
+    answer: &str,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO idempotency_keys (cart_key, key, request, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut s| s.execute(params![key, idem, fingerprint, answer, now_secs()]))?;
+    Ok(())
+}
+
+/// Forget idempotency keys older than `ttl_secs`; returns how many went.
+pub(super) fn forget_idempotency_keys(conn: &Connection, ttl_secs: i64) -> Result<usize, StoreError> {
+    Ok(conn.execute("DELETE FROM idempotency_keys WHERE created_at < ?1", [now_secs().saturating_sub(ttl_secs)])?)
+}
+
+pub(super) fn write_cart(conn: &Connection, key: &str, version: u64, contents: &CartContents) -> Result<(), StoreError> {
+    let stored = to_json(contents)?;
+    conn.prepare_cached(
+        "INSERT INTO carts (cart_key, version, contents, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (cart_key) DO UPDATE SET version = ?2, contents = ?3, updated_at = ?4",
+    )
+    .and_then(|mut s| s.execute(params![key, to_sql(version), stored, now_secs()]))?;
+    Ok(())
+}
+
+pub(super) fn write_product(conn: &Connection, p: &Product) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO products (product_id, stock, price_cents, revision, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (product_id) DO UPDATE SET stock = ?2, price_cents = ?3, revision = ?4, updated_at = ?5",
+    )
+    .and_then(|mut s| {
+        s.execute(params![p.id.as_str(), i64::from(p.stock), to_sql(p.price_cents.0), to_sql(p.revision), now_secs()])
+    })?;
+    Ok(())
+}
+
+pub(super) fn insert_order(conn: &Connection, key: &str, order: &Order) -> Result<(), StoreError> {
+    let body = to_json(order)?;
+    conn.prepare_cached("INSERT INTO orders (id, cart_key, total_cents, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .and_then(|mut s| s.execute(params![order.id, key, to_sql(order.total_cents.0), body, now_secs()]))?;
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! The SQLite schema and what is read once at start-up: migrations (`PRAGMA user_version` counts how many
+//! ran), the session secret, and the stock and prices that changed at run time.
+
+use rusqlite::{Connection, OptionalExtension};
+use shared::Cents;
+
+use crate::domain::Catalog;
+use crate::store::StoreError;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[
+    // 1: carts, idempotency keys, server metadata.
+    "CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    CREATE TABLE carts (
+        cart_key   TEXT PRIMARY KEY,
+        version    INTEGER NOT NULL CHECK (version >= 0),
+        contents   TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE idempotency_keys (
+        cart_key   TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        request    TEXT NOT NULL,
+        response   TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (cart_key, key)
+    );
+    CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);",
+    // 2: stock and prices changed at run time (they override the catalog file), and orders.
+    "CREATE TABLE products (
+        product_id  TEXT PRIMARY KEY,
+        stock       INTEGER NOT NULL CHECK (stock >= 0),
+        price_cents INTEGER NOT NULL CHECK (price_cents > 0),
+        revision    INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    );
+    CREATE TABLE orders (
+        id          TEXT PRIMARY KEY,
+        cart_key    TEXT NOT NULL,
+        total_cents INTEGER NOT NULL,
+        body        TEXT NOT NULL,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE INDEX orders_by_cart ON orders (cart_key, created_at);",
+];
+
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let applied = usize::try_from(applied).map_err(|_| StoreError::Corrupt("negative schema version".into()))?;
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {applied} is newer than this server knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(i64::MAX))?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "applied database migration");
+    }
+    Ok(())
+}
+
+/// The secret that signs session cookies: generated on first start and kept, so cookies survive restarts.
+pub(super) fn stored_secret(conn: &Connection) -> Result<Vec<u8>, StoreError> {
+    let existing: Option<Vec<u8>> =
+        conn.query_row("SELECT value FROM meta WHERE key = 'session_secret'", [], |r| r.get(0)).optional()?;
+    if let Some(secret) = existing {
+        return Ok(secret);
+    }
+    let secret: [u8; 32] = rand::random();
+    conn.execute("INSERT INTO meta (key, value) VALUES ('session_secret', ?1)", [&secret[..]])?;
+    Ok(secret.to_vec())
+}
+
+/// Put the stock and prices changed at run time in place of the catalog file's.
+pub(super) fn apply_stored_products(conn: &Connection, catalog: &mut Catalog) -> Result<(), StoreError> {
+    let mut statement = conn.prepare("SELECT product_id, stock, price_cents, revision FROM products")?;
+    let rows = statement.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+    })?;
+    for row in rows {
+        let (id, stock, price, revision) = row?;
+        let Some(mut product) = catalog.get(&id.as_str().into()).cloned() else {
+            tracing::warn!(product = id, "stored stock and price for a product the catalog no longer lists");
+            continue;
+        };
+        let corrupt = || StoreError::Corrupt(format!("stored stock or price of '{id}' is out of range"));
+        product.stock = u32::try_from(stock).map_err(|_| corrupt())?;
+        product.price_cents = Cents(u64::try_from(price).map_err(|_| corrupt())?);
+        product.revision = u64::try_from(revision).map_err(|_| corrupt())?;
+        catalog.replace(product);
+    }
+    Ok(())
+}

@@ -1,0 +1,292 @@
+//! The one writer thread: it owns the only read-write connection, takes every change queued at that moment (up
+//! to [`defaults::MAX_COMMIT_BATCH`]), applies each inside its own savepoint, commits them in one transaction
+//! with `synchronous=FULL`, and only then answers each caller — group commit: one fsync serves many requests,
+//! and no request hears "done" before its change is on disk. One writer also serializes the changes of each
+//! cart, which is what makes versions strictly sequential.
+//!
+//! The writer is the only one changing stock and prices: it applies a batch's product changes to a staged copy
+//! of the catalog and publishes that copy ([`LiveCatalog`]) only once the batch is committed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, TransactionBehavior};
+use shared::{CartContents, CartLimits, Change, CheckoutReceipt, Order, Product};
+use tokio::sync::{mpsc, oneshot};
+
+use super::queries::{forget_idempotency_keys, insert_order, read_cart, remember, remembered, write_cart, write_product};
+use crate::clock::now_ms;
+use crate::config::defaults;
+use crate::domain::{Catalog, LiveCatalog};
+use crate::store::rules::{
+    committed_checkout, committed_mutation, fingerprint, new_order_id, plan_checkout, plan_product_update, price,
+    replay_checkout, replay_mutation, to_json, CHECKOUT_FINGERPRINT,
+};
+use crate::store::{
+    Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate, ProductUpdated, StoreError,
+};
+
+/// How often the writer forgets expired idempotency keys.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// One change for the writer, with where to send its outcome.
+pub(super) enum WriteJob {
+    Cart { request: MutationRequest, reply: oneshot::Sender<Result<Mutation, MutationError>> },
+    Product { update: ProductUpdate, reply: oneshot::Sender<Result<ProductUpdated, MutationError>> },
+    Checkout { request: CheckoutRequest, reply: oneshot::Sender<Result<Checkout, MutationError>> },
+}
+
+/// What a job did, before it is known whether its batch commits.
+enum JobOutcome {
+    Cart(Mutation),
+    Product(ProductUpdated),
+    Checkout(Checkout),
+}
+
+impl JobOutcome {
+    /// The catalog changes this outcome makes once committed.
+    fn products(&self) -> &[Product] {
+        match self {
+            JobOutcome::Product(u) if u.change == Change::Changed => std::slice::from_ref(&u.product),
+            JobOutcome::Checkout(c) => &c.products,
+            _ => &[],
+        }
+    }
+}
+
+impl WriteJob {
+    /// Send the final outcome; the caller may have gone away (client disconnected), the change stands regardless.
+    fn answer(self, outcome: Result<JobOutcome, MutationError>) {
+        let mismatch = || MutationError::Store(StoreError::Corrupt("a job got another kind's outcome".into()));
+        match self {
+            WriteJob::Cart { reply, .. } => {
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    JobOutcome::Cart(m) => Ok(m),
+                    _ => Err(mismatch()),
+                }));
+            }
+            WriteJob::Product { reply, .. } => {
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    JobOutcome::Product(u) => Ok(u),
+                    _ => Err(mismatch()),
+                }));
+            }
+            WriteJob::Checkout { reply, .. } => {
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    JobOutcome::Checkout(c) => Ok(c),
+                    _ => Err(mismatch()),
+                }));
+            }
+        }
+    }
+}
+
+/// What the writer needs besides its connection.
+pub(super) struct WriterSettings {
+    pub limits: CartLimits,
+    pub idempotency_ttl: Duration,
+}
+
+/// The writer's view of the catalog: the committed snapshot, and the copy a batch's product changes are staged
+/// in until it commits.
+pub(super) struct CatalogState {
+    live: Arc<LiveCatalog>,
+    committed: Arc<Catalog>,
+    staged: Option<Catalog>,
+}
+
+impl CatalogState {
+    pub(super) fn new(live: Arc<LiveCatalog>, committed: Arc<Catalog>) -> CatalogState {
+        CatalogState { live, committed, staged: None }
+    }
+
+    fn get(&self) -> &Catalog {
+        self.staged.as_ref().unwrap_or(&self.committed)
+    }
+
+    fn stage(&mut self, products: &[Product]) {
+        if products.is_empty() {
+            return;
+        }
+        let staged = self.staged.get_or_insert_with(|| (*self.committed).clone());
+        for p in products {
+            staged.replace(p.clone());
+        }
+    }
+
+    fn commit(&mut self) {
+        if let Some(staged) = self.staged.take() {
+            self.committed = Arc::new(staged);
+            self.live.publish(self.committed.clone());
+        }
+    }
+
+    fn roll_back(&mut self) {
+        self.staged = None;
+    }
+}
+
+/// Run until every sender is gone: batch, commit, answer.
+pub(super) fn writer_loop(
+    mut conn: Connection,
+    mut jobs: mpsc::Receiver<WriteJob>,
+    settings: WriterSettings,
+    mut catalog: CatalogState,
+) {
+    let mut last_prune = Instant::now();
+    let mut batch = Vec::with_capacity(defaults::MAX_COMMIT_BATCH);
+    while let Some(first) = jobs.blocking_recv() {
+        batch.push(first);
+        while batch.len() < defaults::MAX_COMMIT_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let outcomes = commit_batch(&mut conn, &batch, &settings, &mut catalog);
+        for (job, outcome) in batch.drain(..).zip(outcomes) {
+            job.answer(outcome);
+        }
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = Instant::now();
+            let ttl = i64::try_from(settings.idempotency_ttl.as_secs()).unwrap_or(i64::MAX);
+            match forget_idempotency_keys(&conn, ttl) {
+                Ok(n) if n > 0 => tracing::debug!(removed = n, "pruned idempotency keys"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning idempotency keys failed"),
+            }
+        }
+    }
+    tracing::debug!("cart writer stopped");
+}
+
+/// Apply every job in one transaction; each job's outcome is final only if the commit succeeds.
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &[WriteJob],
+    settings: &WriterSettings,
+    catalog: &mut CatalogState,
+) -> Vec<Result<JobOutcome, MutationError>> {
+    let store_failure = |e: &rusqlite::Error| -> Vec<Result<JobOutcome, MutationError>> {
+        tracing::error!(error = %e, jobs = batch.len(), "cart batch failed");
+        batch.iter().map(|_| Err(MutationError::Store(StoreError::Batch(e.to_string())))).collect()
+    };
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return store_failure(&e),
+    };
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for job in batch {
+        let outcome = match tx.savepoint() {
+            Err(e) => Err(MutationError::Store(e.into())),
+            Ok(mut sp) => {
+                let outcome = apply_job(&sp, job, settings, catalog.get());
+                match &outcome {
+                    Ok(done) => {
+                        if let Err(e) = sp.commit() {
+                            outcomes.push(Err(MutationError::Store(e.into())));
+                            continue;
+                        }
+                        // Later jobs of this batch see this job's stock and prices.
+                        catalog.stage(done.products());
+                    }
+                    // Refused changes leave no trace; dropping a savepoint rolls it back too, this says so.
+                    Err(_) => {
+                        let _ = sp.rollback();
+                    }
+                }
+                outcome
+            }
+        };
+        outcomes.push(outcome);
+    }
+    match tx.commit() {
+        Ok(()) => {
+            catalog.commit();
+            outcomes
+        }
+        Err(e) => {
+            catalog.roll_back();
+            store_failure(&e)
+        }
+    }
+}
+
+fn apply_job(
+    conn: &Connection,
+    job: &WriteJob,
+    settings: &WriterSettings,
+    catalog: &Catalog,
+) -> Result<JobOutcome, MutationError> {
+    match job {
+        WriteJob::Cart { request, .. } => apply_cart_change(conn, request, settings, catalog).map(JobOutcome::Cart),
+        WriteJob::Product { update, .. } => apply_product_update(conn, update, catalog).map(JobOutcome::Product),
+        WriteJob::Checkout { request, .. } => apply_checkout(conn, request, catalog).map(JobOutcome::Checkout),
+    }
+}
+
+fn apply_cart_change(
+    conn: &Connection,
+    request: &MutationRequest,
+    settings: &WriterSettings,
+    catalog: &Catalog,
+) -> Result<Mutation, MutationError> {
+    let key = request.cart.as_str();
+    let fp = fingerprint(&request.op);
+    let idem = request.idempotency_key.as_ref().map(|k| k.as_str());
+    if let Some(idem) = idem {
+        if let Some((earlier, answer)) = remembered(conn, key, idem)? {
+            return replay_mutation(&earlier, &fp, &answer);
+        }
+    }
+    let (mut version, mut contents) = read_cart(conn, key)?;
+    let change = contents.apply(&request.op, &settings.limits, |id| catalog.get(id))?;
+    if change == Change::Changed {
+        version += 1;
+        write_cart(conn, key, version, &contents)?;
+    }
+    let cart = price(version, &contents, catalog);
+    if let Some(idem) = idem {
+        remember(conn, key, idem, &fp, &to_json(&cart)?)?;
+    }
+    Ok(committed_mutation(&request.cart, cart, change))
+}
+
+fn apply_product_update(
+    conn: &Connection,
+    update: &ProductUpdate,
+    catalog: &Catalog,
+) -> Result<ProductUpdated, MutationError> {
+    let (product, change) = plan_product_update(update, catalog)?;
+    let mut events = Vec::new();
+    if change == Change::Changed {
+        write_product(conn, &product)?;
+        events.push(crate::domain::Event::ProductChanged(product.clone()));
+    }
+    Ok(ProductUpdated { product, change, events })
+}
+
+fn apply_checkout(conn: &Connection, request: &CheckoutRequest, catalog: &Catalog) -> Result<Checkout, MutationError> {
+    let key = request.cart.as_str();
+    let idem = request.idempotency_key.as_ref().map(|k| k.as_str());
+    if let Some(idem) = idem {
+        if let Some((earlier, answer)) = remembered(conn, key, idem)? {
+            return replay_checkout(&earlier, &answer);
+        }
+    }
+    let (version, contents) = read_cart(conn, key)?;
+    let priced = price(version, &contents, catalog);
+    let products = plan_checkout(&priced, catalog)?;
+    for product in &products {
+        write_product(conn, product)?;
+    }
+    let order = Order::of(new_order_id(), key.to_owned(), &priced, now_ms());
+    insert_order(conn, key, &order)?;
+    let emptied = CartContents::default();
+    write_cart(conn, key, version + 1, &emptied)?;
+    let receipt = CheckoutReceipt { order, cart: price(version + 1, &emptied, catalog) };
+    if let Some(idem) = idem {
+        remember(conn, key, idem, CHECKOUT_FINGERPRINT, &to_json(&receipt)?)?;
+    }
+    Ok(committed_checkout(&request.cart, receipt, products))
+}

@@ -1,0 +1,113 @@
+//! What survives: a graceful restart and a `kill -9` on the same SQLite file lose no committed change, and
+//! versions continue where they stopped.
+
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use crate::support::{Shopper, TestServer};
+use serde_json::Value;
+
+async fn some_product(server_base: &str) -> String {
+    let all: Vec<Value> = reqwest::get(format!("{server_base}/api/products")).await.unwrap().json().await.unwrap();
+    all.iter().find(|p| p["stock"].as_u64().unwrap() >= 20).unwrap()["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn restart_on_the_same_file_keeps_cart_version_and_session() {
+    let mut server = TestServer::start().await;
+    let dir = server.take_dir();
+    let id = some_product(&server.base).await;
+    let shopper = server.shopper().await;
+    for _ in 0..3 {
+        shopper.add(&id, 1).await;
+    }
+    let before = shopper.cart().await.body;
+    assert_eq!(before["version"], 3);
+    let db = server.db.clone();
+    server.stop().await;
+
+    let server = TestServer::start_on(&db, |_| {}).await;
+    let same = Shopper { base: server.base.clone(), addr: server.addr, ..shopper };
+    let after = same.cart().await;
+    assert!(after.headers.get("set-cookie").is_none(), "the session secret persisted: the cookie is still valid");
+    assert_eq!(after.body, before);
+    assert_eq!(same.add(&id, 1).await.version(), 4, "versions continue");
+    server.stop().await;
+    drop(dir);
+}
+
+/// The real binary, killed with SIGKILL: every change that was answered 2xx is on disk.
+struct Process {
+    child: Child,
+    base: String,
+}
+
+impl Process {
+    fn start(db: &std::path::Path) -> Process {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+            .args(["--bind", "127.0.0.1:0", "--database"])
+            .arg(db)
+            // No bundles to compress at start-up: this test is about the store.
+            .arg("--site-dir")
+            .arg(db.with_file_name("no-site"))
+            .env("CARTWHEEL_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("server binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines.next().expect("server printed its address").unwrap();
+            if let Some(rest) = line.split("serving on ").nth(1) {
+                break rest.split_whitespace().next().unwrap_or_default().to_owned();
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Process { child, base }
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL on Unix
+        self.child.wait().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn kill_9_loses_no_acknowledged_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("carts.sqlite3");
+    let process = Process::start(&db);
+    let id = some_product(&process.base).await;
+    let http = reqwest::Client::new();
+    let first = http.get(format!("{}/api/cart", process.base)).send().await.unwrap();
+    let cookie = first.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let body = serde_json::json!({ "product_id": id, "quantity": 1 }).to_string();
+    let adds = (0..20).map(|_| {
+        http.post(format!("{}/api/cart", process.base))
+            .header("cookie", &cookie)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    });
+    let answered = futures_util::future::join_all(adds).await;
+    assert!(answered.iter().all(|r| r.as_ref().unwrap().status() == 200));
+    process.kill_9();
+
+    let process = Process::start(&db);
+    let cart: Value = http
+        .get(format!("{}/api/cart", process.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cart["version"], 20);
+    assert_eq!(cart["item_count"], 20);
+    process.kill_9();
+}

@@ -1,0 +1,12 @@
+//! The server's integration tests: one test binary (one link on a 2-core machine), each module a concern,
+//! all against the real server on a loopback port — real HTTP, real WebSocket clients, SQLite in a temp dir,
+//! the real binary killed with `kill -9`, and several instances sharing a real `redis-server`.
+
+mod support;
+
+mod api;
+mod durability;
+mod page;
+mod realtime;
+mod scale_out;
+mod service;

@@ -1,0 +1,248 @@
+//! The WebSocket side against the real server: who receives which update, the protocol's frames, its limits,
+//! ordering under concurrency, slow consumers, heartbeats and shutdown.
+
+
+use std::collections::BTreeSet;
+
+use crate::support::{TestServer, Ws};
+use futures_util::SinkExt;
+use serde_json::Value;
+use shared::protocol::close;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn product_with_stock_at_least(server: &TestServer, n: u64) -> Vec<String> {
+    let all: Vec<Value> = reqwest::get(server.url("/api/products")).await.unwrap().json().await.unwrap();
+    all.iter().filter(|p| p["stock"].as_u64().unwrap() >= n).map(|p| p["id"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn a_mutation_reaches_exactly_the_sessions_sockets_with_its_version() {
+    let server = TestServer::start().await;
+    let id = &product_with_stock_at_least(&server, 10).await[0];
+    let alice = server.shopper().await;
+    let bob = server.shopper().await;
+    let (mut a1, v1) = Ws::connect_synced(&alice).await;
+    let (mut a2, v2) = Ws::connect_synced(&alice).await;
+    let (mut b1, vb) = Ws::connect_synced(&bob).await;
+    assert_eq!((v1, v2, vb), (0, 0, 0));
+
+    let posted = alice.add(id, 2).await;
+    assert_eq!(posted.status, 200);
+    for ws in [&mut a1, &mut a2] {
+        let update = ws.next_update().await;
+        assert_eq!(update["version"], posted.version());
+        assert_eq!(update["data"], posted.body, "the broadcast carries the same cart the POST answered");
+    }
+    b1.assert_quiet().await;
+    a1.assert_quiet().await;
+
+    let bob_posted = bob.add(id, 1).await;
+    assert_eq!(b1.next_update().await["version"], bob_posted.version());
+    a1.assert_quiet().await;
+    a2.assert_quiet().await;
+}
+
+#[tokio::test]
+async fn upgrade_requires_a_session_and_an_allowed_origin() {
+    let server = TestServer::start().await;
+    let s = server.shopper().await;
+    let own = format!("http://{}", server.addr);
+    assert_eq!(Ws::connect(server.addr, None, Some(&own)).await.err(), Some(401), "no cookie");
+    assert_eq!(Ws::connect(server.addr, Some("cartwheel_session=forged"), Some(&own)).await.err(), Some(401));
+    assert_eq!(Ws::connect(server.addr, Some(&s.cookie), Some("http://evil.example")).await.err(), Some(403));
+    assert_eq!(Ws::connect(server.addr, Some(&s.cookie), Some("null")).await.err(), Some(403));
+    assert!(Ws::connect(server.addr, Some(&s.cookie), None).await.is_ok(), "non-browser clients send no Origin");
+    assert!(Ws::connect(server.addr, Some(&s.cookie), Some(&own)).await.is_ok());
+    // A plain GET without the upgrade headers gets a JSON error, not a hang.
+    let plain = s.send(reqwest::Method::GET, "/ws", None, &[]).await;
+    assert_eq!(plain.status.as_u16() / 100, 4, "{}", plain.body);
+}
+
+#[tokio::test]
+async fn ping_pong_resync_and_bad_frames() {
+    let server = TestServer::start().await;
+    let id = &product_with_stock_at_least(&server, 10).await[0];
+    let s = server.shopper().await;
+    let (mut ws, _) = Ws::connect_synced(&s).await;
+
+    ws.send_text(r#"{"type":"PING","id":7}"#).await;
+    let pong = ws.next_json().await;
+    assert_eq!((pong["type"].as_str(), pong["id"].as_u64()), (Some("PONG"), Some(7)));
+    assert!(pong["server_time_ms"].as_u64().unwrap() > 1_700_000_000_000);
+
+    s.add(id, 1).await;
+    assert_eq!(ws.next_update().await["version"], 1);
+    ws.send_text(r#"{"type":"RESYNC"}"#).await;
+    let snapshot = ws.next_update().await;
+    assert_eq!(snapshot["version"], 1, "RESYNC answers with the current cart even if already seen");
+    assert_eq!(snapshot["data"]["items"][0]["product_id"], id.as_str());
+
+    for bad in ["not json", r#"{"type":"DANCE"}"#, r#"{"type":"PING","id":"seven"}"#, "{}"] {
+        ws.send_text(bad).await;
+        let e = ws.next_json().await;
+        assert_eq!(e["type"], "ERROR", "{bad} → {e}");
+        assert_eq!(e["code"], "invalid_message");
+        assert!(!e["message"].as_str().unwrap().is_empty());
+    }
+    ws.stream.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(ws.next_json().await["code"], "invalid_message");
+    ws.assert_quiet().await; // still open and working
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_with_1009_and_the_limit_is_inclusive() {
+    let server = TestServer::start().await;
+    let s = server.shopper().await;
+    let (mut ws, _) = Ws::connect_synced(&s).await;
+    let limit = shared::protocol::MAX_WS_MESSAGE_BYTES;
+    let padded = format!(r#"{{"type":"PING","id":1,"pad":"{}"}}"#, "x".repeat(limit - 31));
+    assert_eq!(padded.len(), limit);
+    ws.send_text(&padded).await;
+    assert_eq!(ws.next_json().await["type"], "PONG", "exactly the limit is accepted");
+    ws.send_text(&format!("{padded} ")).await;
+    assert_eq!(ws.expect_close().await, close::MESSAGE_TOO_BIG);
+    server.await_metric(r#"cartwheel_ws_disconnects_total{reason="message_too_big"} 1"#).await;
+}
+
+#[tokio::test]
+async fn flooding_client_gets_an_error_then_1008() {
+    let server = TestServer::start_with(|c| {
+        c.ws_frame_burst = 5;
+        c.ws_frames_per_sec = 1;
+    })
+    .await;
+    let s = server.shopper().await;
+    let (mut ws, _) = Ws::connect_synced(&s).await;
+    for i in 0..6 {
+        ws.send_text(&format!(r#"{{"type":"PING","id":{i}}}"#)).await;
+    }
+    for i in 0..5 {
+        assert_eq!(ws.next_json().await["id"], i, "the burst is answered");
+    }
+    let e = ws.next_json().await;
+    assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("ERROR"), Some("rate_limited")));
+    assert_eq!(ws.expect_close().await, close::POLICY_VIOLATION);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_mutations_get_versions_one_to_fifty_in_order_everywhere() {
+    let server = TestServer::start().await;
+    let ids = product_with_stock_at_least(&server, 50).await;
+    let s = server.shopper().await;
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        sockets.push(Ws::connect_synced(&s).await.0);
+    }
+    let requests = (0..50).map(|i| s.add(&ids[i % ids.len()], 1));
+    let answers = futures_util::future::join_all(requests).await;
+    let versions: BTreeSet<u64> = answers
+        .iter()
+        .map(|a| {
+            assert_eq!(a.status, 200, "{}", a.body);
+            a.version()
+        })
+        .collect();
+    assert_eq!(versions, (1..=50).collect(), "each version exactly once");
+    assert_eq!(s.cart().await.body["item_count"], 50);
+    for ws in &mut sockets {
+        let mut last = 0;
+        while last < 50 {
+            let v = ws.next_update().await["version"].as_u64().unwrap();
+            assert!(v > last, "strictly increasing: {v} after {last}");
+            last = v;
+        }
+        ws.assert_quiet().await;
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_subscriber_does_not_delay_others_and_ends_on_the_latest() {
+    let server = TestServer::start_with(|c| {
+        c.ws_queue_capacity = 4;
+        c.no_rate_limit = true; // 1,500 sequential changes on one session are far above a human's rate
+    })
+    .await;
+    let ids = product_with_stock_at_least(&server, 3).await;
+    assert!(ids.len() >= 8, "enough products for a big cart");
+    let s = server.shopper().await;
+    // Big carts make big frames, so the stalled socket's TCP buffers fill and the server must coalesce.
+    for id in ids.iter().take(8) {
+        s.add(id, 1).await;
+    }
+    let mut stalled = s.ws_with_small_receive_buffer().await;
+    let v0 = stalled.next_update().await["version"].as_u64().unwrap();
+    let (mut live, _) = Ws::connect_synced(&s).await;
+    let rounds = 1500u64;
+    for i in 0..rounds {
+        let q = 2 + i64::try_from(i % 2).unwrap();
+        let answer = s.set(&ids[0], q).await;
+        assert_eq!(answer.status, 200);
+        // The live subscriber sees each change before the next is made: the stalled one never holds it up.
+        assert_eq!(live.next_update().await["version"], v0 + i + 1);
+    }
+    let last = v0 + rounds;
+    // Now the stalled subscriber reads: strictly increasing versions, ending on the latest snapshot.
+    let mut seen = Vec::new();
+    loop {
+        let v = stalled.next_update().await["version"].as_u64().unwrap();
+        assert!(seen.last().is_none_or(|&p| v > p));
+        seen.push(v);
+        if v == last {
+            break;
+        }
+    }
+    assert!(
+        (seen.len() as u64) < rounds,
+        "the stalled socket skipped stale versions ({} frames for {rounds} changes)",
+        seen.len()
+    );
+    let metrics = server.metrics().await;
+    let slow: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cartwheel_ws_slow_consumer_events_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(slow > 0, "the overflow was counted");
+}
+
+#[tokio::test]
+async fn unresponsive_peer_is_closed_by_the_heartbeat() {
+    let server = TestServer::start_with(|c| {
+        c.heartbeat_interval = std::time::Duration::from_millis(200);
+        c.heartbeat_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let s = server.shopper().await;
+    let (mut silent, _) = Ws::connect_synced(&s).await;
+    let (mut healthy, _) = Ws::connect_synced(&s).await;
+    // `silent` is never polled, so it never answers the server's Pings; `healthy` is read throughout
+    // (tungstenite answers Pings while reading), and must outlive the timeout.
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let watch = tokio::spawn(async move {
+        loop {
+            healthy.assert_quiet().await;
+            tokio::select! {
+                _ = &mut stopped => return healthy,
+                () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            }
+        }
+    });
+    server.await_metric(r#"cartwheel_ws_disconnects_total{reason="heartbeat_timeout"} 1"#).await;
+    server.await_metric("cartwheel_ws_connections_open 1").await;
+    let ending = silent.expect_end().await;
+    assert!(matches!(ending, Some(close::GOING_AWAY) | None), "closed with 1001 or reset, got {ending:?}");
+    stop.send(()).unwrap();
+    let mut healthy = watch.await.unwrap();
+    healthy.assert_quiet().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_going_away() {
+    let server = TestServer::start().await;
+    let s = server.shopper().await;
+    let (mut ws, _) = Ws::connect_synced(&s).await;
+    let reader = tokio::spawn(async move { ws.expect_close().await });
+    server.stop().await;
+    assert_eq!(reader.await.unwrap(), close::GOING_AWAY);
+}

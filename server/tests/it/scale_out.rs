@@ -1,0 +1,335 @@
+//! Several instances sharing one real `redis-server`: changes made through one instance reach the connections
+//! of every other with the right version; sessions, stock and notices are shared; Redis going away and coming
+//! back, or an instance dying, loses nothing.
+
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use crate::support::redis::RedisServer;
+use crate::support::{Shopper, TestServer, Ws, EVENT_TIMEOUT};
+use futures_util::future::join_all;
+use reqwest::header::SET_COOKIE;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "scale-out-service-token";
+
+async fn instance(redis: &RedisServer) -> TestServer {
+    let url = redis.url();
+    TestServer::start_with(|c| {
+        c.redis_url = Some(url);
+        c.service_tokens = vec![TOKEN.to_owned()];
+        c.no_rate_limit = true;
+    })
+    .await
+}
+
+/// Wait until an instance reports its subscription up again (an event only `/metrics` shows).
+async fn subscribed(server: &TestServer) {
+    server.await_metric("cartwheel_redis_subscribed 1").await;
+}
+
+fn quantity(cart: &Value, product: &str) -> u64 {
+    cart["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["product_id"] == product)
+        .map_or(0, |l| l["quantity"].as_u64().unwrap())
+}
+
+async fn service(server: &TestServer, method: Method, path: &str, body: Value) -> (u16, Value) {
+    let response =
+        reqwest::Client::new().request(method, server.url(path)).bearer_auth(TOKEN).json(&body).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// Next frame of `kind`, skipping others (product updates and carts travel on different queues).
+async fn next_of(ws: &mut Ws, kind: &str) -> Value {
+    loop {
+        let frame = ws.next_json().await;
+        if frame["type"] == kind {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_change_through_one_instance_reaches_the_connections_of_another_with_its_version() {
+    let redis = RedisServer::start();
+    let (one, two) = (instance(&redis).await, instance(&redis).await);
+    subscribed(&one).await;
+    subscribed(&two).await;
+    let alice = one.shopper().await;
+    // The cookie instance one issued is valid on instance two: same cart, no new session.
+    let alice_on_two = alice.on(&two);
+    let answer = alice_on_two.http.get(two.url("/api/cart")).header("cookie", &alice.cookie).send().await.unwrap();
+    assert!(answer.headers().get(SET_COOKIE).is_none(), "instance two accepted instance one's cookie");
+    let (mut ws_two, v0) = Ws::connect_synced(&alice_on_two).await;
+    let (mut ws_one, _) = Ws::connect_synced(&alice).await;
+    assert_eq!(v0, 0);
+
+    let added = alice.add("linen-notebook", 2).await;
+    assert_eq!(added.version(), 1);
+    for ws in [&mut ws_two, &mut ws_one] {
+        let update = ws.next_update().await;
+        assert_eq!(update["version"], 1);
+        assert_eq!(quantity(&update["data"], "linen-notebook"), 2);
+    }
+    // And back: a change through instance two reaches the connection on instance one.
+    assert_eq!(alice_on_two.set("linen-notebook", 5).await.version(), 2);
+    assert_eq!(ws_one.next_update().await["version"], 2);
+    assert_eq!(ws_two.next_update().await["version"], 2);
+    assert_eq!(alice.cart().await.version(), 2);
+    ws_one.assert_quiet().await;
+    ws_two.assert_quiet().await;
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_changes_over_three_instances_get_versions_one_to_a_hundred_exactly_once() {
+    let redis = RedisServer::start();
+    let instances = [instance(&redis).await, instance(&redis).await, instance(&redis).await];
+    for i in &instances {
+        subscribed(i).await;
+    }
+    let shopper = instances[0].shopper().await;
+    let shoppers: Vec<Shopper> = instances.iter().map(|i| shopper.on(i)).collect();
+    let mut sockets = Vec::new();
+    for s in &shoppers {
+        for _ in 0..2 {
+            sockets.push(Ws::connect_synced(s).await.0);
+        }
+    }
+
+    let changes = (0..100).map(|i| {
+        let s = &shoppers[i % 3];
+        async move { s.add(if i % 2 == 0 { "ceramic-pour-over" } else { "linen-notebook" }, 1).await }
+    });
+    let mut versions: Vec<u64> = join_all(changes)
+        .await
+        .iter()
+        .map(|a| {
+            assert_eq!(a.status, 200, "{}", a.body);
+            a.version()
+        })
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=100).collect::<Vec<_>>(), "each version exactly once");
+
+    for ws in &mut sockets {
+        let mut last = 0;
+        while last < 100 {
+            let update = ws.next_update().await;
+            let v = update["version"].as_u64().unwrap();
+            assert!(v > last, "versions strictly increase on every connection: {v} after {last}");
+            last = v;
+        }
+        ws.assert_quiet().await;
+    }
+    let cart = shopper.cart().await;
+    assert_eq!(quantity(&cart.body, "ceramic-pour-over") + quantity(&cart.body, "linen-notebook"), 100);
+}
+
+#[tokio::test]
+async fn redis_restarting_under_connected_clients_refuses_changes_meanwhile_and_loses_nothing_after() {
+    let mut redis = RedisServer::start();
+    let (one, two) = (instance(&redis).await, instance(&redis).await);
+    subscribed(&one).await;
+    subscribed(&two).await;
+    let bob = one.shopper().await;
+    assert_eq!(bob.add("glass-carafe", 1).await.version(), 1);
+    let (mut ws_one, _) = Ws::connect_synced(&bob).await;
+    let (mut ws_two, _) = Ws::connect_synced(&bob.on(&two)).await;
+
+    redis.kill();
+    let refused = bob.add("stoneware-mug", 3).await;
+    refused.expect_error(503, "service_unavailable");
+    assert!(refused.headers.get("retry-after").is_some(), "a 503 says when to retry");
+    let health = reqwest::get(one.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 503);
+    assert_eq!(health.json::<Value>().await.unwrap()["status"], "degraded");
+    // The sockets stay open and answer.
+    ws_one.assert_quiet().await;
+    ws_two.assert_quiet().await;
+
+    redis.restart();
+    subscribed(&one).await;
+    subscribed(&two).await;
+    let after = bob.on(&two).add("cork-coasters", 2).await;
+    assert_eq!(after.version(), 2, "the refused change took no version");
+    for ws in [&mut ws_one, &mut ws_two] {
+        let update = ws.next_update().await;
+        assert_eq!(update["version"], 2);
+        assert_eq!(quantity(&update["data"], "stoneware-mug"), 0, "the refused change changed nothing");
+        assert_eq!(quantity(&update["data"], "glass-carafe"), 1, "what was committed before survived");
+        ws.assert_quiet().await;
+    }
+    assert_eq!(reqwest::get(one.url("/healthz")).await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_change_committed_around_a_redis_restart_reaches_the_connection() {
+    let mut redis = RedisServer::start();
+    let one = instance(&redis).await;
+    subscribed(&one).await;
+    let carol = one.shopper().await;
+    let (mut ws, _) = Ws::connect_synced(&carol).await;
+    redis.kill();
+    redis.restart();
+    // Usually committed before instance one has subscribed again (it waits at least 50 ms), so only the
+    // catch-up after subscribing can deliver it; if the subscription was quicker, the channel does.
+    let committed = carol.add("beeswax-candle", 1).await;
+    assert_eq!(committed.status, 200, "{}", committed.body);
+    let update = ws.next_update().await;
+    assert_eq!(update["version"], committed.version());
+    subscribed(&one).await;
+    one.await_metric("cartwheel_redis_resubscriptions_total 1").await;
+    ws.assert_quiet().await;
+}
+
+#[tokio::test]
+async fn stock_and_notices_are_shared_by_every_instance() {
+    let redis = RedisServer::start();
+    let (one, two) = (instance(&redis).await, instance(&redis).await);
+    subscribed(&one).await;
+    subscribed(&two).await;
+    let dave = two.shopper().await;
+    let (mut ws, _) = Ws::connect_synced(&dave).await;
+
+    let (status, product) =
+        service(&one, Method::PATCH, "/api/service/products/copper-planter", json!({"stock": 4})).await;
+    assert_eq!(status, 200, "{product}");
+    let update = next_of(&mut ws, "PRODUCT_UPDATE").await;
+    assert_eq!(update["data"]["stock"], 4);
+    assert_eq!(update["data"]["revision"], product["revision"]);
+    let listed: Value = reqwest::get(two.url("/api/products/copper-planter")).await.unwrap().json().await.unwrap();
+    assert_eq!(listed["stock"], 4, "instance two sells from the same stock");
+    // Instance two checks against that stock too.
+    dave.add("copper-planter", 5).await.expect_error(409, "insufficient_stock");
+
+    let session: Value = dave.send(Method::GET, "/api/session", None, &[]).await.body;
+    let (status, _) = service(
+        &one,
+        Method::POST,
+        "/api/service/notify",
+        json!({"session": session["id"], "kind": "hello", "message": "Hi from instance one"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(next_of(&mut ws, "NOTICE").await["data"]["message"], "Hi from instance one");
+}
+
+#[tokio::test]
+async fn checkouts_racing_on_two_instances_for_the_last_units_sell_each_unit_once() {
+    let redis = RedisServer::start();
+    let (one, two) = (instance(&redis).await, instance(&redis).await);
+    subscribed(&one).await;
+    subscribed(&two).await;
+    let mut shoppers = Vec::new();
+    for i in 0..6 {
+        let s = if i % 2 == 0 { one.shopper().await } else { two.shopper().await };
+        // oak-monitor-stand: 2 in stock.
+        assert_eq!(s.add("oak-monitor-stand", 1).await.status, 200);
+        shoppers.push(s);
+    }
+    let answers = join_all(shoppers.iter().map(|s| s.send(Method::POST, "/api/cart/checkout", None, &[]))).await;
+    let ordered = answers.iter().filter(|a| a.status == 201).count();
+    assert_eq!(ordered, 2, "{:?}", answers.iter().map(|a| a.body.to_string()).collect::<Vec<_>>());
+    for a in answers.iter().filter(|a| a.status != 201) {
+        a.expect_error(409, "insufficient_stock");
+    }
+    for server in [&one, &two] {
+        let listed: Value =
+            reqwest::get(server.url("/api/products/oak-monitor-stand")).await.unwrap().json().await.unwrap();
+        assert_eq!(listed["stock"], 0);
+    }
+}
+
+/// A server process of our own binary, so it can be killed for real.
+struct Process {
+    child: Child,
+    base: String,
+}
+
+impl Process {
+    fn start(redis: &RedisServer) -> Process {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+            .args(["--bind", "127.0.0.1:0", "--redis-url", &redis.url(), "--site-dir", "/nonexistent"])
+            .env("CARTWHEEL_LOG", "info")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (found, address) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut found = Some(found);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("serving on http://") {
+                    let rest = &line[at + "serving on ".len()..];
+                    let url: String =
+                        rest.chars().take_while(|c| c.is_ascii_alphanumeric() || ":/.".contains(*c)).collect();
+                    if let Some(f) = found.take() {
+                        let _ = f.send(url);
+                    }
+                }
+            }
+        });
+        let base = address.recv_timeout(EVENT_TIMEOUT).expect("the server process says where it serves");
+        Process { child, base }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn clients_of_an_instance_killed_with_kill_9_reconnect_to_another_and_see_the_current_cart() {
+    let redis = RedisServer::start();
+    let mut doomed = Process::start(&redis);
+    let survivor = instance(&redis).await;
+    subscribed(&survivor).await;
+    let addr: std::net::SocketAddr = doomed.base.trim_start_matches("http://").parse().unwrap();
+    let http = reqwest::Client::new();
+    let first = http.get(format!("{}/api/cart", doomed.base)).send().await.unwrap();
+    let cookie = first.headers()[SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let erin = Shopper { http, base: doomed.base.clone(), addr, cookie };
+    assert_eq!(erin.add("stoneware-mug", 2).await.version(), 1);
+    let (mut ws, _) = Ws::connect_synced(&erin).await;
+
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    assert_ne!(ws.expect_end().await, Some(1001), "killed, not shut down: no going-away close");
+    // Meanwhile someone else in the same session changes the cart through the survivor.
+    let erin_on_survivor = erin.on(&survivor);
+    assert_eq!(erin_on_survivor.add("stoneware-mug", 1).await.version(), 2);
+    // The client reconnects to the survivor (what the load balancer does) and gets the current cart.
+    let mut again = erin_on_survivor.ws().await;
+    let snapshot = again.next_update().await;
+    assert_eq!(snapshot["version"], 2);
+    assert_eq!(quantity(&snapshot["data"], "stoneware-mug"), 3);
+}
+
+#[tokio::test]
+async fn a_socket_opened_while_redis_is_down_stays_open_and_gets_its_snapshot_when_redis_is_back() {
+    let mut redis = RedisServer::start();
+    let one = instance(&redis).await;
+    subscribed(&one).await;
+    let frank = one.shopper().await;
+    assert_eq!(frank.add("bamboo-organizer", 2).await.version(), 1);
+    redis.kill();
+    let mut ws = frank.ws().await;
+    let error = ws.next_json().await;
+    assert_eq!(error["type"], "ERROR", "{error}");
+    assert_eq!(error["code"], "service_unavailable");
+    redis.restart();
+    // Retried every second by the connection itself (or delivered by the catch-up), without another ERROR
+    // for each failed retry: the committed cart is the next frame.
+    let snapshot = ws.next_update().await;
+    assert_eq!(snapshot["version"], 1);
+    assert_eq!(quantity(&snapshot["data"], "bamboo-organizer"), 2);
+}
