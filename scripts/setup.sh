@@ -29,6 +29,14 @@ cartwheel_setup_rust() {
 }
 
 cartwheel_setup_test_tools() {
+  # scripts/check-layers is a Python script (Debian ships python3 on most images; not on every minimal one).
+  if ! command -v python3 >/dev/null 2>&1; then
+    cartwheel_log "installing Debian's python3"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3
+  fi
   # Any cargo-nextest ≥ 0.9 will do: keep the machine's if it has one.
   if ! cargo nextest --version >/dev/null 2>&1; then
     cartwheel_log "installing cargo-nextest from crates.io (one-time)"

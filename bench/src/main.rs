@@ -2,7 +2,7 @@
 //! another, and drives the server over loopback exactly as browsers do (session cookies, WebSockets, REST).
 //!
 //! ```sh
-//! cargo build --release -p server -p bench
+//! cargo build --release -p cartwheel-server -p cartwheel-bench
 //! target/release/bench            # S1–S4
 //! target/release/bench s3         # one scenario
 //! target/release/bench custom --carts 10 --subscribers 100 --mutations 500 --rate 50

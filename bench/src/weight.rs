@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use shared::page::BUNDLES;
+use cartwheel_core::page::BUNDLES;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Weight {

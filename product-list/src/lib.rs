@@ -2,44 +2,47 @@
 //! "Add to cart" form. Adding more than the stock shows the server's answer next to the product.
 //!
 //! Built twice from this one crate: with `ssr` the server renders [`ProductList`] into the page, with
-//! `hydrate` this crate is its own WASM bundle that hydrates that markup and keeps its own WebSocket
-//! ([`shared::browser::CartLink`]).
+//! `hydrate` this crate is its own WASM bundle that hydrates that markup and keeps its own WebSocket (reached
+//! through its [`Link`]).
 
+use cartwheel_core::page::{mount, PageState};
+use cartwheel_core::{Cart, CartRequest, Cents, Handlers, LinkReport, Product};
+use cartwheel_mfe::Link;
 use leptos::prelude::*;
-use shared::browser::{mutate, CartRequest};
-use shared::{Cart, Cents, LinkReport, Product};
 
 /// This bundle's name in connection reports.
 pub const MFE: &str = "product-list";
 
-/// The list. `products` and `cart` are as this bundle last saw them; `link` is its connection's state.
+/// The list. `products` and `cart` are as this bundle last saw them; `report` is its connection's state, and
+/// `link` the way to change the cart.
 #[component]
 pub fn ProductList(
     products: RwSignal<Vec<Product>>,
     cart: RwSignal<Cart>,
-    link: RwSignal<LinkReport>,
+    report: RwSignal<LinkReport>,
+    link: Link,
 ) -> impl IntoView {
     // The catalog's products are fixed at start-up; only their stock and price change, so the cards are made
     // once and each follows its own product.
     let initial = products.get_untracked();
     let count = initial.len();
     view! {
-        <section class="product-list" aria-labelledby="products-title" data-link=move || link.with(|l| l.state.label())>
+        <section class="product-list" aria-labelledby="products-title" data-link=move || report.with(|l| l.state.label())>
             <div class="section-head">
                 <h2 id="products-title">"Products"</h2>
                 <span class="section-meta">{format!("{count} items")}</span>
                 <span
                     class="link-dot"
                     role="img"
-                    aria-label=move || format!("Product list: {}", link.with(|l| l.state.label()))
-                    title=move || format!("Product list: {}", link.with(|l| l.state.label()))
+                    aria-label=move || format!("Product list: {}", report.with(|l| l.state.label()))
+                    title=move || format!("Product list: {}", report.with(|l| l.state.label()))
                 ></span>
             </div>
             <ul class="product-grid">
                 {initial
                     .into_iter()
                     .enumerate()
-                    .map(|(index, product)| view! { <ProductCard product index products cart /> })
+                    .map(|(index, product)| view! { <ProductCard product index products cart link /> })
                     .collect_view()}
             </ul>
         </section>
@@ -53,6 +56,7 @@ fn ProductCard(
     index: usize,
     products: RwSignal<Vec<Product>>,
     cart: RwSignal<Cart>,
+    link: Link,
 ) -> impl IntoView {
     let Product { id, name, description, currency, image, .. } = product;
     let live =
@@ -83,7 +87,7 @@ fn ProductCard(
             error.set(None);
             let request = CartRequest::Add { product_id: id.clone(), quantity: wanted };
             leptos::task::spawn_local(async move {
-                match mutate(request).await {
+                match link.mutate(request).await {
                     Ok(_) => {
                         quantity.try_set("1".to_owned());
                     }
@@ -147,60 +151,30 @@ fn ProductCard(
     }
 }
 
-/// The bundle's whole view, from the state the page was rendered from. In the browser (`connect`) it also opens
-/// this bundle's link, which feeds the same signals; the server renders it without one.
-fn root(state: shared::page::PageState, connect: bool) -> impl IntoView {
-    let cart = RwSignal::new(state.cart.clone());
-    let products = RwSignal::new(state.products.clone());
-    let link = RwSignal::new(LinkReport::connecting(MFE));
-    if connect {
-        let handlers = shared::browser::Handlers {
-            on_cart: Box::new(move |c| {
-                cart.try_set(c);
-            }),
-            on_report: Box::new(move |r| {
-                link.try_set(r);
-            }),
-            // Only states newer than the one held arrive here (the revision rule).
-            on_product: Some(Box::new(move |p: Product| {
-                products.try_update(|ps| {
-                    if let Some(held) = ps.iter_mut().find(|held| held.id == p.id) {
-                        *held = p;
-                    }
-                });
-            })),
-            on_notice: None,
-        };
-        shared::browser::CartLink::install(MFE, state.reconnect.policy(), Some(state.cart), state.products, handlers);
-    }
-    view! { <ProductList products cart link /> }
+/// The bundle's whole view, from the state the page was rendered from. In the browser its link (started once
+/// hydration is over) feeds the same signals; on the server `link` follows nothing.
+fn root(state: PageState, link: Link) -> impl IntoView {
+    let cart = RwSignal::new(state.cart);
+    let products = RwSignal::new(state.products);
+    let report = RwSignal::new(LinkReport::connecting(MFE));
+    link.follow(Handlers {
+        on_cart: Box::new(move |c| {
+            cart.try_set(c);
+        }),
+        on_report: Box::new(move |r| {
+            report.try_set(r);
+        }),
+        // Only states newer than the one held arrive here (the revision rule).
+        on_product: Some(Box::new(move |p: Product| {
+            products.try_update(|ps| {
+                if let Some(held) = ps.iter_mut().find(|held| held.id == p.id) {
+                    *held = p;
+                }
+            });
+        })),
+        on_notice: None,
+    });
+    view! { <ProductList products cart report link /> }
 }
 
-/// Server side: the list as HTML, rendered from the same view the bundle hydrates.
-#[cfg(feature = "ssr")]
-pub fn render_to_html(state: &shared::page::PageState) -> String {
-    use leptos::tachys::view::RenderHtml;
-    Owner::new().with(|| root(state.clone(), false).to_html())
-}
-
-#[cfg(feature = "hydrate")]
-mod bundle {
-    use shared::browser::boot;
-    use shared::page::mount;
-    use wasm_bindgen::prelude::wasm_bindgen;
-
-    use super::{root, MFE};
-
-    /// Hydrate the server-rendered markup and open this bundle's link.
-    #[wasm_bindgen]
-    pub fn hydrate() {
-        let Some((state, element)) = boot::prepare(MFE, mount::PRODUCT_LIST) else { return };
-        boot::keep_mounted(Box::new(leptos::mount::hydrate_from(element, move || root(state, true))));
-    }
-
-    /// Close this bundle's socket and timers and remove its view.
-    #[wasm_bindgen]
-    pub fn unmount() {
-        boot::unmount();
-    }
-}
+cartwheel_mfe::bundle!(MFE, mount::PRODUCT_LIST, root);

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use cartwheel_core::CartLimits;
 use clap::Parser;
-use shared::CartLimits;
 use thiserror::Error;
 
 /// A configuration that cannot be run: refused at start-up, before anything listens.
@@ -179,7 +179,7 @@ pub struct Config {
     #[arg(long, env = "CARTWHEEL_MAX_BODY_BYTES", default_value_t = defaults::MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
     /// Largest WebSocket message in bytes.
-    #[arg(long, env = "CARTWHEEL_MAX_WS_MESSAGE_BYTES", default_value_t = shared::protocol::MAX_WS_MESSAGE_BYTES)]
+    #[arg(long, env = "CARTWHEEL_MAX_WS_MESSAGE_BYTES", default_value_t = cartwheel_core::protocol::MAX_WS_MESSAGE_BYTES)]
     pub max_ws_message_bytes: usize,
     /// Cart updates queued per connection before stale ones are coalesced.
     #[arg(long, env = "CARTWHEEL_WS_QUEUE", default_value_t = defaults::WS_QUEUE_CAPACITY)]
@@ -189,9 +189,9 @@ pub struct Config {
     pub socket_send_buffer_bytes: usize,
 
     /// The browser's WebSocket retry schedule: first ceiling and cap, in milliseconds (full jitter below them).
-    #[arg(long, env = "CARTWHEEL_RECONNECT_BASE_MS", default_value_t = shared::page::ReconnectSettings::default().base_ms)]
+    #[arg(long, env = "CARTWHEEL_RECONNECT_BASE_MS", default_value_t = cartwheel_core::page::ReconnectSettings::default().base_ms)]
     pub reconnect_base_ms: u64,
-    #[arg(long, env = "CARTWHEEL_RECONNECT_MAX_MS", default_value_t = shared::page::ReconnectSettings::default().max_ms)]
+    #[arg(long, env = "CARTWHEEL_RECONNECT_MAX_MS", default_value_t = cartwheel_core::page::ReconnectSettings::default().max_ms)]
     pub reconnect_max_ms: u64,
 
     /// Seconds between server heartbeats (WebSocket Ping).

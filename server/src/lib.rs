@@ -99,7 +99,12 @@ enum BackendKind {
 }
 
 impl Backend {
-    async fn open(config: &Config, catalog: Catalog, hub: &Arc<CartHub>, metrics: &Arc<Metrics>) -> Result<Backend, StartupError> {
+    async fn open(
+        config: &Config,
+        catalog: Catalog,
+        hub: &Arc<CartHub>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Backend, StartupError> {
         let secret = config.session_secret.as_deref().map(str::as_bytes);
         match &config.redis_url {
             Some(url) => {
@@ -114,8 +119,7 @@ impl Backend {
                 Ok(Backend { store, fanout: bus.clone(), secret, kind: BackendKind::Redis(bus) })
             }
             None => {
-                let store =
-                    Arc::new(SqliteCartStore::open(&config.database, catalog, config.cart_limits(), secret)?);
+                let store = Arc::new(SqliteCartStore::open(&config.database, catalog, config.cart_limits(), secret)?);
                 let secret = store.session_secret().to_vec();
                 Ok(Backend { store: store.clone(), fanout: hub.clone(), secret, kind: BackendKind::Sqlite(store) })
             }

@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
+use cartwheel_core::{Cart, CartOp, Notice, Product};
 use futures_util::future::BoxFuture;
-use shared::{Cart, CartOp, Notice, Product};
 
 use crate::domain::{CartKey, Catalog, Event, IdempotencyKey};
 use crate::metrics::Metrics;
@@ -25,8 +25,11 @@ pub trait Fanout: Send + Sync + 'static {
 
     /// Deliver `notice` to the connections of `session`, or to every connection. Returns how many connections
     /// of this instance it reached; fails when the notice could not be passed on to the other instances.
-    fn notify<'a>(&'a self, session: Option<&'a CartKey>, notice: &'a Notice)
-        -> BoxFuture<'a, Result<usize, StoreError>>;
+    fn notify<'a>(
+        &'a self,
+        session: Option<&'a CartKey>,
+        notice: &'a Notice,
+    ) -> BoxFuture<'a, Result<usize, StoreError>>;
 }
 
 /// The domain operations, over one store and one fan-out. Cheap to clone (three `Arc`s).
@@ -66,7 +69,7 @@ impl Shop {
             let result = store.mutate(request).await;
             let outcome = match &result {
                 Ok(m) if m.replayed => "replayed",
-                Ok(m) if m.change == shared::Change::Changed => "changed",
+                Ok(m) if m.change == cartwheel_core::Change::Changed => "changed",
                 Ok(_) => "unchanged",
                 Err(_) => "rejected",
             };

@@ -4,11 +4,12 @@
 //! The shell never imports another micro-frontend: the server passes their rendered HTML in as opaque strings
 //! (`inner_html`), and in the browser their own bundles hydrate those elements. The shell keeps its own
 //! WebSocket for the badge and the notices backend services send (shown as dismissible toasts), and listens to
-//! every bundle's [`shared::link::LINK_EVENT`] for the indicator.
+//! every bundle's [`cartwheel_core::link::LINK_EVENT`] for the indicator (through its [`Link`]).
 
+use cartwheel_core::page::{mount, PageState};
+use cartwheel_core::{Cart, Handlers, LinkReport, LinkState, Notice};
+use cartwheel_mfe::Link;
 use leptos::prelude::*;
-use shared::page::mount;
-use shared::{Cart, LinkReport, LinkState, Notice};
 
 /// This bundle's name in connection reports.
 pub const MFE: &str = "shell";
@@ -172,60 +173,45 @@ pub fn record(links: &mut [LinkReport], report: LinkReport) {
     }
 }
 
-/// Server side: the shell as HTML, with the other micro-frontends' HTML in their mount points.
-#[cfg(feature = "ssr")]
-pub fn view_for_server(cart: Cart, slots: Slots) -> impl IntoView {
+/// The shell from `cart`, with `slots` in the mount points. Through `link` (in the browser) the badge follows
+/// the cart, notices become toasts and the indicator hears every bundle's report; on the server it is static.
+fn compose(cart: Cart, slots: Slots, link: Link) -> impl IntoView {
     let cart = RwSignal::new(cart);
     let links = RwSignal::new(initial_reports());
     let toasts = RwSignal::new(Vec::new());
+    let next_toast = std::cell::Cell::new(0);
+    link.follow(Handlers {
+        on_cart: Box::new(move |c| {
+            cart.try_set(c);
+        }),
+        // The shell's own report also arrives through the page event, like every other bundle's.
+        on_report: Box::new(|_| {}),
+        on_product: None,
+        on_notice: Some(Box::new(move |notice| {
+            next_toast.set(next_toast.get() + 1);
+            toasts.try_update(|t| push_toast(t, next_toast.get(), notice));
+        })),
+    });
+    link.on_link_reports(move |report| {
+        links.try_update(|l| record(l, report));
+    });
     view! { <Shell cart links toasts slots /> }
 }
 
-#[cfg(feature = "hydrate")]
-mod bundle {
-    use leptos::prelude::*;
-    use shared::browser::{boot, on_link_reports, CartLink, Handlers};
-    use shared::page::mount;
-    use wasm_bindgen::prelude::wasm_bindgen;
-
-    use super::{initial_reports, push_toast, record, Shell, Slots, MFE};
-
-    /// Hydrate the server-rendered shell and open this bundle's link.
-    #[wasm_bindgen]
-    pub fn hydrate() {
-        let Some((state, element)) = boot::prepare(MFE, mount::SHELL) else { return };
-        let links = RwSignal::new(initial_reports());
-        let handle = leptos::mount::hydrate_from(element, move || {
-            let cart = RwSignal::new(state.cart.clone());
-            let toasts = RwSignal::new(Vec::new());
-            let next_toast = std::cell::Cell::new(0);
-            let handlers = Handlers {
-                on_cart: Box::new(move |c| {
-                    cart.try_set(c);
-                }),
-                // The shell's own report also arrives through the page event, like every other bundle's.
-                on_report: Box::new(|_| {}),
-                on_product: None,
-                on_notice: Some(Box::new(move |notice| {
-                    next_toast.set(next_toast.get() + 1);
-                    toasts.try_update(|t| push_toast(t, next_toast.get(), notice));
-                })),
-            };
-            CartLink::install(MFE, state.reconnect.policy(), Some(state.cart.clone()), Vec::new(), handlers);
-            view! { <Shell cart links toasts slots=Slots::default() /> }
-        });
-        let listener = on_link_reports(move |report| {
-            links.try_update(|l| record(l, report));
-        });
-        boot::keep_mounted(Box::new((handle, listener)));
-    }
-
-    /// Close this bundle's socket and timers and remove its view.
-    #[wasm_bindgen]
-    pub fn unmount() {
-        boot::unmount();
-    }
+/// Server side: the shell as HTML, with the other micro-frontends' HTML in their mount points.
+#[cfg(feature = "ssr")]
+pub fn view_for_server(cart: Cart, slots: Slots) -> impl IntoView {
+    compose(cart, slots, Link::server())
 }
+
+/// The bundle's view: the mount points stay empty, hydration leaves the server's markup in them for the other
+/// bundles.
+fn root(state: PageState, link: Link) -> impl IntoView {
+    compose(state.cart, Slots::default(), link)
+}
+
+// The server renders the shell with `view_for_server` inside its document, so no `render_to_html`.
+cartwheel_mfe::bundle!(hydrate_only: MFE, mount::SHELL, root);
 
 #[cfg(test)]
 mod tests {

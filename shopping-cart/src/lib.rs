@@ -3,34 +3,36 @@
 //! `PRODUCT_UPDATE`s live: a line re-prices itself, and a line holding more than is left is flagged.
 //!
 //! Built twice from this one crate: with `ssr` the server renders [`ShoppingCart`] into the page, with
-//! `hydrate` this crate is its own WASM bundle that hydrates that markup and keeps its own WebSocket
-//! ([`shared::browser::CartLink`]).
+//! `hydrate` this crate is its own WASM bundle that hydrates that markup and keeps its own WebSocket (reached
+//! through its [`Link`]).
 
+use cartwheel_core::page::{mount, PageState};
+use cartwheel_core::{Cart, CartLimits, CartLine, CartRequest, Cents, Handlers, LinkReport, Order};
+use cartwheel_mfe::Link;
 use leptos::prelude::*;
-use shared::browser::{mutate, CartRequest};
-use shared::{Cart, CartLine, Cents, LinkReport, Order};
 
 /// This bundle's name in connection reports.
 pub const MFE: &str = "shopping-cart";
 
-/// Run one cart change: `busy` while it is in flight, its failure in words in `error`.
-fn run(request: CartRequest, busy: RwSignal<bool>, error: RwSignal<Option<String>>) {
+/// Run one cart change through `link`: `busy` while it is in flight, its failure in words in `error`.
+fn run(link: Link, request: CartRequest, busy: RwSignal<bool>, error: RwSignal<Option<String>>) {
     if busy.get_untracked() {
         return;
     }
     busy.set(true);
     error.set(None);
     leptos::task::spawn_local(async move {
-        if let Err(e) = mutate(request).await {
+        if let Err(e) = link.mutate(request).await {
             error.try_set(Some(e.message));
         }
         busy.try_set(false);
     });
 }
 
-/// The cart. `cart` is the session's cart as this bundle last saw it; `link` its connection's state.
+/// The cart. `cart` is the session's cart as this bundle last saw it; `report` its connection's state, and
+/// `link` the way to change the cart.
 #[component]
-pub fn ShoppingCart(cart: RwSignal<Cart>, link: RwSignal<LinkReport>) -> impl IntoView {
+pub fn ShoppingCart(cart: RwSignal<Cart>, report: RwSignal<LinkReport>, link: Link) -> impl IntoView {
     let clearing = RwSignal::new(false);
     let ordering = RwSignal::new(false);
     let error = RwSignal::new(None::<String>);
@@ -43,7 +45,7 @@ pub fn ShoppingCart(cart: RwSignal<Cart>, link: RwSignal<LinkReport>) -> impl In
         ordering.set(true);
         error.set(None);
         leptos::task::spawn_local(async move {
-            match shared::browser::checkout().await {
+            match link.checkout().await {
                 Ok(receipt) => {
                     order.try_set(Some(receipt.order));
                 }
@@ -58,7 +60,7 @@ pub fn ShoppingCart(cart: RwSignal<Cart>, link: RwSignal<LinkReport>) -> impl In
     let lines = Memo::new(move |_| cart.with(|c| c.items.len()));
     let empty = move || lines.get() == 0;
     view! {
-        <section class="shopping-cart" aria-labelledby="cart-title" data-link=move || link.with(|l| l.state.label())>
+        <section class="shopping-cart" aria-labelledby="cart-title" data-link=move || report.with(|l| l.state.label())>
             <div class="section-head">
                 <h2 id="cart-title">"Your cart"</h2>
                 <span class="section-meta">
@@ -70,8 +72,8 @@ pub fn ShoppingCart(cart: RwSignal<Cart>, link: RwSignal<LinkReport>) -> impl In
                 <span
                     class="link-dot"
                     role="img"
-                    aria-label=move || format!("Shopping cart: {}", link.with(|l| l.state.label()))
-                    title=move || format!("Shopping cart: {}", link.with(|l| l.state.label()))
+                    aria-label=move || format!("Shopping cart: {}", report.with(|l| l.state.label()))
+                    title=move || format!("Shopping cart: {}", report.with(|l| l.state.label()))
                 ></span>
             </div>
             // Every state is always in the page and toggled with `hidden`: cheaper in the bundle than `<Show>`.
@@ -98,7 +100,7 @@ pub fn ShoppingCart(cart: RwSignal<Cart>, link: RwSignal<LinkReport>) -> impl In
                     // Rows by position, re-listed only when the number of lines changes; each reads its line
                     // from the cart, so a new quantity updates the row in place (focus stays). An unkeyed list
                     // costs the bundle far less than `<For>` and is exact for at most 50 lines.
-                    {move || (0..lines.get()).map(|index| view! { <CartLineRow index cart /> }).collect_view()}
+                    {move || (0..lines.get()).map(|index| view! { <CartLineRow index cart link /> }).collect_view()}
                 </ul>
                 <div class="cart-summary">
                     <span class="total-label">"Total"</span>
@@ -123,7 +125,7 @@ pub fn ShoppingCart(cart: RwSignal<Cart>, link: RwSignal<LinkReport>) -> impl In
                     class="button secondary clear"
                     disabled=move || clearing.get() || ordering.get()
                     aria-busy=move || clearing.get().to_string()
-                    on:click=move |_| run(CartRequest::Clear, clearing, error)
+                    on:click=move |_| run(link, CartRequest::Clear, clearing, error)
                 >
                     {move || if clearing.get() { "Clearing…" } else { "Clear cart" }}
                 </button>
@@ -135,7 +137,7 @@ pub fn ShoppingCart(cart: RwSignal<Cart>, link: RwSignal<LinkReport>) -> impl In
 
 /// The line at `index`; it reads its numbers from the cart, so a new quantity updates the row in place.
 #[component]
-fn CartLineRow(index: usize, cart: RwSignal<Cart>) -> impl IntoView {
+fn CartLineRow(index: usize, cart: RwSignal<Cart>, link: Link) -> impl IntoView {
     let line = Memo::new(move |_| cart.with(|c| c.items.get(index).cloned()));
     let busy = RwSignal::new(false);
     let error = RwSignal::new(None::<String>);
@@ -146,14 +148,13 @@ fn CartLineRow(index: usize, cart: RwSignal<Cart>) -> impl IntoView {
     let quantity = move || line.with(|l| l.as_ref().map_or(0, |l| l.quantity));
     let stock = move || line.with(|l| l.as_ref().map_or(0, |l| l.stock));
     let over = move || line.with(|l| l.as_ref().is_some_and(CartLine::exceeds_stock));
-    let cap =
-        move || line.with(|l| l.as_ref().map_or(0, |l| l.stock.min(shared::CartLimits::DEFAULT_MAX_QUANTITY_PER_LINE)));
+    let cap = move || line.with(|l| l.as_ref().map_or(0, |l| l.stock.min(CartLimits::DEFAULT_MAX_QUANTITY_PER_LINE)));
     let price = move |cents: fn(&CartLine) -> Cents| {
         move || line.with(|l| l.as_ref().map(|l| cents(l).format(&currency())).unwrap_or_default())
     };
     // The product is read when clicked, so a row that now shows another line acts on that line.
-    let set = move |q: u32| run(CartRequest::Set { product_id: id(), quantity: i64::from(q) }, busy, error);
-    let remove = move |_| run(CartRequest::Remove { product_id: id() }, busy, error);
+    let set = move |q: u32| run(link, CartRequest::Set { product_id: id(), quantity: i64::from(q) }, busy, error);
+    let remove = move |_| run(link, CartRequest::Remove { product_id: id() }, busy, error);
     view! {
         <li class="cart-line" data-product-id=id class:over-stock=over>
             <img class="line-image" src=get(|l| l.image.clone()) alt="" width="64" height="48" />
@@ -203,59 +204,23 @@ fn CartLineRow(index: usize, cart: RwSignal<Cart>) -> impl IntoView {
     }
 }
 
-/// The bundle's whole view, from the state the page was rendered from. In the browser (`connect`) it also opens
-/// this bundle's link, which feeds the same signals; the server renders it without one.
-fn root(state: shared::page::PageState, connect: bool) -> impl IntoView {
-    let cart = RwSignal::new(state.cart.clone());
-    let link = RwSignal::new(LinkReport::connecting(MFE));
-    if connect {
-        let handlers = shared::browser::Handlers {
-            on_cart: Box::new(move |c| {
-                cart.try_set(c);
-            }),
-            on_report: Box::new(move |r| {
-                link.try_set(r);
-            }),
-            // The link re-prices the cart with each newer product state and hands over the result as a cart.
-            on_product: Some(Box::new(|_| {})),
-            on_notice: None,
-        };
-        shared::browser::CartLink::install(
-            MFE,
-            state.reconnect.policy(),
-            Some(state.cart.clone()),
-            state.products.clone(),
-            handlers,
-        );
-    }
-    view! { <ShoppingCart cart link /> }
+/// The bundle's whole view, from the state the page was rendered from. In the browser its link (started once
+/// hydration is over) feeds the same signals; on the server `link` follows nothing.
+fn root(state: PageState, link: Link) -> impl IntoView {
+    let cart = RwSignal::new(state.cart);
+    let report = RwSignal::new(LinkReport::connecting(MFE));
+    link.follow(Handlers {
+        on_cart: Box::new(move |c| {
+            cart.try_set(c);
+        }),
+        on_report: Box::new(move |r| {
+            report.try_set(r);
+        }),
+        // The link re-prices the cart with each newer product state and hands over the result as a cart.
+        on_product: Some(Box::new(|_| {})),
+        on_notice: None,
+    });
+    view! { <ShoppingCart cart report link /> }
 }
 
-/// Server side: the cart as HTML, rendered from the same view the bundle hydrates.
-#[cfg(feature = "ssr")]
-pub fn render_to_html(state: &shared::page::PageState) -> String {
-    use leptos::tachys::view::RenderHtml;
-    Owner::new().with(|| root(state.clone(), false).to_html())
-}
-
-#[cfg(feature = "hydrate")]
-mod bundle {
-    use shared::browser::boot;
-    use shared::page::mount;
-    use wasm_bindgen::prelude::wasm_bindgen;
-
-    use super::{root, MFE};
-
-    /// Hydrate the server-rendered markup and open this bundle's link.
-    #[wasm_bindgen]
-    pub fn hydrate() {
-        let Some((state, element)) = boot::prepare(MFE, mount::SHOPPING_CART) else { return };
-        boot::keep_mounted(Box::new(leptos::mount::hydrate_from(element, move || root(state, true))));
-    }
-
-    /// Close this bundle's socket and timers and remove its view.
-    #[wasm_bindgen]
-    pub fn unmount() {
-        boot::unmount();
-    }
-}
+cartwheel_mfe::bundle!(MFE, mount::SHOPPING_CART, root);

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use shared::{Product, ProductId};
+use cartwheel_core::{Product, ProductId};
 use thiserror::Error;
 
 use crate::sync::{read, write};

@@ -2,7 +2,7 @@
 //! committed; the shop hands them to the fan-out ([`crate::shop::Fanout`]) once the commit is durable. How an
 //! event becomes a WebSocket frame or a pub/sub message is the realtime layer's business, not the store's.
 
-use shared::{Cart, Product};
+use cartwheel_core::{Cart, Product};
 
 use super::keys::CartKey;
 

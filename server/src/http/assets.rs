@@ -29,8 +29,8 @@ use sha2::{Digest, Sha256};
 use tower_http::services::ServeDir;
 
 use super::error::AppError;
-use axum::extract::FromRef;
 use crate::sync::{read, write};
+use axum::extract::FromRef;
 
 /// The hashed bundles and stylesheet under [`ASSETS_PATH`], and the product images from `images_dir`.
 pub fn router<S>(images_dir: &Path) -> Router<S>
@@ -83,7 +83,7 @@ impl AssetSet {
     /// Read, hash and compress everything found under `site_dir` and the stylesheet at `stylesheet`.
     pub fn load(site_dir: &Path, stylesheet: &Path) -> AssetSet {
         let mut set = AssetSet::default();
-        for (name, output) in shared::page::BUNDLES {
+        for (name, output) in cartwheel_core::page::BUNDLES {
             let pkg = site_dir.join(name).join("pkg");
             let js = pkg.join(format!("{output}.js"));
             // cargo-leptos names the module `<output>.wasm`; wasm-bindgen alone would write `<output>_bg.wasm`.

@@ -6,8 +6,8 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use shared::protocol::{AddToCart, SessionInfo, SetQuantity};
-use shared::{Cart, CartOp, CheckoutReceipt, ProductId};
+use cartwheel_core::protocol::{AddToCart, SessionInfo, SetQuantity};
+use cartwheel_core::{Cart, CartOp, CheckoutReceipt, ProductId};
 
 use super::error::AppError;
 use super::extract::{ApiJson, IdempotencyHeader, IDEMPOTENT_REPLAYED};
@@ -108,4 +108,3 @@ impl IntoResponse for CheckoutAnswer {
         response
     }
 }
-

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use shared::{CartError, ErrorBody, ErrorCode, Shortfall};
+use cartwheel_core::{CartError, ErrorBody, ErrorCode, Shortfall};
 use thiserror::Error;
 
 use crate::domain::KeyError;

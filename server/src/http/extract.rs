@@ -89,7 +89,10 @@ mod tests {
         n: u32,
     }
 
-    async fn echo(IdempotencyHeader(key): IdempotencyHeader, ApiJson(probe): ApiJson<Probe>) -> Json<(u32, Option<String>)> {
+    async fn echo(
+        IdempotencyHeader(key): IdempotencyHeader,
+        ApiJson(probe): ApiJson<Probe>,
+    ) -> Json<(u32, Option<String>)> {
         Json((probe.n, key.map(|k| k.as_str().to_owned())))
     }
 
@@ -131,7 +134,13 @@ mod tests {
             (Some("application/json"), None, "{", StatusCode::BAD_REQUEST, "invalid_json"),
             (Some("application/json"), None, r#"{"n":"x"}"#, StatusCode::BAD_REQUEST, "invalid_json"),
             (Some("application/json"), None, &"x".repeat(65), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            (Some("application/json"), Some(b"has space"), r#"{"n":1}"#, StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
+            (
+                Some("application/json"),
+                Some(b"has space"),
+                r#"{"n":1}"#,
+                StatusCode::BAD_REQUEST,
+                "invalid_idempotency_key",
+            ),
             (Some("application/json"), Some(b"\xff"), r#"{"n":1}"#, StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
         ];
         for (content_type, key, body, status, code) in cases {
@@ -149,6 +158,9 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         let past = format!("{at}k");
         let (status, json) = send(Some("application/json"), Some(past.as_bytes()), r#"{"n":1}"#).await;
-        assert_eq!((status, json["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_idempotency_key")));
+        assert_eq!(
+            (status, json["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_idempotency_key"))
+        );
     }
 }

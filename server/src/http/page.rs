@@ -14,8 +14,8 @@ use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use cartwheel_core::page::{mount, PageState, ReconnectSettings, STATE_SCRIPT_ID};
 use leptos::prelude::*;
-use shared::page::{mount, PageState, ReconnectSettings, STATE_SCRIPT_ID};
 
 use super::assets::BundleUrls;
 use super::error::AppError;
@@ -54,7 +54,7 @@ async fn shop(State(app): State<AppState>, session: Session, request: Request<Bo
 #[derive(Clone)]
 struct Document {
     state_json: String,
-    cart: shared::Cart,
+    cart: cartwheel_core::Cart,
     slots: shell::Slots,
     stylesheet: Option<String>,
     icon: Option<String>,

@@ -3,7 +3,7 @@
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use shared::{Product, ProductId};
+use cartwheel_core::{Product, ProductId};
 
 use super::error::AppError;
 use super::state::AppState;

@@ -18,17 +18,17 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::routing::{patch, post};
 use axum::{Json, Router};
+use cartwheel_core::protocol::NoticeRequest;
+use cartwheel_core::{Cents, Product, ProductId, ProductPatch};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use shared::protocol::NoticeRequest;
-use shared::{Cents, Product, ProductId, ProductPatch};
 
 use super::error::{self, AppError};
 use super::extract::ApiJson;
-use crate::metrics::Metrics;
-use crate::shop::Shop;
 use crate::config::defaults;
 use crate::domain::CartKey;
+use crate::metrics::Metrics;
+use crate::shop::Shop;
 use crate::store::ProductUpdate;
 use crate::throttle::{KeyedLimiter, Rate};
 

@@ -18,7 +18,7 @@ use crate::config::defaults;
 use crate::realtime::ws::{client_label, serve};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route(shared::protocol::WS_PATH, get(upgrade))
+    Router::new().route(cartwheel_core::protocol::WS_PATH, get(upgrade))
 }
 
 async fn upgrade(

@@ -87,4 +87,3 @@ pub struct AppParts {
     /// The WebSocket connection tasks, so shutdown can wait for their close handshakes.
     pub connections: TaskTracker,
 }
-

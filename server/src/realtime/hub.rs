@@ -21,9 +21,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
+use cartwheel_core::{Cart, CartVersion, Notice, Product, ServerMessage};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use shared::{Cart, CartVersion, Notice, Product, ServerMessage};
 use tokio::sync::{broadcast, Notify};
 
 use crate::domain::{CartKey, Event};

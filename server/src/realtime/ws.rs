@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use shared::protocol::close;
-use shared::{CartVersion, ClientMessage, ErrorCode, ServerMessage};
+use cartwheel_core::protocol::close;
+use cartwheel_core::{CartVersion, ClientMessage, ErrorCode, ServerMessage};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{sleep_until, timeout, Instant as TokioInstant};
 use tokio_util::sync::CancellationToken;

@@ -22,8 +22,8 @@ pub mod sqlite;
 
 use std::sync::Arc;
 
+use cartwheel_core::{Cart, CartError, CartOp, Cents, Change, CheckoutReceipt, Product, ProductId, Shortfall};
 use futures_util::future::BoxFuture;
-use shared::{Cart, CartError, CartOp, Cents, Change, CheckoutReceipt, Product, ProductId, Shortfall};
 use thiserror::Error;
 
 use crate::domain::{CartKey, Catalog, Event, IdempotencyKey};

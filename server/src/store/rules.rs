@@ -3,7 +3,7 @@
 //! remembered answer is replayed, and which events a committed outcome announces. Each store only reads
 //! and persists; what is decided here is the same whichever backend runs.
 
-use shared::{Cart, CartContents, CartError, CartOp, Change, CheckoutReceipt, Product};
+use cartwheel_core::{Cart, CartContents, CartError, CartOp, Change, CheckoutReceipt, Product};
 
 use super::{Checkout, Mutation, MutationError, ProductUpdate, StoreError};
 use crate::domain::{CartKey, Catalog, Event};

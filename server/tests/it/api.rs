@@ -1,7 +1,6 @@
 //! REST API against the real server: products, sessions, cart mutations, and every error with its JSON body —
 //! each time checking that a refused request changed nothing and broadcast nothing.
 
-
 use crate::support::{Shopper, TestServer, Ws};
 use reqwest::header::{RETRY_AFTER, SET_COOKIE};
 use reqwest::Method;

@@ -1,7 +1,6 @@
 //! What survives: a graceful restart and a `kill -9` on the same SQLite file lose no committed change, and
 //! versions continue where they stopped.
 
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 

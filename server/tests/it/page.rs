@@ -1,7 +1,6 @@
 //! The shop page: server-rendered for the visiting session, with every micro-frontend's real content, and the
 //! bundles it loads served under content-hashed, precompressed, long-cached names.
 
-
 use crate::support::TestServer;
 use reqwest::header::{CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use reqwest::Method;

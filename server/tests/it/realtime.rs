@@ -1,13 +1,12 @@
 //! The WebSocket side against the real server: who receives which update, the protocol's frames, its limits,
 //! ordering under concurrency, slow consumers, heartbeats and shutdown.
 
-
 use std::collections::BTreeSet;
 
 use crate::support::{TestServer, Ws};
+use cartwheel_core::protocol::close;
 use futures_util::SinkExt;
 use serde_json::Value;
-use shared::protocol::close;
 use tokio_tungstenite::tungstenite::Message;
 
 async fn product_with_stock_at_least(server: &TestServer, n: u64) -> Vec<String> {
@@ -94,7 +93,7 @@ async fn oversized_frame_closes_with_1009_and_the_limit_is_inclusive() {
     let server = TestServer::start().await;
     let s = server.shopper().await;
     let (mut ws, _) = Ws::connect_synced(&s).await;
-    let limit = shared::protocol::MAX_WS_MESSAGE_BYTES;
+    let limit = cartwheel_core::protocol::MAX_WS_MESSAGE_BYTES;
     let padded = format!(r#"{{"type":"PING","id":1,"pad":"{}"}}"#, "x".repeat(limit - 31));
     assert_eq!(padded.len(), limit);
     ws.send_text(&padded).await;

@@ -2,7 +2,6 @@
 //! of every other with the right version; sessions, stock and notices are shared; Redis going away and coming
 //! back, or an instance dying, loses nothing.
 
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 

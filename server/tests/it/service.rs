@@ -2,7 +2,6 @@
 //! sockets: who may call it, what it refuses, which connections hear about it, and that checkouts racing for the
 //! last units never oversell.
 
-
 use std::sync::Arc;
 
 use crate::support::{Answer, Shopper, TestServer, Ws};
@@ -223,7 +222,7 @@ async fn a_targeted_notice_reaches_one_sessions_connections_only() {
 #[tokio::test]
 async fn notices_are_validated_at_their_limits() {
     let server = server().await;
-    let max = shared::Notice::MAX_MESSAGE_CHARS;
+    let max = cartwheel_core::Notice::MAX_MESSAGE_CHARS;
     let ok = notify(&server, json!({"kind": "k".repeat(32), "message": "é".repeat(max)})).await;
     assert_eq!(ok.status, 202, "{}", ok.body);
     notify(&server, json!({"kind": "k", "message": "é".repeat(max + 1)})).await.expect_error(400, "invalid_field");
@@ -392,7 +391,7 @@ async fn a_connection_that_falls_behind_the_broadcast_ring_still_gets_every_prod
     .await;
     let shopper = server.shopper().await;
     let mut ws = shopper.ws_with_small_receive_buffer().await;
-    let long = "x".repeat(shared::Notice::MAX_MESSAGE_CHARS);
+    let long = "x".repeat(cartwheel_core::Notice::MAX_MESSAGE_CHARS);
     let flood = |n: usize| {
         let server = &server;
         let long = long.clone();

@@ -37,7 +37,7 @@ impl OriginPolicy {
 
 fn needs_check(request: &Request) -> bool {
     let safe = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    !safe || request.uri().path() == shared::protocol::WS_PATH
+    !safe || request.uri().path() == cartwheel_core::protocol::WS_PATH
 }
 
 /// Middleware: 403 for a state-changing request or WebSocket upgrade from a foreign origin.

@@ -12,8 +12,8 @@ use crate::domain::CartKey;
 use crate::http::error::AppError;
 use crate::http::guards::session::Session;
 use crate::metrics::Metrics;
-use std::sync::Arc;
 use crate::throttle::KeyedLimiter;
+use std::sync::Arc;
 
 /// The HTTP limiters, or none when switched off.
 pub struct RequestLimits {
@@ -39,4 +39,3 @@ pub async fn limit(State(limits): State<Option<Arc<RequestLimits>>>, request: Re
     }
     next.run(request).await
 }
-

@@ -2,7 +2,7 @@
 //! it, behind a one-line header saying whom it is for, who sent it and when. The committing instance serializes
 //! a change once (inside its commit, through [`EnvelopeFormat`]); receiving instances only slice the frame out.
 
-use shared::{CartVersion, ServerMessage};
+use cartwheel_core::{CartVersion, ServerMessage};
 
 use crate::clock::now_us;
 use crate::domain::{CartKey, Event};
@@ -73,8 +73,6 @@ impl Envelope {
     }
 }
 
-
-
 /// This instance's way of writing envelopes: committed events go out as the frames clients receive, marked
 /// with this instance's id so it can tell its own messages when they come back.
 pub struct EnvelopeFormat {
@@ -105,7 +103,9 @@ impl EventFormat for EnvelopeFormat {
                 Audience::Cart { key: key.clone(), version: cart.version },
                 ServerMessage::CartUpdate { version: cart.version, data: cart.clone() },
             ),
-            Event::ProductChanged(product) => (Audience::Product, ServerMessage::ProductUpdate { data: product.clone() }),
+            Event::ProductChanged(product) => {
+                (Audience::Product, ServerMessage::ProductUpdate { data: product.clone() })
+            }
         };
         // Serializing plain data with string keys cannot fail; receivers ignore an empty frame.
         let frame = serde_json::to_string(&message).unwrap_or_default();
@@ -136,7 +136,8 @@ mod tests {
         for junk in [
             &b"hello"[..],
             b"cart o 1 0123456789abcdef0123456789abcdef\n{}",
-            b"cart o 1 0123456789abcdef0123456789abcdef seven\n{}", b"cart o 1 not-a-key 7\n{}",
+            b"cart o 1 0123456789abcdef0123456789abcdef seven\n{}",
+            b"cart o 1 not-a-key 7\n{}",
             b"product o 1 extra\n{}",
             b"refund o 1\n{}",
             b"product o x\n{}",

@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use cartwheel_core::{Notice, ReconnectPolicy, ServerMessage};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
-use shared::{Notice, ReconnectPolicy, ServerMessage};
 use tokio_util::sync::CancellationToken;
 
 use self::envelope::{Audience, Envelope, EnvelopeFormat};

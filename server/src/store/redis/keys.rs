@@ -3,7 +3,7 @@
 //! `products` (hash id → `stock price revision`, overriding the catalog file), `catalog-revision`,
 //! `order:<id>`, `session-secret`, and the pub/sub channel every instance of one shop shares.
 
-use shared::Product;
+use cartwheel_core::Product;
 
 use crate::domain::{CartKey, IdempotencyKey};
 

@@ -25,11 +25,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cartwheel_core::{Cart, CartContents, CartLimits, Cents, Change, CheckoutReceipt, Order, Product};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
-use shared::{Cart, CartContents, CartLimits, Cents, Change, CheckoutReceipt, Order, Product};
 
 use self::commit::{Commit, Committed};
 use self::turns::CartTurns;
@@ -424,4 +424,3 @@ fn replay<T>(
     let (earlier, answer) = remembered.split_once('\n').unwrap_or(("", remembered));
     decode(earlier, answer)
 }
-

@@ -15,10 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use cartwheel_core::{Cart, CartLimits};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use rusqlite::Connection;
-use shared::{Cart, CartLimits};
 use tokio::sync::{mpsc, oneshot};
 
 use self::readers::ReaderPool;

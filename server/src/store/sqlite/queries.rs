@@ -1,8 +1,8 @@
 //! The statements a change runs, on whichever connection (the writer's savepoint or a reader). Cached: parsing
 //! SQL per mutation showed up in the S4 profile.
 
+use cartwheel_core::{CartContents, Order, Product};
 use rusqlite::{params, Connection, OptionalExtension};
-use shared::{CartContents, Order, Product};
 
 use crate::clock::now_secs;
 use crate::store::rules::{parse_contents, to_json};
@@ -54,7 +54,12 @@ pub(super) fn forget_idempotency_keys(conn: &Connection, ttl_secs: i64) -> Resul
     Ok(conn.execute("DELETE FROM idempotency_keys WHERE created_at < ?1", [now_secs().saturating_sub(ttl_secs)])?)
 }
 
-pub(super) fn write_cart(conn: &Connection, key: &str, version: u64, contents: &CartContents) -> Result<(), StoreError> {
+pub(super) fn write_cart(
+    conn: &Connection,
+    key: &str,
+    version: u64,
+    contents: &CartContents,
+) -> Result<(), StoreError> {
     let stored = to_json(contents)?;
     conn.prepare_cached(
         "INSERT INTO carts (cart_key, version, contents, updated_at) VALUES (?1, ?2, ?3, ?4)

@@ -1,8 +1,8 @@
 //! The SQLite schema and what is read once at start-up: migrations (`PRAGMA user_version` counts how many
 //! ran), the session secret, and the stock and prices that changed at run time.
 
+use cartwheel_core::Cents;
 use rusqlite::{Connection, OptionalExtension};
-use shared::Cents;
 
 use crate::domain::Catalog;
 use crate::store::StoreError;

@@ -10,11 +10,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cartwheel_core::{CartContents, CartLimits, Change, CheckoutReceipt, Order, Product};
 use rusqlite::{Connection, TransactionBehavior};
-use shared::{CartContents, CartLimits, Change, CheckoutReceipt, Order, Product};
 use tokio::sync::{mpsc, oneshot};
 
-use super::queries::{forget_idempotency_keys, insert_order, read_cart, remember, remembered, write_cart, write_product};
+use super::queries::{
+    forget_idempotency_keys, insert_order, read_cart, remember, remembered, write_cart, write_product,
+};
 use crate::clock::now_ms;
 use crate::config::defaults;
 use crate::domain::{Catalog, LiveCatalog};

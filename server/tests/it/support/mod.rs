@@ -1,7 +1,6 @@
 //! Test harness: the real server on a loopback port with a temporary SQLite file, a real HTTP client per
 //! shopper (its own session cookie) and real WebSocket clients.
 
-
 pub mod redis;
 
 use std::net::SocketAddr;

@@ -1,54 +1,18 @@
-//! REST calls to the cart API with the browser's `fetch`, and the error shown to people when they fail.
+//! REST calls to the cart API with the browser's `fetch`; their failures are [`ApiError`]s (defined in `cartwheel-core`).
 
 use serde::de::DeserializeOwned;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
-use super::json;
-use crate::cart::Cart;
-use crate::catalog::Product;
-use crate::link::MUTATION_RETRIES;
-use crate::order::CheckoutReceipt;
-use crate::protocol::{AddToCart, ErrorBody, ErrorCode, SetQuantity};
-use crate::reconnect::ReconnectPolicy;
+pub use cartwheel_core::api::{ApiError, CartRequest};
+use cartwheel_core::cart::Cart;
+use cartwheel_core::catalog::Product;
+use cartwheel_core::link::MUTATION_RETRIES;
+use cartwheel_core::order::CheckoutReceipt;
+use cartwheel_core::protocol::{AddToCart, ErrorBody, ErrorCode, SetQuantity};
+use cartwheel_core::reconnect::ReconnectPolicy;
 
-/// A change to the session's cart, as the REST API takes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CartRequest {
-    Add { product_id: String, quantity: i64 },
-    Set { product_id: String, quantity: i64 },
-    Remove { product_id: String },
-    Clear,
-}
-
-/// Why a call failed, in words fit for the page.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    /// The HTTP status, or `None` when the server could not be reached.
-    pub status: Option<u16>,
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl ApiError {
-    fn network() -> ApiError {
-        ApiError {
-            status: None,
-            code: ErrorCode::ServiceUnavailable,
-            message: "The shop cannot be reached. Check your connection and try again.".to_owned(),
-        }
-    }
-
-    fn retryable(&self) -> bool {
-        matches!(self.status, None | Some(429 | 502 | 503 | 504))
-    }
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
+use crate::json;
 
 /// `GET /api/cart`.
 pub async fn fetch_cart() -> Result<Cart, ApiError> {

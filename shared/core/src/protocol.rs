@@ -32,7 +32,7 @@ pub mod close {
     pub const INTERNAL_ERROR: u16 = 1011;
 }
 
-/// Frames the server sends. Bundles read them with `browser::json::parse_server_message`, which lists the
+/// Frames the server sends. Bundles read them with `cartwheel-link`'s `json::parse_server_message`, which lists the
 /// variants by hand (for bundle weight): a new variant goes there too.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]

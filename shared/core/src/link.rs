@@ -1,12 +1,16 @@
 //! What a micro-frontend's link to the server looks like from the outside: its state, the report it publishes
 //! so the shell can summarise every MFE's connection, and the timings of the browser-side connection.
 //!
-//! The browser implementation lives in [`crate::browser`] (feature `browser`); these types and numbers are
-//! pure so they are tested on the host and shared with anything that displays them.
+//! The browser implementation lives in the `cartwheel-link` crate; these types and numbers are pure so they
+//! are tested on the host and shared with anything that displays them.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::cart::Cart;
+use crate::catalog::Product;
+use crate::protocol::Notice;
 
 /// Name of the `window` `CustomEvent` each micro-frontend dispatches when its connection changes; its
 /// `detail` is a [`LinkReport`]. The shell listens to it to show every MFE's state in one place.
@@ -90,10 +94,23 @@ impl LinkReport {
     }
 }
 
+/// What a bundle wants to hear from its link.
+pub struct Handlers {
+    /// Every cart newer than the one shown, and the shown cart again when a product change re-priced it.
+    pub on_cart: Box<dyn Fn(Cart)>,
+    /// Every change of the connection's state.
+    pub on_report: Box<dyn Fn(LinkReport)>,
+    /// Every product state newer than the one held. With it the link also keeps the cart's prices current and
+    /// fetches every product after each (re)connect and while polling, because product updates sent while the
+    /// socket was down are not replayed.
+    pub on_product: Option<Box<dyn Fn(Product)>>,
+    /// Every `NOTICE` for this session.
+    pub on_notice: Option<Box<dyn Fn(Notice)>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cart::Cart;
 
     #[test]
     fn description_rounds_the_wait_to_tenths_of_a_second() {

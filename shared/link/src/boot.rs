@@ -2,7 +2,7 @@
 
 use wasm_bindgen::JsCast;
 
-use crate::page::{PageState, STATE_SCRIPT_ID};
+use cartwheel_core::page::{PageState, STATE_SCRIPT_ID};
 
 /// The element a bundle hydrates (`None` when the page has no such element).
 pub fn mount_element(id: &str) -> Option<web_sys::HtmlElement> {
@@ -14,7 +14,7 @@ pub fn page_state() -> Result<PageState, String> {
     let document = web_sys::window().and_then(|w| w.document()).ok_or("no document")?;
     let script = document.get_element_by_id(STATE_SCRIPT_ID).ok_or("the page has no state script")?;
     let text = script.text_content().unwrap_or_default();
-    super::json::parse::<PageState>(&text).ok_or_else(|| "unreadable page state".to_owned())
+    crate::json::parse::<PageState>(&text).ok_or_else(|| "unreadable page state".to_owned())
 }
 
 /// Report a bundle that cannot start, in the console and on its mount element (`data-failed`), so a
@@ -56,7 +56,7 @@ pub fn keep_mounted(handle: Box<dyn std::any::Any>) {
 
 /// Close the bundle's link (socket, timers, listeners) and drop its view.
 pub fn unmount() {
-    if let Some(link) = super::CartLink::installed() {
+    if let Some(link) = crate::CartLink::installed() {
         link.close();
     }
     MOUNTED.with(|m| drop(m.borrow_mut().take()));

@@ -10,15 +10,17 @@ use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
 use web_sys::{CloseEvent, CustomEvent, CustomEventInit, MessageEvent, VisibilityState, WebSocket};
 
-use super::api::{self, ApiError, CartRequest};
-use super::json;
-use crate::cart::Cart;
-use crate::catalog::Product;
-use crate::link::{LinkReport, LinkState, LINK_EVENT, LINK_QUERY_EVENT, PING_INTERVAL, POLL_INTERVAL};
-use crate::order::CheckoutReceipt;
-use crate::protocol::{ClientMessage, Notice, ServerMessage, CART_EVENT, WS_PATH};
-use crate::reconnect::{ReconnectPolicy, ReconnectSchedule};
-use crate::version::VersionedCart;
+use cartwheel_core::cart::Cart;
+use cartwheel_core::catalog::Product;
+pub use cartwheel_core::link::Handlers;
+use cartwheel_core::link::{LinkReport, LinkState, LINK_EVENT, LINK_QUERY_EVENT, PING_INTERVAL, POLL_INTERVAL};
+use cartwheel_core::order::CheckoutReceipt;
+use cartwheel_core::protocol::{ClientMessage, ServerMessage, CART_EVENT, WS_PATH};
+use cartwheel_core::reconnect::{ReconnectPolicy, ReconnectSchedule};
+use cartwheel_core::version::VersionedCart;
+
+use crate::api::{self, ApiError, CartRequest};
+use crate::json;
 
 thread_local! {
     /// The bundle's one link (each bundle has its own WASM instance, so its own copy of this).
@@ -28,20 +30,6 @@ thread_local! {
 /// A cheap handle to the bundle's link; the link closes when [`CartLink::close`] is called.
 #[derive(Clone)]
 pub struct CartLink(Rc<Inner>);
-
-/// What a bundle wants to hear from its link.
-pub struct Handlers {
-    /// Every cart newer than the one shown, and the shown cart again when a product change re-priced it.
-    pub on_cart: Box<dyn Fn(Cart)>,
-    /// Every change of the connection's state.
-    pub on_report: Box<dyn Fn(LinkReport)>,
-    /// Every product state newer than the one held. With it the link also keeps the cart's prices current and
-    /// fetches every product after each (re)connect and while polling, because product updates sent while the
-    /// socket was down are not replayed.
-    pub on_product: Option<Box<dyn Fn(Product)>>,
-    /// Every `NOTICE` for this session.
-    pub on_notice: Option<Box<dyn Fn(Notice)>>,
-}
 
 struct Inner {
     mfe: &'static str,
@@ -246,7 +234,7 @@ impl Inner {
         let Some(text) = event.data().as_string() else { return };
         match json::parse_server_message(&text) {
             Some(ServerMessage::CartUpdate { version, mut data }) => {
-                let skipped = crate::version::skips_versions(self.state.borrow().shown.version(), version);
+                let skipped = cartwheel_core::version::skips_versions(self.state.borrow().shown.version(), version);
                 data.version = version;
                 self.offer(data);
                 if skipped {

@@ -3,10 +3,10 @@
 //! The server and every micro-frontend depend on this crate, so a cart computed in the browser and one
 //! computed on the server can never disagree: the arithmetic, the limits, the JSON shapes, the rule for
 //! which cart version a client may show, and the reconnect schedule all live here once. Nothing in it
-//! does I/O or needs an async runtime.
+//! does I/O or needs an async runtime, and it depends on nothing browser-specific: the browser side of a
+//! bundle's connection is `cartwheel-link`, built on these types.
 
-#[cfg(feature = "browser")]
-pub mod browser;
+pub mod api;
 pub mod cart;
 pub mod catalog;
 pub mod link;
@@ -17,9 +17,10 @@ pub mod protocol;
 pub mod reconnect;
 pub mod version;
 
+pub use api::{ApiError, CartRequest};
 pub use cart::{Cart, CartContents, CartError, CartLimits, CartLine, CartOp, Change, LineItem, Shortfall};
 pub use catalog::{Product, ProductId};
-pub use link::{LinkReport, LinkState};
+pub use link::{Handlers, LinkReport, LinkState};
 pub use money::Cents;
 pub use order::{CheckoutReceipt, Order};
 pub use protocol::{ClientMessage, ErrorBody, ErrorCode, ErrorDetail, Notice, ProductPatch, ServerMessage};

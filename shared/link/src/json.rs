@@ -15,7 +15,7 @@ use serde::forward_to_deserialize_any;
 use serde::Serialize;
 use wasm_bindgen::{JsCast, JsValue};
 
-use crate::protocol::ServerMessage;
+use cartwheel_core::protocol::ServerMessage;
 
 /// Parse JSON text into `T`.
 pub fn parse<T: DeserializeOwned>(text: &str) -> Option<T> {

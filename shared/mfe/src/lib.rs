@@ -1,0 +1,223 @@
+//! The wiring every micro-frontend repeats, once: a view gets a [`Link`] to its bundle's connection, the server
+//! renders the view to HTML ([`render_to_html`], feature `ssr`), and the bundle hydrates it and starts its link
+//! ([`hydrate`], [`unmount`], feature `hydrate`). A micro-frontend is a view and one line:
+//!
+//! ```ignore
+//! fn root(state: PageState, link: cartwheel_mfe::Link) -> impl IntoView { /* signals, link.follow(...), view */ }
+//! cartwheel_mfe::bundle!(MFE, mount::PRODUCT_LIST, root);
+//! ```
+//!
+//! Views name only [`Link`] and `cartwheel-core` types; the browser link (`cartwheel-link`, web-sys) is linked
+//! into bundles only, so the server's build of a view has no browser dependency.
+
+use cartwheel_core::api::{ApiError, CartRequest};
+use cartwheel_core::cart::Cart;
+use cartwheel_core::link::{Handlers, LinkReport};
+use cartwheel_core::order::CheckoutReceipt;
+#[cfg(any(feature = "ssr", feature = "hydrate"))]
+use cartwheel_core::page::PageState;
+use cartwheel_core::protocol::ErrorCode;
+#[cfg(any(feature = "ssr", feature = "hydrate"))]
+use leptos::prelude::IntoView;
+
+/// A view's small interface to its bundle's link to the server. `Copy`, so views capture it in any closure.
+///
+/// What a view asks for while it is built ([`Link::follow`], [`Link::on_link_reports`]) is collected, and the
+/// bundle's link starts with it once hydration is over; on the server it is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// In a hydrating bundle (`true`) or rendered on the server (`false`).
+    live: bool,
+}
+
+impl Link {
+    /// The link of a view the server renders: it follows nothing and its calls fail (event handlers do not run
+    /// on the server, so they are never made).
+    pub const fn server() -> Link {
+        Link { live: false }
+    }
+
+    /// What this view wants to hear from the link: the bundle starts its `CartLink` with these handlers (one
+    /// set per bundle; a second call replaces the first). Call it while the view is built.
+    pub fn follow(&self, handlers: Handlers) {
+        #[cfg(feature = "hydrate")]
+        if self.live {
+            browser::collect(|wanted| wanted.handlers = Some(handlers));
+            return;
+        }
+        drop(handlers);
+    }
+
+    /// Hear every bundle's [`LinkReport`] on this page (the shell's connection summary), from when hydration is
+    /// over; the bundles already running are asked to report again, so none is missed. Call it while the view
+    /// is built.
+    pub fn on_link_reports(&self, f: impl Fn(LinkReport) + 'static) {
+        #[cfg(feature = "hydrate")]
+        if self.live {
+            browser::collect(move |wanted| wanted.reports.push(Box::new(f)));
+            return;
+        }
+        drop(f);
+    }
+
+    /// Change the cart over REST (with an `Idempotency-Key`, retried on network errors); the answer is shown at
+    /// once and dispatched to the page's other bundles.
+    pub async fn mutate(&self, request: CartRequest) -> Result<Cart, ApiError> {
+        #[cfg(feature = "hydrate")]
+        if self.live {
+            return cartwheel_link::mutate(request).await;
+        }
+        drop(request);
+        Err(not_connected())
+    }
+
+    /// Check out (with an `Idempotency-Key`, retried like a change); the emptied cart is shown and dispatched.
+    pub async fn checkout(&self) -> Result<CheckoutReceipt, ApiError> {
+        #[cfg(feature = "hydrate")]
+        if self.live {
+            return cartwheel_link::checkout().await;
+        }
+        Err(not_connected())
+    }
+}
+
+/// What a call through a server-side [`Link`] answers.
+fn not_connected() -> ApiError {
+    ApiError {
+        status: None,
+        code: ErrorCode::ServiceUnavailable,
+        message: "This part of the page is not connected yet. Try again in a moment.".to_owned(),
+    }
+}
+
+/// Server side: `root`'s view as HTML, with a server [`Link`], in a fresh reactive owner.
+#[cfg(feature = "ssr")]
+pub fn render_to_html<V: IntoView>(state: &PageState, root: impl FnOnce(PageState, Link) -> V) -> String {
+    // `to_html` comes with `IntoView` (its supertrait `RenderHtml`).
+    leptos::prelude::Owner::new().with(|| root(state.clone(), Link::server()).to_html())
+}
+
+/// Browser side: hydrate the server-rendered markup in `mount_id` with `root`'s view, from the state the page
+/// embeds; then, with hydration over (no signal changes during it), start this bundle's `CartLink` with what
+/// the view asked for and listen to the page's link reports. A bundle that cannot start says so in the console
+/// and on its mount element (`data-failed`).
+#[cfg(feature = "hydrate")]
+pub fn hydrate<V>(mfe: &'static str, mount_id: &str, root: impl FnOnce(PageState, Link) -> V + 'static)
+where
+    V: IntoView + 'static,
+    <V as leptos::tachys::view::Render>::State: 'static,
+{
+    use cartwheel_link::{boot, CartLink};
+
+    let Some((state, element)) = boot::prepare(mfe, mount_id) else { return };
+    let policy = state.reconnect.policy();
+    let initial = state.cart.clone();
+    let products = state.products.clone();
+    browser::start_collecting();
+    let handle = leptos::mount::hydrate_from(element, move || root(state, Link { live: true }));
+    let wanted = browser::take();
+    if let Some(handlers) = wanted.handlers {
+        // The products only matter to a link that follows them (see `Handlers::on_product`).
+        let products = if handlers.on_product.is_some() { products } else { Vec::new() };
+        CartLink::install(mfe, policy, Some(initial), products, handlers);
+    }
+    let reports = wanted.reports;
+    let listener = if reports.is_empty() {
+        None
+    } else {
+        cartwheel_link::on_link_reports(move |report| reports.iter().for_each(|f| f(report.clone())))
+    };
+    boot::keep_mounted(Box::new((handle, listener)));
+}
+
+/// Browser side: close this bundle's link (socket, timers, listeners) and drop its view.
+#[cfg(feature = "hydrate")]
+pub fn unmount() {
+    cartwheel_link::boot::unmount();
+}
+
+#[cfg(feature = "hydrate")]
+mod browser {
+    use std::cell::RefCell;
+
+    use cartwheel_core::link::{Handlers, LinkReport};
+
+    /// What the view asked of the link while it was built.
+    #[derive(Default)]
+    pub(crate) struct Wanted {
+        pub(crate) handlers: Option<Handlers>,
+        pub(crate) reports: Vec<Box<dyn Fn(LinkReport)>>,
+    }
+
+    thread_local! {
+        /// `Some` while [`crate::hydrate`] builds the view (each bundle is its own WASM instance).
+        static WANTED: RefCell<Option<Wanted>> = const { RefCell::new(None) };
+    }
+
+    pub(crate) fn start_collecting() {
+        WANTED.with(|w| *w.borrow_mut() = Some(Wanted::default()));
+    }
+
+    pub(crate) fn take() -> Wanted {
+        WANTED.with(|w| w.borrow_mut().take()).unwrap_or_default()
+    }
+
+    pub(crate) fn collect(f: impl FnOnce(&mut Wanted)) {
+        let collected = WANTED.with(|w| w.borrow_mut().as_mut().map(f).is_some());
+        if !collected {
+            leptos::logging::warn!("cartwheel: a view asked its link for something after the bundle started; ignored");
+        }
+    }
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use cartwheel_core::page::PageState;
+}
+
+/// A micro-frontend's entry points, from its `root(state: PageState, link: Link) -> impl IntoView`:
+///
+/// - feature `hydrate`: `#[wasm_bindgen] pub fn hydrate()` and `pub fn unmount()` (what the page's loader
+///   calls), through [`hydrate`] and [`unmount`];
+/// - feature `ssr`: `pub fn render_to_html(state: &PageState) -> String`, through [`render_to_html`] (left out
+///   with `hydrate_only:`, for a view the server renders another way, like the shell).
+///
+/// The calling crate has features `hydrate` (enabling `cartwheel-mfe/hydrate` and its own optional
+/// `wasm-bindgen`) and `ssr` (enabling `cartwheel-mfe/ssr`).
+///
+/// ```ignore
+/// cartwheel_mfe::bundle!(MFE, mount::PRODUCT_LIST, root);
+/// cartwheel_mfe::bundle!(hydrate_only: MFE, mount::SHELL, root);
+/// ```
+#[macro_export]
+macro_rules! bundle {
+    (hydrate_only: $mfe:expr, $mount_id:expr, $root:expr $(,)?) => {
+        /// Hydrate the server-rendered markup and open this bundle's link.
+        #[cfg(feature = "hydrate")]
+        #[::wasm_bindgen::prelude::wasm_bindgen]
+        pub fn hydrate() {
+            $crate::hydrate($mfe, $mount_id, $root);
+        }
+
+        /// Close this bundle's socket and timers and remove its view.
+        #[cfg(feature = "hydrate")]
+        #[::wasm_bindgen::prelude::wasm_bindgen]
+        pub fn unmount() {
+            $crate::unmount();
+        }
+
+        // Used in every build, also the one with neither feature (`cargo check`).
+        const _: () = {
+            let _ = ($mfe, $mount_id, $root);
+        };
+    };
+    ($mfe:expr, $mount_id:expr, $root:expr $(,)?) => {
+        $crate::bundle!(hydrate_only: $mfe, $mount_id, $root);
+
+        /// Server side: this micro-frontend as HTML, rendered from the same view the bundle hydrates.
+        #[cfg(feature = "ssr")]
+        pub fn render_to_html(state: &$crate::__private::PageState) -> ::std::string::String {
+            $crate::render_to_html(state, $root)
+        }
+    };
+}
