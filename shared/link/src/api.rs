@@ -1,7 +1,8 @@
 //! REST calls to the cart API with the browser's `fetch`; their failures are [`ApiError`]s (defined in `cartwheel-core`).
 
 use serde::de::DeserializeOwned;
-use wasm_bindgen::{JsCast, JsValue};
+use gloo_net::http::{Method, RequestBuilder};
+use wasm_bindgen::JsValue;
 use wasm_bindgen_futures::JsFuture;
 
 pub use cartwheel_core::api::{ApiError, CartRequest};
@@ -71,30 +72,33 @@ async fn send_once<T: DeserializeOwned>(method: &str, path: &str, body: Option<&
     }
 }
 
-/// One `fetch`: the status and the parsed JSON body (`null` when there is none). `Err` only when the server
-/// could not be reached.
+/// One `fetch` (through gloo-net): the status and the parsed JSON body (`null` when there is none). `Err` only
+/// when the server could not be reached. The body is parsed by the browser's own `JSON.parse`
+/// (`Response.json()`), not by a Rust JSON parser: gloo-net's `json` feature would link serde_json.
 async fn call(method: &str, path: &str, body: Option<&str>, key: Option<&str>) -> Result<(u16, JsValue), ApiError> {
     let network = |_| ApiError::network();
-    let init = web_sys::RequestInit::new();
-    init.set_method(method);
-    let headers = web_sys::Headers::new().map_err(network)?;
-    if let Some(body) = body {
-        headers.set("content-type", "application/json").map_err(network)?;
-        init.set_body(&JsValue::from_str(body));
-    }
+    let method = match method {
+        "POST" => Method::POST,
+        "PUT" => Method::PUT,
+        "DELETE" => Method::DELETE,
+        _ => Method::GET,
+    };
+    let mut request = RequestBuilder::new(path).method(method);
     if let Some(key) = key {
-        headers.set("idempotency-key", key).map_err(network)?;
+        request = request.header("idempotency-key", key);
     }
-    init.set_headers(&headers);
-    let request = web_sys::Request::new_with_str_and_init(path, &init).map_err(network)?;
-    let window = web_sys::window().ok_or_else(ApiError::network)?;
-    let response: web_sys::Response =
-        JsFuture::from(window.fetch_with_request(&request)).await.map_err(network)?.dyn_into().map_err(network)?;
-    let json = match response.json() {
+    let request = match body {
+        Some(body) => request.header("content-type", "application/json").body(body).map_err(network)?,
+        None => request.build().map_err(network)?,
+    };
+    let response = request.send().await.map_err(network)?;
+    let status = response.status();
+    let raw: web_sys::Response = response.into();
+    let json = match raw.json() {
         Ok(promise) => JsFuture::from(promise).await.unwrap_or(JsValue::NULL),
         Err(_) => JsValue::NULL,
     };
-    Ok((response.status(), json))
+    Ok((status, json))
 }
 
 fn item_path(product_id: &str) -> String {
