@@ -17,6 +17,14 @@ cartwheel_cargo_install() {
   cargo install "$crate" --version "$version" "$@"
 }
 
+# Install Debian packages (as root, or through sudo).
+cartwheel_apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"
+}
+
 cartwheel_setup_rust() {
   if ! command -v cargo >/dev/null 2>&1; then
     cartwheel_log "cargo is missing: install Rust with rustup first (https://rustup.rs)"
@@ -32,10 +40,7 @@ cartwheel_setup_test_tools() {
   # scripts/check-layers is a Python script (Debian ships python3 on most images; not on every minimal one).
   if ! command -v python3 >/dev/null 2>&1; then
     cartwheel_log "installing Debian's python3"
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3
+    cartwheel_apt_install python3
   fi
   # Any cargo-nextest ≥ 0.9 will do: keep the machine's if it has one.
   if ! cargo nextest --version >/dev/null 2>&1; then
@@ -64,10 +69,7 @@ cartwheel_setup_leptos() {
 cartwheel_setup_e2e() {
   if ! command -v chromium >/dev/null 2>&1; then
     cartwheel_log "installing Debian's chromium"
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium
+    cartwheel_apt_install chromium
   fi
   local wanted
   wanted=$(node -p 'require("./end2end/package.json").devDependencies["@playwright/test"]')
@@ -81,9 +83,6 @@ cartwheel_setup_e2e() {
 cartwheel_setup_redis() {
   if ! command -v redis-server >/dev/null 2>&1 && ! [ -x /usr/bin/redis-server ]; then
     cartwheel_log "installing Debian's redis-server"
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server
+    cartwheel_apt_install redis-server
   fi
 }
