@@ -1,7 +1,7 @@
 //! REST calls to the cart API with the browser's `fetch`; their failures are [`ApiError`]s (defined in `cartwheel-core`).
 
-use serde::de::DeserializeOwned;
 use gloo_net::http::{Method, RequestBuilder};
+use serde::de::DeserializeOwned;
 use wasm_bindgen::JsValue;
 use wasm_bindgen_futures::JsFuture;
 
