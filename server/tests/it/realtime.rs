@@ -245,3 +245,35 @@ async fn shutdown_closes_sockets_with_going_away() {
     server.stop().await;
     assert_eq!(reader.await.unwrap(), close::GOING_AWAY);
 }
+
+/// Cancellation is a fault like any other: a client that sends a change and hangs up at once drops its handler
+/// wherever it was, yet the change is committed by the store all the same — and then every open tab of that
+/// shopper must hear of it, or the page shows a cart older than the stored one until something else changes.
+#[tokio::test]
+async fn a_change_whose_client_hangs_up_right_after_sending_still_reaches_every_open_tab() {
+    use tokio::io::AsyncWriteExt;
+
+    let server = TestServer::start().await;
+    let id = &product_with_stock_at_least(&server, 10).await[0];
+    let shopper = server.shopper().await;
+    let (mut tab, v0) = Ws::connect_synced(&shopper).await;
+    assert_eq!(v0, 0);
+
+    let body = format!(r#"{{"product_id":"{id}","quantity":1}}"#);
+    let request = format!(
+        "POST /api/cart HTTP/1.1\r\nHost: {}\r\nCookie: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        server.addr,
+        shopper.cookie,
+        body.len()
+    );
+    let mut raw = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    raw.write_all(request.as_bytes()).await.unwrap();
+    // Hang up without reading the answer: the server sees EOF while the change is in flight.
+    drop(raw);
+
+    let update = tab.next_update().await;
+    assert_eq!(update["version"], 1, "{update}");
+    assert_eq!(update["data"]["items"][0]["product_id"], id.as_str(), "{update}");
+    assert_eq!(shopper.cart().await.version(), 1, "what the tab shows is what is stored");
+}
