@@ -48,8 +48,6 @@ pub mod defaults {
     pub const SOCKET_SEND_BUFFER_BYTES: usize = 64 * 1024;
     /// How long an Idempotency-Key is remembered.
     pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
-    /// Longest accepted Idempotency-Key (a rule of the key's type, named here with the other limits).
-    pub const IDEMPOTENCY_KEY_MAX_LEN: usize = crate::domain::keys::IDEMPOTENCY_KEY_MAX_LEN;
     /// Shortest session secret accepted from configuration or found in Redis.
     pub const MIN_SESSION_SECRET_LEN: usize = 32;
     /// Session cookie lifetime.

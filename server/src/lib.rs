@@ -184,7 +184,6 @@ impl Server {
                 BackendKind::Sqlite(_) => None,
             },
             shop,
-            store: backend.store.clone(),
             sockets,
             request_limits,
             service,

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::AppError;
 use crate::config::defaults;
-use crate::domain::IdempotencyKey;
+use crate::domain::{IdempotencyKey, KeyError};
 
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// Set on an answer that repeats the first answer to the same Idempotency-Key.
@@ -27,8 +27,8 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
         let Some(value) = parts.headers.get(IDEMPOTENCY_KEY) else {
             return Ok(IdempotencyHeader(None));
         };
-        // A header that is not even text fails the same way as one with a space in it.
-        let text = value.to_str().unwrap_or(" ");
+        // A header that is not even text is refused like any other malformed key.
+        let text = value.to_str().map_err(|_| KeyError::IdempotencyKey)?;
         Ok(IdempotencyHeader(Some(IdempotencyKey::parse(text)?)))
     }
 }

@@ -20,7 +20,7 @@ pub fn router() -> Router<AppState> {
 async fn healthz(State(app): State<AppState>) -> impl IntoResponse {
     // A key no session can have (it is not a hash prefix anyone holds), read like any cart.
     let probe = CartKey::from_digest(&[0; 16]);
-    let store = app.store.load(&probe).await.err().map(|e| e.to_string());
+    let store = app.shop.cart(&probe).await.err().map(|e| e.to_string());
     let bus = app.bus.as_ref().map(|bus| if bus.is_subscribed() { "subscribed" } else { "resubscribing" });
     let healthy = store.is_none() && bus != Some("resubscribing");
     let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

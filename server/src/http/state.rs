@@ -16,7 +16,6 @@ use crate::metrics::Metrics;
 use crate::realtime::bus::Bus;
 use crate::realtime::ws::Sockets;
 use crate::shop::Shop;
-use crate::store::CartStore;
 
 /// Everything a request handler may need. Cloned into every extractor and middleware of every request, so it is
 /// one `Arc`: a clone is one atomic increment, not one per field (the profile of S4 showed the per-field clones
@@ -68,8 +67,6 @@ impl FromRef<AppState> for ServiceGate {
 pub struct AppParts {
     pub config: Arc<Config>,
     pub shop: Shop,
-    /// For `/healthz`: a read that proves the store answers.
-    pub store: Arc<dyn CartStore>,
     /// Redis mode: this instance's subscription to the others' changes.
     pub bus: Option<Arc<Bus>>,
     /// What every WebSocket connection shares (the hub, the shop, limits, the shutdown signal).

@@ -5,7 +5,7 @@
 
 use cartwheel_core::{Cart, CartContents, CartError, CartOp, Change, CheckoutReceipt, Product};
 
-use super::{Checkout, Mutation, MutationError, ProductUpdate, StoreError};
+use super::{Checkout, Mutation, MutationError, ProductUpdate, ProductUpdated, StoreError};
 use crate::domain::{CartKey, Catalog, Event};
 
 /// What identifies "the same request" for an Idempotency-Key: a cart operation's `Debug` form, or
@@ -75,6 +75,15 @@ pub fn committed_mutation(key: &CartKey, cart: Cart, change: Change) -> Mutation
         Change::Unchanged => Vec::new(),
     };
     Mutation { cart, change, replayed: false, events }
+}
+
+/// A product change as planned and (if it changed anything) committed: its event, if it changed.
+pub fn committed_product_update(product: Product, change: Change) -> ProductUpdated {
+    let events = match change {
+        Change::Changed => vec![Event::ProductChanged(product.clone())],
+        Change::Unchanged => Vec::new(),
+    };
+    ProductUpdated { product, change, events }
 }
 
 /// A checkout as committed: the emptied cart, then every product whose stock it lowered.

@@ -34,8 +34,8 @@ use redis::Script;
 use self::commit::{Commit, Committed};
 use self::turns::CartTurns;
 use super::rules::{
-    committed_checkout, committed_mutation, fingerprint, new_order_id, parse_contents, plan_checkout,
-    plan_product_update, price, replay_checkout, replay_mutation, to_json, CHECKOUT_FINGERPRINT,
+    committed_checkout, committed_mutation, committed_product_update, fingerprint, new_order_id, parse_contents,
+    plan_checkout, plan_product_update, price, replay_checkout, replay_mutation, to_json, CHECKOUT_FINGERPRINT,
 };
 use super::{
     CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate, ProductUpdated,
@@ -356,18 +356,18 @@ impl RedisCartStore {
             let (revision,): (Option<u64>,) = self.query(redis::pipe().get(keys::CATALOG_REVISION)).await?;
             let catalog = self.catalog_at(revision.unwrap_or(0)).await?;
             let (product, change) = plan_product_update(update, &catalog)?;
+            let outcome = committed_product_update(product, change);
             if change == Change::Unchanged {
-                return Ok(ProductUpdated { product, change, events: Vec::new() });
+                return Ok(outcome);
             }
-            let events = vec![Event::ProductChanged(product.clone())];
             let mut commit = Commit::new(catalog.revision());
-            commit.hset(keys::PRODUCTS, product.id.as_str(), keys::product_state(&product));
-            commit.set(keys::CATALOG_REVISION, product.revision.to_string());
-            self.publish_events(&mut commit, &events);
+            commit.hset(keys::PRODUCTS, outcome.product.id.as_str(), keys::product_state(&outcome.product));
+            commit.set(keys::CATALOG_REVISION, outcome.product.revision.to_string());
+            self.publish_events(&mut commit, &outcome.events);
             match self.run_commit(commit).await? {
                 Committed::Done => {
-                    self.catalog.merge(std::slice::from_ref(&product));
-                    return Ok(ProductUpdated { product, change, events });
+                    self.catalog.merge(std::slice::from_ref(&outcome.product));
+                    return Ok(outcome);
                 }
                 Committed::Conflict | Committed::Replay(_) => {}
             }

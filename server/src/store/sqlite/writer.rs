@@ -21,8 +21,8 @@ use crate::clock::now_ms;
 use crate::config::defaults;
 use crate::domain::{Catalog, LiveCatalog};
 use crate::store::rules::{
-    committed_checkout, committed_mutation, fingerprint, new_order_id, plan_checkout, plan_product_update, price,
-    replay_checkout, replay_mutation, to_json, CHECKOUT_FINGERPRINT,
+    committed_checkout, committed_mutation, committed_product_update, fingerprint, new_order_id, plan_checkout,
+    plan_product_update, price, replay_checkout, replay_mutation, to_json, CHECKOUT_FINGERPRINT,
 };
 use crate::store::{
     Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate, ProductUpdated, StoreError,
@@ -260,12 +260,10 @@ fn apply_product_update(
     catalog: &Catalog,
 ) -> Result<ProductUpdated, MutationError> {
     let (product, change) = plan_product_update(update, catalog)?;
-    let mut events = Vec::new();
     if change == Change::Changed {
         write_product(conn, &product)?;
-        events.push(crate::domain::Event::ProductChanged(product.clone()));
     }
-    Ok(ProductUpdated { product, change, events })
+    Ok(committed_product_update(product, change))
 }
 
 fn apply_checkout(conn: &Connection, request: &CheckoutRequest, catalog: &Catalog) -> Result<Checkout, MutationError> {
