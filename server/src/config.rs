@@ -80,6 +80,8 @@ pub mod defaults {
     /// Redis mode: the first and the longest wait before subscribing again (full jitter below them).
     pub const REDIS_RESUBSCRIBE_BASE: Duration = Duration::from_millis(100);
     pub const REDIS_RESUBSCRIBE_MAX: Duration = Duration::from_secs(2);
+    /// `/healthz`: longest its read probe and its write probe may each take before the part counts as failed.
+    pub const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
     /// A WebSocket whose snapshot could not be read (store unavailable) tries again this often.
     pub const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
 }
@@ -198,6 +200,9 @@ pub struct Config {
     /// Seconds a Pong may take before the connection is closed.
     #[arg(long, env = "CARTWHEEL_HEARTBEAT_TIMEOUT_SECS", value_parser = parse_duration_secs, default_value = "10")]
     pub heartbeat_timeout: Duration,
+    /// Seconds `/healthz` waits for its read probe and for its write probe before calling that part failed.
+    #[arg(long, env = "CARTWHEEL_HEALTH_TIMEOUT_SECS", value_parser = parse_duration_secs, default_value = "2")]
+    pub health_probe_timeout: Duration,
 }
 
 fn parse_duration_secs(s: &str) -> Result<Duration, String> {

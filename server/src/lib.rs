@@ -73,7 +73,8 @@ pub enum StartupError {
     Serve(std::io::Error),
 }
 
-/// A bound, ready server. `run` serves until the shutdown future completes.
+/// A ready server: its store is open and its assets loaded before its socket is bound, so nothing connects
+/// to a server that cannot answer yet. `run` serves until the shutdown future completes.
 pub struct Server {
     listener: TcpListener,
     state: AppState,
@@ -119,7 +120,15 @@ impl Backend {
                 Ok(Backend { store, fanout: bus.clone(), secret, kind: BackendKind::Redis(bus) })
             }
             None => {
-                let store = Arc::new(SqliteCartStore::open(&config.database, catalog, config.cart_limits(), secret)?);
+                // Opening may wait for the file's lock (see `SqliteCartStore::open`): off the runtime's threads.
+                let (path, limits, secret) =
+                    (config.database.clone(), config.cart_limits(), secret.map(<[u8]>::to_vec));
+                let store = tokio::task::spawn_blocking(move || {
+                    SqliteCartStore::open(&path, catalog, limits, secret.as_deref())
+                })
+                .await
+                .map_err(|_| StartupError::Store(StoreError::Closed))??;
+                let store = Arc::new(store);
                 let secret = store.session_secret().to_vec();
                 Ok(Backend { store: store.clone(), fanout: hub.clone(), secret, kind: BackendKind::Sqlite(store) })
             }
@@ -137,8 +146,6 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let hub = CartHub::new(config.ws_queue_capacity, config.broadcast_capacity, metrics.clone());
         let backend = Backend::open(&config, catalog, &hub, &metrics).await?;
-        let listener =
-            TcpListener::bind(config.bind).await.map_err(|source| StartupError::Bind { addr: config.bind, source })?;
         let service_rate = Rate { per_sec: config.service_rate_per_sec, burst: config.service_burst };
         let service =
             ServiceAccess::new(&config.service_tokens, (!config.no_rate_limit).then_some(service_rate)).map(Arc::new);
@@ -174,6 +181,11 @@ impl Server {
                 frames: Rate { per_sec: config.ws_frames_per_sec, burst: config.ws_frame_burst },
             },
         });
+        // Listen last: the kernel would accept (and queue) connections on a bound socket while the assets and
+        // the store load, then they would all be answered at once, cancelling the clients' reconnect jitter.
+        // Refused until now, each client retries on its own schedule.
+        let listener =
+            TcpListener::bind(config.bind).await.map_err(|source| StartupError::Bind { addr: config.bind, source })?;
         let state = AppState::new(AppParts {
             assets,
             sessions: SessionKeys::new(&backend.secret, config.https, defaults::SESSION_MAX_AGE),

@@ -50,6 +50,11 @@ impl Shop {
         self.store.load(cart).await
     }
 
+    /// Whether the store's write path commits now (see [`CartStore::probe_write`]).
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        self.store.probe_write().await
+    }
+
     /// The catalog with its committed stock and prices.
     pub fn catalog(&self) -> Arc<Catalog> {
         self.store.catalog()

@@ -137,4 +137,8 @@ pub trait CartStore: Send + Sync + 'static {
 
     /// Turn the cart into an order (see the module's contract).
     fn checkout(&self, request: CheckoutRequest) -> BoxFuture<'_, Result<Checkout, MutationError>>;
+
+    /// Commit a tiny write the way changes commit (`/healthz`): `Ok` proves the write path — the SQLite
+    /// writer thread and its disk, or Redis accepting writes — works now, not only that reads do.
+    fn probe_write(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }

@@ -6,6 +6,7 @@ mod support;
 
 mod api;
 mod durability;
+mod faults;
 mod page;
 mod realtime;
 mod scale_out;

@@ -1,7 +1,7 @@
 //! Every Redis key and value layout the store uses, in one place (all under `cartwheel:`):
 //! `cart:<key>` (hash `v` version, `c` contents), `idem:<cart key>:<Idempotency-Key>` (expires),
 //! `products` (hash id → `stock price revision`, overriding the catalog file), `catalog-revision`,
-//! `order:<id>`, `session-secret`, and the pub/sub channel every instance of one shop shares.
+//! `order:<id>`, `session-secret`, `health-probe`, and the pub/sub channel every instance of one shop shares.
 
 use cartwheel_core::Product;
 
@@ -12,6 +12,8 @@ pub const CHANNEL: &str = "cartwheel:events";
 pub const CATALOG_REVISION: &str = "cartwheel:catalog-revision";
 pub const PRODUCTS: &str = "cartwheel:products";
 pub const SESSION_SECRET: &str = "cartwheel:session-secret";
+/// Written by `/healthz` to prove Redis takes writes; expires by itself.
+pub const HEALTH_PROBE: &str = "cartwheel:health-probe";
 
 pub fn cart(cart: &CartKey) -> String {
     format!("cartwheel:cart:{cart}")

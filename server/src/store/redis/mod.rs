@@ -406,6 +406,15 @@ impl CartStore for RedisCartStore {
     fn checkout(&self, request: CheckoutRequest) -> BoxFuture<'_, Result<Checkout, MutationError>> {
         async move { self.turns.run(&request.cart, self.apply_checkout(&request)).await }.boxed()
     }
+
+    fn probe_write(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            let probe =
+                redis::pipe().cmd("SET").arg(keys::HEALTH_PROBE).arg(now_ms()).arg("PX").arg(60_000).ignore().clone();
+            self.query::<()>(&probe).await
+        }
+        .boxed()
+    }
 }
 
 /// Bound a Redis call by [`defaults::REDIS_COMMAND_TIMEOUT`].

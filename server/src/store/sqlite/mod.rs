@@ -59,9 +59,11 @@ impl SqliteCartStore {
             std::fs::create_dir_all(dir)?;
         }
         let mut conn = Connection::open(path)?;
+        // First: switching to WAL needs the file's lock, which another process (a backup, an operator's
+        // `sqlite3` shell) may hold for a moment; wait for it rather than fail to start.
+        conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(Duration::from_secs(5))?;
         schema::migrate(&mut conn)?;
         let secret = match secret {
             Some(s) => s.to_vec(),
@@ -142,5 +144,15 @@ impl CartStore for SqliteCartStore {
 
     fn checkout(&self, request: CheckoutRequest) -> BoxFuture<'_, Result<Checkout, MutationError>> {
         self.submit(|reply| WriteJob::Checkout { request, reply }).boxed()
+    }
+
+    fn probe_write(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            self.submit(|reply| WriteJob::Probe { reply }).await.map_err(|e| match e {
+                MutationError::Store(e) => e,
+                other => StoreError::Corrupt(other.to_string()),
+            })
+        }
+        .boxed()
     }
 }

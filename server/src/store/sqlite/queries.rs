@@ -86,3 +86,12 @@ pub(super) fn insert_order(conn: &Connection, key: &str, order: &Order) -> Resul
         .and_then(|mut s| s.execute(params![order.id, key, to_sql(order.total_cents.0), body, now_secs()]))?;
     Ok(())
 }
+
+/// The health probe's write: one row of `meta`, overwritten each time.
+pub(super) fn write_probe(conn: &Connection) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('health_probe', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",
+    )
+    .and_then(|mut s| s.execute([now_secs()]))?;
+    Ok(())
+}

@@ -15,7 +15,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::queries::{
-    forget_idempotency_keys, insert_order, read_cart, remember, remembered, write_cart, write_product,
+    forget_idempotency_keys, insert_order, read_cart, remember, remembered, write_cart, write_probe, write_product,
 };
 use crate::clock::now_ms;
 use crate::config::defaults;
@@ -33,9 +33,22 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// One change for the writer, with where to send its outcome.
 pub(super) enum WriteJob {
-    Cart { request: MutationRequest, reply: oneshot::Sender<Result<Mutation, MutationError>> },
-    Product { update: ProductUpdate, reply: oneshot::Sender<Result<ProductUpdated, MutationError>> },
-    Checkout { request: CheckoutRequest, reply: oneshot::Sender<Result<Checkout, MutationError>> },
+    Cart {
+        request: MutationRequest,
+        reply: oneshot::Sender<Result<Mutation, MutationError>>,
+    },
+    Product {
+        update: ProductUpdate,
+        reply: oneshot::Sender<Result<ProductUpdated, MutationError>>,
+    },
+    Checkout {
+        request: CheckoutRequest,
+        reply: oneshot::Sender<Result<Checkout, MutationError>>,
+    },
+    /// `/healthz`: a tiny write committed like any change, proving the writer runs and the disk takes writes.
+    Probe {
+        reply: oneshot::Sender<Result<(), MutationError>>,
+    },
 }
 
 /// What a job did, before it is known whether its batch commits.
@@ -43,6 +56,7 @@ enum JobOutcome {
     Cart(Mutation),
     Product(ProductUpdated),
     Checkout(Checkout),
+    Probe,
 }
 
 impl JobOutcome {
@@ -76,6 +90,12 @@ impl WriteJob {
             WriteJob::Checkout { reply, .. } => {
                 let _ = reply.send(outcome.and_then(|o| match o {
                     JobOutcome::Checkout(c) => Ok(c),
+                    _ => Err(mismatch()),
+                }));
+            }
+            WriteJob::Probe { reply } => {
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    JobOutcome::Probe => Ok(()),
                     _ => Err(mismatch()),
                 }));
             }
@@ -224,6 +244,10 @@ fn apply_job(
         WriteJob::Cart { request, .. } => apply_cart_change(conn, request, settings, catalog).map(JobOutcome::Cart),
         WriteJob::Product { update, .. } => apply_product_update(conn, update, catalog).map(JobOutcome::Product),
         WriteJob::Checkout { request, .. } => apply_checkout(conn, request, catalog).map(JobOutcome::Checkout),
+        WriteJob::Probe { .. } => {
+            write_probe(conn)?;
+            Ok(JobOutcome::Probe)
+        }
     }
 }
 
