@@ -74,6 +74,12 @@ pub mod defaults {
     /// Redis mode: how often a change is tried again when another instance changed the same cart or the
     /// catalog between its read and its commit.
     pub const REDIS_CONFLICT_ATTEMPTS: u32 = 64;
+    /// Redis mode: how often a commit whose answer was lost (timeout, dropped connection) is asked again with
+    /// its Idempotency-Key before the request fails with 503.
+    pub const REDIS_AMBIGUOUS_COMMIT_RETRIES: u32 = 2;
+    /// Redis mode: how long the key made for a change sent without one is remembered (long enough to ask
+    /// again after a lost answer).
+    pub const REDIS_INTERNAL_IDEMPOTENCY_TTL: Duration = Duration::from_secs(60);
     /// Redis mode: the pub/sub connection is pinged this often; no answer within the command timeout means it
     /// is gone, and the instance subscribes again.
     pub const REDIS_HEARTBEAT: Duration = Duration::from_secs(1);

@@ -9,10 +9,10 @@
 
 use std::sync::Arc;
 
-use cartwheel_core::{Cart, CartOp, Notice, Product};
+use cartwheel_core::{Cart, Notice, Product};
 use futures_util::future::BoxFuture;
 
-use crate::domain::{CartKey, Catalog, Event, IdempotencyKey};
+use crate::domain::{CartKey, Catalog, Event};
 use crate::metrics::Metrics;
 use crate::store::{
     CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate, StoreError,
@@ -61,16 +61,11 @@ impl Shop {
     }
 
     /// Apply a change to a cart and, if it changed, announce the new version to its connections.
-    #[tracing::instrument(name = "shop.mutate", skip_all, fields(cart = cart.short(), op = ?op))]
-    pub async fn mutate(
-        &self,
-        cart: &CartKey,
-        op: CartOp,
-        idempotency_key: Option<IdempotencyKey>,
-    ) -> Result<Mutation, MutationError> {
-        let request = MutationRequest { cart: cart.clone(), op, idempotency_key };
+    #[tracing::instrument(name = "shop.mutate", skip_all, fields(cart = request.cart.short(), op = ?request.op))]
+    pub async fn mutate(&self, request: MutationRequest) -> Result<Mutation, MutationError> {
         let (store, fanout, metrics) = self.parts();
         detached(async move {
+            let cart = request.cart.clone();
             let result = store.mutate(request).await;
             let outcome = match &result {
                 Ok(m) if m.replayed => "replayed",
@@ -79,8 +74,10 @@ impl Shop {
                 Err(_) => "rejected",
             };
             metrics.mutations.get_or_create(&vec![("outcome", outcome)]).inc();
-            if let Ok(m) = &result {
-                fanout.announce(&m.events);
+            match &result {
+                Ok(m) if m.replayed => reannounce(&*store, &*fanout, &cart).await,
+                Ok(m) => fanout.announce(&m.events),
+                Err(_) => {}
             }
             result
         })
@@ -89,25 +86,25 @@ impl Shop {
 
     /// Check out a cart; its connections get the emptied cart and every connection the new stock of what was
     /// bought.
-    #[tracing::instrument(name = "shop.checkout", skip_all, fields(cart = cart.short()))]
-    pub async fn checkout(
-        &self,
-        cart: &CartKey,
-        idempotency_key: Option<IdempotencyKey>,
-    ) -> Result<Checkout, MutationError> {
-        let request = CheckoutRequest { cart: cart.clone(), idempotency_key };
+    #[tracing::instrument(name = "shop.checkout", skip_all, fields(cart = request.cart.short()))]
+    pub async fn checkout(&self, request: CheckoutRequest) -> Result<Checkout, MutationError> {
         let (store, fanout, metrics) = self.parts();
         detached(async move {
+            let cart = request.cart.clone();
             let result = store.checkout(request).await;
             let outcome = match &result {
                 Ok(c) if c.replayed => "replayed",
                 Ok(_) => "ordered",
                 Err(MutationError::Shortfalls(_)) => "short_of_stock",
+                Err(MutationError::PriceChanged(_)) => "price_changed",
+                Err(MutationError::VersionMismatch(_)) => "version_mismatch",
                 Err(_) => "refused",
             };
             metrics.checkouts.get_or_create(&vec![("outcome", outcome)]).inc();
-            if let Ok(c) = &result {
-                fanout.announce(&c.events);
+            match &result {
+                Ok(c) if c.replayed => reannounce(&*store, &*fanout, &cart).await,
+                Ok(c) => fanout.announce(&c.events),
+                Err(_) => {}
             }
             result
         })
@@ -134,6 +131,16 @@ impl Shop {
 
     fn parts(&self) -> (Arc<dyn CartStore>, Arc<dyn Fanout>, Arc<Metrics>) {
         (self.store.clone(), self.fanout.clone(), self.metrics.clone())
+    }
+}
+
+/// A replayed answer means the change was committed by an earlier request — whose announcement may have been
+/// lost with it (an instance that died between commit and fan-out, in Redis mode a bus that was down). Announce
+/// the cart as it is now: connections that already have it ignore it (the hub drops versions not newer).
+async fn reannounce(store: &dyn CartStore, fanout: &dyn Fanout, cart: &CartKey) {
+    match store.load(cart).await {
+        Ok(current) => fanout.announce(&[Event::CartChanged { key: cart.clone(), cart: current }]),
+        Err(e) => tracing::warn!(error = %e, "could not re-announce a replayed change"),
     }
 }
 

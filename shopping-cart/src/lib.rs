@@ -153,7 +153,8 @@ fn CartLineRow(index: usize, cart: RwSignal<Cart>, link: Link) -> impl IntoView 
         move || line.with(|l| l.as_ref().map(|l| cents(l).format(&currency())).unwrap_or_default())
     };
     // The product is read when clicked, so a row that now shows another line acts on that line.
-    let set = move |q: u32| run(link, CartRequest::Set { product_id: id(), quantity: i64::from(q) }, busy, error);
+    // "−" and "+" are relative: pressed in two tabs at once, both count (an absolute "shown + 1" would not).
+    let step = move |delta: i64| run(link, CartRequest::Adjust { product_id: id(), delta }, busy, error);
     let remove = move |_| run(link, CartRequest::Remove { product_id: id() }, busy, error);
     view! {
         <li class="cart-line" data-product-id=id class:over-stock=over>
@@ -168,7 +169,7 @@ fn CartLineRow(index: usize, cart: RwSignal<Cart>, link: Link) -> impl IntoView 
                     class="step"
                     aria-label=move || format!("One fewer {}", name())
                     disabled=move || busy.get()
-                    on:click=move |_| set(quantity().saturating_sub(1))
+                    on:click=move |_| step(-1)
                 >
                     "−"
                 </button>
@@ -178,7 +179,7 @@ fn CartLineRow(index: usize, cart: RwSignal<Cart>, link: Link) -> impl IntoView 
                     class="step"
                     aria-label=move || format!("One more {}", name())
                     disabled=move || { busy.get() || quantity() >= cap() }
-                    on:click=move |_| set(quantity() + 1)
+                    on:click=move |_| step(1)
                 >
                     "+"
                 </button>

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
+use cartwheel_core::version::Epoch;
 use cartwheel_core::{Product, ProductId};
 use thiserror::Error;
 
@@ -35,6 +36,8 @@ pub struct Catalog {
     currency: String,
     /// The highest product revision: the next change gets a higher one.
     revision: u64,
+    /// The store's epoch, which every revision counts in (and every product carries).
+    epoch: Epoch,
 }
 
 impl Catalog {
@@ -75,7 +78,20 @@ impl Catalog {
             }
         }
         let revision = products.iter().map(|p| p.revision).max().unwrap_or(0);
-        Ok(Catalog { products, index, currency, revision })
+        Ok(Catalog { products, index, currency, revision, epoch: Epoch::default() })
+    }
+
+    /// This catalog as the store with `epoch` holds it: every product carries the epoch.
+    pub fn with_epoch(mut self, epoch: Epoch) -> Catalog {
+        for p in &mut self.products {
+            p.epoch = epoch.clone();
+        }
+        self.epoch = epoch;
+        self
+    }
+
+    pub fn epoch(&self) -> &Epoch {
+        &self.epoch
     }
 
     /// Put a changed product in place of the one with its id (unknown ids are ignored: the catalog's products
@@ -83,7 +99,7 @@ impl Catalog {
     pub fn replace(&mut self, product: Product) {
         if let Some(&i) = self.index.get(&product.id) {
             self.revision = self.revision.max(product.revision);
-            self.products[i] = product;
+            self.products[i] = Product { epoch: self.epoch.clone(), ..product };
         }
     }
 
@@ -127,11 +143,13 @@ impl LiveCatalog {
 
     /// Take in product states committed elsewhere (another instance's change, a reload), keeping for each
     /// product whichever state has the higher revision, whatever order they arrive in. Returns the products
-    /// that were newer than what this catalog had.
+    /// that were newer than what this catalog had. States of another epoch than this catalog's are not
+    /// comparable and are left out (a store that changed epoch is reloaded whole).
     pub fn merge(&self, products: &[Product]) -> Vec<Product> {
         let mut current = write(&self.current);
         let newer: Vec<Product> = products
             .iter()
+            .filter(|p| &p.epoch == current.epoch())
             .filter(|p| current.get(&p.id).is_some_and(|known| p.revision > known.revision))
             .cloned()
             .collect();

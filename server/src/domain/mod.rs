@@ -4,9 +4,11 @@
 //! with the browser.
 
 pub mod catalog;
+pub mod epochs;
 pub mod events;
 pub mod keys;
 
 pub use catalog::{Catalog, CatalogError, LiveCatalog};
+pub use epochs::{cart_epoch, new_store_epoch};
 pub use events::Event;
 pub use keys::{CartKey, IdempotencyKey, KeyError};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use cartwheel_core::{CartError, ErrorBody, ErrorCode, Shortfall};
+use cartwheel_core::{Cart, CartError, ErrorBody, ErrorCode, Shortfall};
 use thiserror::Error;
 
 use crate::domain::KeyError;
@@ -49,6 +49,10 @@ pub enum AppError {
     IdempotencyKeyReused,
     #[error("{0}")]
     BadUpgrade(String),
+    #[error("the cart changed (in another tab or device) since the version this request names; nothing was changed — here is the cart as it is now")]
+    VersionMismatch(Box<Cart>),
+    #[error("prices changed since this total was shown; nothing was charged — here is the cart at today's prices")]
+    PriceChanged(Box<Cart>),
     #[error("the cart store is unavailable; retry shortly")]
     Store(#[from] StoreError),
 }
@@ -76,6 +80,8 @@ impl From<MutationError> for AppError {
             MutationError::IdempotencyKeyReused => AppError::IdempotencyKeyReused,
             MutationError::EmptyCart => AppError::EmptyCart,
             MutationError::Shortfalls(lines) => AppError::Shortfalls(lines),
+            MutationError::VersionMismatch(cart) => AppError::VersionMismatch(cart),
+            MutationError::PriceChanged(cart) => AppError::PriceChanged(cart),
             MutationError::Store(e) => AppError::Store(e),
         }
     }
@@ -107,6 +113,7 @@ impl AppError {
                 CartError::UnknownProduct(_) => StatusCode::NOT_FOUND,
                 CartError::InsufficientStock { .. } => StatusCode::CONFLICT,
                 CartError::QuantityOutOfRange { .. }
+                | CartError::DeltaOutOfRange { .. }
                 | CartError::LineLimitExceeded { .. }
                 | CartError::TooManyLines { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             },
@@ -120,7 +127,8 @@ impl AppError {
             AppError::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
             AppError::Unauthorized | AppError::ServiceUnauthorized => StatusCode::UNAUTHORIZED,
             AppError::InvalidField(_) => StatusCode::BAD_REQUEST,
-            AppError::EmptyCart | AppError::Shortfalls(_) => StatusCode::CONFLICT,
+            AppError::EmptyCart | AppError::Shortfalls(_) | AppError::PriceChanged(_) => StatusCode::CONFLICT,
+            AppError::VersionMismatch(_) => StatusCode::PRECONDITION_FAILED,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -144,6 +152,8 @@ impl AppError {
             AppError::InvalidIdempotencyKey(_) => ErrorCode::InvalidIdempotencyKey,
             AppError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
             AppError::BadUpgrade(_) => ErrorCode::InvalidMessage,
+            AppError::VersionMismatch(_) => ErrorCode::VersionMismatch,
+            AppError::PriceChanged(_) => ErrorCode::PriceChanged,
             AppError::Store(_) => ErrorCode::ServiceUnavailable,
         }
     }
@@ -162,8 +172,10 @@ impl IntoResponse for AppError {
         };
         let mut body = ErrorBody::new(self.code(), self.to_string());
         let bearer_challenge = matches!(self, AppError::ServiceUnauthorized);
-        if let AppError::Shortfalls(lines) = self {
-            body.error.shortfalls = lines;
+        match self {
+            AppError::Shortfalls(lines) => body.error.shortfalls = lines,
+            AppError::VersionMismatch(cart) | AppError::PriceChanged(cart) => body.error.cart = Some(*cart),
+            _ => {}
         }
         let mut response = (status, Json(body)).into_response();
         if let Some(secs) = retry_after {

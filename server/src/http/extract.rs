@@ -4,9 +4,10 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, IF_MATCH, TRANSFER_ENCODING};
 use axum::http::request::Parts;
 use axum::http::HeaderName;
+use cartwheel_core::version::Stamp;
 use serde::de::DeserializeOwned;
 
 use super::error::AppError;
@@ -30,6 +31,41 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
         // A header that is not even text is refused like any other malformed key.
         let text = value.to_str().map_err(|_| KeyError::IdempotencyKey)?;
         Ok(IdempotencyHeader(Some(IdempotencyKey::parse(text)?)))
+    }
+}
+
+/// The optional `If-Match` header naming one cart stamp (`"<epoch>.<version>"`, as `ETag` gave it); 400
+/// `invalid_field` when it is anything else (a list, `*`, junk), since guessing could change the wrong cart.
+pub struct IfMatch(pub Option<Stamp>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get(IF_MATCH) else {
+            return Ok(IfMatch(None));
+        };
+        let refused = || AppError::InvalidField("If-Match must name one cart version: \"<epoch>.<version>\"".into());
+        let stamp = value.to_str().ok().and_then(Stamp::parse_header).ok_or_else(refused)?;
+        Ok(IfMatch(Some(stamp)))
+    }
+}
+
+/// A JSON body that may be left out (no body at all: `T::default()`); when sent, refused like [`ApiJson`].
+pub struct OptionalJson<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let empty = request.headers().get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0")
+            || (request.headers().get(CONTENT_TYPE).is_none()
+                && request.headers().get(CONTENT_LENGTH).is_none()
+                && request.headers().get(TRANSFER_ENCODING).is_none());
+        if empty {
+            return Ok(OptionalJson(T::default()));
+        }
+        ApiJson::from_request(request, state).await.map(|ApiJson(v)| OptionalJson(v))
     }
 }
 

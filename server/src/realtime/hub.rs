@@ -35,12 +35,21 @@ use crate::sync::lock;
 /// What a frame carries, as far as queueing is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameKind {
-    /// A `CART_UPDATE` at this version: a newer one supersedes it.
-    Cart(CartVersion),
+    /// A `CART_UPDATE` at this epoch (its bits) and version: a newer one supersedes it.
+    Cart(CartPosition),
     /// A `PRODUCT_UPDATE`.
     Product,
     /// A `NOTICE`.
     Notice,
+}
+
+/// Where a cart update is in its cart's history: `(epoch bits, version)`.
+pub type CartPosition = (u64, CartVersion);
+
+/// Whether a cart update at `incoming` should follow one at `sent`: always in another epoch (a new history,
+/// see `cartwheel_core::version`), else only at a higher version.
+pub fn supersedes(incoming: CartPosition, sent: Option<CartPosition>) -> bool {
+    sent.is_none_or(|(epoch, version)| epoch != incoming.0 || incoming.1 > version)
 }
 
 /// One serialized server frame, shared by all its recipients.
@@ -65,7 +74,7 @@ impl Frame {
 
     pub fn cart_update(cart: &Cart) -> Frame {
         Frame::new(
-            FrameKind::Cart(cart.version),
+            FrameKind::Cart((cart.epoch.bits(), cart.version)),
             &ServerMessage::CartUpdate { version: cart.version, data: cart.clone() },
         )
     }
@@ -86,12 +95,17 @@ impl Frame {
         Frame::new(FrameKind::Notice, &ServerMessage::Notice { data: notice.clone() })
     }
 
-    /// The cart version, for a cart update.
-    pub fn version(&self) -> Option<CartVersion> {
+    /// The cart's epoch and version, for a cart update.
+    pub fn position(&self) -> Option<CartPosition> {
         match self.kind {
-            FrameKind::Cart(v) => Some(v),
+            FrameKind::Cart(p) => Some(p),
             _ => None,
         }
+    }
+
+    /// The cart version, for a cart update.
+    pub fn version(&self) -> Option<CartVersion> {
+        self.position().map(|(_, v)| v)
     }
 }
 
@@ -147,7 +161,7 @@ impl Mailbox {
 }
 
 struct CartTopic {
-    newest: CartVersion,
+    newest: Option<CartPosition>,
     mailboxes: Vec<Arc<Mailbox>>,
 }
 
@@ -177,7 +191,7 @@ impl CartHub {
         let mut topics = lock(&self.topics);
         topics
             .entry(key.clone())
-            .or_insert_with(|| CartTopic { newest: 0, mailboxes: Vec::new() })
+            .or_insert_with(|| CartTopic { newest: None, mailboxes: Vec::new() })
             .mailboxes
             .push(mailbox.clone());
         Subscription { hub: Arc::downgrade(self), key: key.clone(), mailbox }
@@ -189,11 +203,11 @@ impl CartHub {
         let Some(topic) = topics.get_mut(key) else {
             return 0;
         };
-        if let Some(version) = frame.version() {
-            if version <= topic.newest {
+        if let Some(position) = frame.position() {
+            if !supersedes(position, topic.newest) {
                 return 0;
             }
-            topic.newest = version;
+            topic.newest = Some(position);
         }
         for mailbox in &topic.mailboxes {
             if mailbox.push(frame.clone()) {
@@ -367,11 +381,11 @@ mod tests {
         // Full: a notice makes the older snapshot (version 1) go, not a notice.
         assert_eq!(hub.notify(Some(&a), &notice("third")).await.unwrap(), 1);
         let kinds: Vec<FrameKind> = s.mailbox.queue.lock().unwrap().iter().map(|f| f.kind).collect();
-        assert_eq!(kinds, [FrameKind::Notice, FrameKind::Cart(2), FrameKind::Notice, FrameKind::Notice]);
+        assert_eq!(kinds, [FrameKind::Notice, FrameKind::Cart((0, 2)), FrameKind::Notice, FrameKind::Notice]);
         // Full of notices and one snapshot: a newer snapshot replaces the old one.
         hub.announce(&cart_event(&a, 3));
         let kinds: Vec<FrameKind> = s.mailbox.queue.lock().unwrap().iter().map(|f| f.kind).collect();
-        assert_eq!(kinds, [FrameKind::Notice, FrameKind::Notice, FrameKind::Notice, FrameKind::Cart(3)]);
+        assert_eq!(kinds, [FrameKind::Notice, FrameKind::Notice, FrameKind::Notice, FrameKind::Cart((0, 3))]);
         // Notices only: the oldest makes room.
         let only_notices = hub.subscribe(&key("b"));
         for i in 0..5 {

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use cartwheel_core::protocol::close;
-use cartwheel_core::{CartVersion, ClientMessage, ErrorCode, ServerMessage};
+use cartwheel_core::{ClientMessage, ErrorCode, ServerMessage};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{sleep_until, timeout, Instant as TokioInstant};
 use tokio_util::sync::CancellationToken;
 
-use super::hub::{CartHub, Frame};
+use super::hub::{supersedes, CartHub, CartPosition, Frame};
 use crate::clock::now_ms;
 use crate::config::defaults;
 use crate::domain::CartKey;
@@ -107,7 +107,7 @@ struct Connection {
     socket: WebSocket,
     sockets: Arc<Sockets>,
     cart: CartKey,
-    last_sent: Option<CartVersion>,
+    last_sent: Option<CartPosition>,
     sent: u64,
     /// When to try again a snapshot the store could not give.
     snapshot_due: Option<TokioInstant>,
@@ -238,7 +238,9 @@ impl Connection {
             Ok(cart) => {
                 self.snapshot_due = None;
                 let frame = Frame::cart_update(&cart);
-                self.last_sent = self.last_sent.max(Some(cart.version));
+                if let Some(position) = frame.position().filter(|p| supersedes(*p, self.last_sent)) {
+                    self.last_sent = Some(position);
+                }
                 self.send(Message::Text(frame.text)).await
             }
             Err(e) => {
@@ -265,11 +267,11 @@ impl Connection {
 
     /// Forward a hub frame; a cart update only if this connection has not shown that version or a newer one.
     async fn send_frame(&mut self, frame: Frame) -> Sent {
-        if let Some(version) = frame.version() {
-            if self.last_sent.is_some_and(|v| version <= v) {
+        if let Some(position) = frame.position() {
+            if !supersedes(position, self.last_sent) {
                 return Ok(());
             }
-            self.last_sent = Some(version);
+            self.last_sent = Some(position);
         }
         let published_at = frame.published_at;
         self.send(Message::Text(frame.text)).await?;

@@ -10,6 +10,10 @@
 //!   refused or no-op change leaves version and contents untouched;
 //! - a checkout checks every line against stock, decrements it, records the order and empties the cart as one
 //!   step: two checkouts racing for the last unit cannot both win, and stock never goes negative;
+//! - a change naming an expected stamp (`If-Match`) or checkout total is checked against the cart as it is
+//!   inside the same atomic step, and refused with the current cart when it differs;
+//! - every cart and product answered carries the store's epoch (a cart's derived from it, see
+//!   [`crate::domain::epochs`]);
 //! - a repeated `Idempotency-Key` (per cart) returns the first answer without applying anything again, and
 //!   with no events (they were announced the first time);
 //! - [`CartStore::catalog`] never shows a stock or price whose change is not committed;
@@ -22,6 +26,7 @@ pub mod sqlite;
 
 use std::sync::Arc;
 
+use cartwheel_core::version::Stamp;
 use cartwheel_core::{Cart, CartError, CartOp, Cents, Change, CheckoutReceipt, Product, ProductId, Shortfall};
 use futures_util::future::BoxFuture;
 use thiserror::Error;
@@ -34,6 +39,8 @@ pub struct MutationRequest {
     pub cart: CartKey,
     pub op: CartOp,
     pub idempotency_key: Option<IdempotencyKey>,
+    /// `If-Match`: apply only if the cart is still at this epoch and version.
+    pub expected: Option<Stamp>,
 }
 
 /// What a change did.
@@ -71,6 +78,10 @@ pub struct ProductUpdated {
 pub struct CheckoutRequest {
     pub cart: CartKey,
     pub idempotency_key: Option<IdempotencyKey>,
+    /// `If-Match`: buy only the cart at this epoch and version (what the shopper saw).
+    pub expected: Option<Stamp>,
+    /// Buy only if the cart costs exactly this now (the total the shopper saw).
+    pub expected_total: Option<Cents>,
 }
 
 /// What a checkout did.
@@ -116,6 +127,13 @@ pub enum MutationError {
     EmptyCart,
     #[error("not enough stock for every line")]
     Shortfalls(Vec<Shortfall>),
+    /// The cart moved on from the `If-Match` stamp; nothing changed. Carries the cart as it is.
+    #[error("the cart changed since the version this request names")]
+    VersionMismatch(Box<Cart>),
+    /// Checkout's expected total is not what the cart costs now; nothing was charged. Carries the cart at
+    /// today's prices.
+    #[error("prices changed since the total this checkout expects")]
+    PriceChanged(Box<Cart>),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

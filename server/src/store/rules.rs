@@ -3,10 +3,11 @@
 //! remembered answer is replayed, and which events a committed outcome announces. Each store only reads
 //! and persists; what is decided here is the same whichever backend runs.
 
-use cartwheel_core::{Cart, CartContents, CartError, CartOp, Change, CheckoutReceipt, Product};
+use cartwheel_core::version::Stamp;
+use cartwheel_core::{Cart, CartContents, CartError, CartOp, Cents, Change, CheckoutReceipt, Product};
 
 use super::{Checkout, Mutation, MutationError, ProductUpdate, ProductUpdated, StoreError};
-use crate::domain::{CartKey, Catalog, Event};
+use crate::domain::{cart_epoch, CartKey, Catalog, Event};
 
 /// What identifies "the same request" for an Idempotency-Key: a cart operation's `Debug` form, or
 /// [`CHECKOUT_FINGERPRINT`]. Both stores remember it next to the answer.
@@ -16,9 +17,27 @@ pub fn fingerprint(op: &CartOp) -> String {
 
 pub const CHECKOUT_FINGERPRINT: &str = "Checkout";
 
-/// A stored cart priced against `catalog`.
-pub fn price(version: u64, contents: &CartContents, catalog: &Catalog) -> Cart {
-    Cart::priced(version, contents, catalog.currency(), |id| catalog.get(id))
+/// The stored cart `key` priced against `catalog`, in its epoch.
+pub fn price(key: &CartKey, version: u64, contents: &CartContents, catalog: &Catalog) -> Cart {
+    let mut cart = Cart::priced(version, contents, catalog.currency(), |id| catalog.get(id));
+    cart.epoch = cart_epoch(catalog.epoch(), key);
+    cart
+}
+
+/// Refuse a change whose `If-Match` names another epoch or version than the cart's current one.
+pub fn check_expected(current: &Cart, expected: Option<&Stamp>) -> Result<(), MutationError> {
+    match expected {
+        Some(stamp) if *stamp != Stamp::of(current) => Err(MutationError::VersionMismatch(Box::new(current.clone()))),
+        _ => Ok(()),
+    }
+}
+
+/// Refuse a checkout whose expected total is not what `priced` costs now.
+pub fn check_total(priced: &Cart, expected: Option<Cents>) -> Result<(), MutationError> {
+    match expected {
+        Some(total) if total != priced.total_cents => Err(MutationError::PriceChanged(Box::new(priced.clone()))),
+        _ => Ok(()),
+    }
 }
 
 /// What checking out `priced` does to the catalog: refused for an empty cart or when any line no longer fits

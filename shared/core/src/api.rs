@@ -7,9 +7,22 @@ use crate::protocol::ErrorCode;
 /// A change to the session's cart, as the REST API takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CartRequest {
-    Add { product_id: String, quantity: i64 },
-    Set { product_id: String, quantity: i64 },
-    Remove { product_id: String },
+    Add {
+        product_id: String,
+        quantity: i64,
+    },
+    Set {
+        product_id: String,
+        quantity: i64,
+    },
+    /// "+" and "−": relative, so changes from other tabs are never overwritten.
+    Adjust {
+        product_id: String,
+        delta: i64,
+    },
+    Remove {
+        product_id: String,
+    },
     Clear,
 }
 
@@ -20,6 +33,9 @@ pub struct ApiError {
     pub status: Option<u16>,
     pub code: ErrorCode,
     pub message: String,
+    /// The cart as it is now, when the server sent it with the refusal (`version_mismatch`, `price_changed`):
+    /// shown at once, so the shopper decides again on what is true.
+    pub cart: Option<Box<crate::cart::Cart>>,
 }
 
 impl ApiError {
@@ -29,6 +45,7 @@ impl ApiError {
             status: None,
             code: ErrorCode::ServiceUnavailable,
             message: "The shop cannot be reached. Check your connection and try again.".to_owned(),
+            cart: None,
         }
     }
 

@@ -10,7 +10,7 @@ use thiserror::Error;
 use crate::catalog::{Product, ProductId};
 use crate::money::Cents;
 use crate::protocol::ErrorCode;
-use crate::version::CartVersion;
+use crate::version::{CartVersion, Epoch};
 
 /// Bounds on what one cart may hold. Both are configurable on the server; these are the defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +54,9 @@ pub enum CartOp {
     Set { product_id: ProductId, quantity: i64 },
     /// Remove the product's line; removing an absent line changes nothing.
     Remove { product_id: ProductId },
+    /// Change the line by `delta` (±1..=max): what "+" and "−" mean, so two tabs pressing "+" together both
+    /// count. A result at or below 0 removes the line; above the stock or the line limit it is refused.
+    Adjust { product_id: ProductId, delta: i64 },
     /// Empty the cart.
     Clear,
 }
@@ -78,6 +81,8 @@ pub enum CartError {
     TooManyLines { max: usize },
     #[error("a line holds at most {max} of one product; the cart would hold {requested}")]
     LineLimitExceeded { max: u32, requested: u32 },
+    #[error("delta must be between -{max} and {max} and not 0, got {got}")]
+    DeltaOutOfRange { max: u32, got: i64 },
 }
 
 impl CartError {
@@ -85,7 +90,9 @@ impl CartError {
     pub fn code(&self) -> ErrorCode {
         match self {
             CartError::UnknownProduct(_) => ErrorCode::UnknownProduct,
-            CartError::QuantityOutOfRange { .. } | CartError::LineLimitExceeded { .. } => ErrorCode::QuantityOutOfRange,
+            CartError::QuantityOutOfRange { .. }
+            | CartError::LineLimitExceeded { .. }
+            | CartError::DeltaOutOfRange { .. } => ErrorCode::QuantityOutOfRange,
             CartError::InsufficientStock { .. } => ErrorCode::InsufficientStock,
             CartError::TooManyLines { .. } => ErrorCode::TooManyLines,
         }
@@ -119,6 +126,15 @@ impl CartContents {
                 let wanted = checked_quantity(*quantity, 0, limits)?;
                 let p = product(product_id).ok_or_else(|| CartError::UnknownProduct(product_id.clone()))?;
                 self.set_line(p, wanted, limits)
+            }
+            CartOp::Adjust { product_id, delta } => {
+                let max = limits.max_quantity_per_line;
+                if *delta == 0 || delta.unsigned_abs() > u64::from(max) {
+                    return Err(CartError::DeltaOutOfRange { max, got: *delta });
+                }
+                let p = product(product_id).ok_or_else(|| CartError::UnknownProduct(product_id.clone()))?;
+                let wanted = i64::from(self.quantity_of(product_id)).saturating_add(*delta).max(0);
+                self.set_line(p, u32::try_from(wanted).unwrap_or(u32::MAX), limits)
             }
             CartOp::Remove { product_id } => {
                 let before = self.lines.len();
@@ -213,6 +229,9 @@ pub struct Shortfall {
 /// A cart as clients receive it: contents priced against the catalog, at a version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cart {
+    /// The history `version` counts in (see [`crate::version`]).
+    #[serde(default)]
+    pub epoch: Epoch,
     pub version: CartVersion,
     pub items: Vec<CartLine>,
     pub item_count: u64,
@@ -224,7 +243,14 @@ pub struct Cart {
 impl Cart {
     /// An empty cart at version 0: what a session has before its first change.
     pub fn empty(currency: &str) -> Cart {
-        Cart { version: 0, items: Vec::new(), item_count: 0, total_cents: Cents::ZERO, currency: currency.to_owned() }
+        Cart {
+            epoch: Epoch::default(),
+            version: 0,
+            items: Vec::new(),
+            item_count: 0,
+            total_cents: Cents::ZERO,
+            currency: currency.to_owned(),
+        }
     }
 
     /// Price `contents` at `version`. A line whose product has left the catalog is not shown (it cannot be
@@ -253,7 +279,14 @@ impl Cart {
                 })
             })
             .collect();
-        let mut cart = Cart { version, items, item_count: 0, total_cents: Cents::ZERO, currency: currency.to_owned() };
+        let mut cart = Cart {
+            epoch: Epoch::default(),
+            version,
+            items,
+            item_count: 0,
+            total_cents: Cents::ZERO,
+            currency: currency.to_owned(),
+        };
         cart.recount();
         cart
     }
@@ -279,6 +312,15 @@ impl Cart {
         if product.revision <= line.product_revision {
             return false;
         }
+        self.reprice_line(product)
+    }
+
+    /// Re-price the line of `product` from this state whatever its revision (a state of a new epoch, whose
+    /// revisions start again). Returns whether the cart holds the product.
+    pub fn reprice_line(&mut self, product: &Product) -> bool {
+        let Some(line) = self.items.iter_mut().find(|l| l.product_id == product.id) else {
+            return false;
+        };
         line.name = product.name.clone();
         line.unit_price_cents = product.price_cents;
         line.line_total_cents = product.price_cents.checked_times(line.quantity).unwrap_or(Cents(u64::MAX));
@@ -319,6 +361,7 @@ mod tests {
             stock,
             image: format!("/images/{id}.svg"),
             revision: 0,
+            epoch: Default::default(),
         }
     }
 

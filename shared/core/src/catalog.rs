@@ -59,6 +59,10 @@ pub struct Product {
     /// arrived in.
     #[serde(default)]
     pub revision: u64,
+    /// The store's epoch `revision` counts in (see [`crate::version`]): a state of another epoch replaces
+    /// the one held whatever the revisions.
+    #[serde(default)]
+    pub epoch: crate::version::Epoch,
 }
 
 impl Product {
@@ -105,6 +109,7 @@ mod tests {
             stock: 0,
             image: String::new(),
             revision: 0,
+            epoch: Default::default(),
         };
         assert_eq!(p.stock_label(), "Out of stock");
         p.stock = 2;

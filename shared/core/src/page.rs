@@ -92,6 +92,7 @@ mod tests {
             stock: 3,
             image: "/images/mug.svg".into(),
             revision: 0,
+            epoch: Default::default(),
         };
         let state =
             PageState { products: vec![product], cart: Cart::empty("EUR"), reconnect: ReconnectSettings::default() };

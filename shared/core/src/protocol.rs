@@ -163,6 +163,12 @@ pub enum ErrorCode {
     InvalidField,
     /// Checkout of a cart with no lines.
     EmptyCart,
+    /// `If-Match` named a cart version (epoch and version) that is no longer current: nothing changed; the
+    /// error carries the current cart.
+    VersionMismatch,
+    /// Checkout's `expected_total_cents` is not what the cart costs now: nothing was charged; the error
+    /// carries the cart at today's prices.
+    PriceChanged,
     /// A code this client version does not know yet.
     #[serde(other)]
     Unknown,
@@ -181,11 +187,14 @@ pub struct ErrorDetail {
     /// For a refused checkout (`insufficient_stock`): every line that no longer fits.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shortfalls: Vec<Shortfall>,
+    /// For `version_mismatch` and `price_changed`: the cart as it is now, so the client shows it at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cart: Option<Cart>,
 }
 
 impl ErrorBody {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorBody { error: ErrorDetail { code, message: message.into(), shortfalls: Vec::new() } }
+        ErrorBody { error: ErrorDetail { code, message: message.into(), shortfalls: Vec::new(), cart: None } }
     }
 }
 
@@ -199,6 +208,20 @@ pub struct AddToCart {
 
 fn one() -> i64 {
     1
+}
+
+/// Request body of `PATCH /api/cart/items/{product_id}`: change the line by `delta` (see `CartOp::Adjust`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdjustQuantity {
+    pub delta: i64,
+}
+
+/// Optional request body of `POST /api/cart/checkout`: what the shopper was shown. When the cart costs
+/// anything else now (a price changed meanwhile), checkout answers `409 price_changed` and charges nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckoutRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_total_cents: Option<crate::Cents>,
 }
 
 /// Request body of `PUT /api/cart/items/{product_id}`.

@@ -10,30 +10,40 @@ use cartwheel_core::cart::Cart;
 use cartwheel_core::catalog::Product;
 use cartwheel_core::link::MUTATION_RETRIES;
 use cartwheel_core::order::CheckoutReceipt;
-use cartwheel_core::protocol::{AddToCart, ErrorBody, ErrorCode, SetQuantity};
+use cartwheel_core::protocol::{AddToCart, AdjustQuantity, CheckoutRequest, ErrorBody, ErrorCode, SetQuantity};
 use cartwheel_core::reconnect::ReconnectPolicy;
+use cartwheel_core::version::Stamp;
 
 use crate::json;
 
 /// `GET /api/cart`.
 pub async fn fetch_cart() -> Result<Cart, ApiError> {
-    let (status, body) = call("GET", "/api/cart", None, None).await?;
+    let (status, body) = call("GET", "/api/cart", None, None, None).await?;
     read(status, body)
 }
 
 /// `GET /api/products`.
 pub async fn fetch_products() -> Result<Vec<Product>, ApiError> {
-    let (status, body) = call("GET", "/api/products", None, None).await?;
+    let (status, body) = call("GET", "/api/products", None, None, None).await?;
     read(status, body)
 }
 
-/// `POST /api/cart/checkout`, retried like a cart change: a lost answer never buys twice.
-pub async fn checkout() -> Result<CheckoutReceipt, ApiError> {
-    send_once("POST", "/api/cart/checkout", None).await
+/// `POST /api/cart/checkout` of the cart shown (`shown`: its `If-Match` stamp and total), retried like a cart
+/// change: a lost answer never buys twice, and a cart that changed or got dearer is not bought.
+pub async fn checkout(shown: Option<&Cart>) -> Result<CheckoutReceipt, ApiError> {
+    let body = shown.and_then(|c| json::stringify(&CheckoutRequest { expected_total_cents: Some(c.total_cents) }));
+    send_once("POST", "/api/cart/checkout", body.as_deref(), shown.map(stamp).as_deref()).await
 }
 
-/// Apply a change over REST (see [`send_once`]).
-pub async fn send(request: &CartRequest) -> Result<Cart, ApiError> {
+/// The `If-Match` value naming `cart`.
+fn stamp(cart: &Cart) -> String {
+    Stamp::of(cart).to_header()
+}
+
+/// Apply a change over REST (see [`send_once`]). A `Set` names the cart it was decided on (`shown`), so it
+/// cannot undo a change this tab has not seen (`412`).
+pub async fn send(request: &CartRequest, shown: Option<&Cart>) -> Result<Cart, ApiError> {
+    let mut if_match = None;
     let (method, path, body) = match request {
         CartRequest::Add { product_id, quantity } => (
             "POST",
@@ -41,22 +51,31 @@ pub async fn send(request: &CartRequest) -> Result<Cart, ApiError> {
             json::stringify(&AddToCart { product_id: product_id.as_str().into(), quantity: *quantity }),
         ),
         CartRequest::Set { product_id, quantity } => {
+            if_match = shown.map(stamp);
             ("PUT", item_path(product_id), json::stringify(&SetQuantity { quantity: *quantity }))
+        }
+        CartRequest::Adjust { product_id, delta } => {
+            ("PATCH", item_path(product_id), json::stringify(&AdjustQuantity { delta: *delta }))
         }
         CartRequest::Remove { product_id } => ("DELETE", item_path(product_id), None),
         CartRequest::Clear => ("DELETE", "/api/cart".to_owned(), None),
     };
-    send_once(method, &path, body.as_deref()).await
+    send_once(method, &path, body.as_deref(), if_match.as_deref()).await
 }
 
 /// One change over REST. Network failures, 429 and 5xx are retried with the same `Idempotency-Key`, so a
 /// change whose answer was lost is applied once, not twice.
-async fn send_once<T: DeserializeOwned>(method: &str, path: &str, body: Option<&str>) -> Result<T, ApiError> {
+async fn send_once<T: DeserializeOwned>(
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    if_match: Option<&str>,
+) -> Result<T, ApiError> {
     let key = idempotency_key();
     let policy = ReconnectPolicy::default();
     let mut attempt = 0;
     loop {
-        let result = match call(method, path, body, Some(&key)).await {
+        let result = match call(method, path, body, Some(&key), if_match).await {
             Ok((status, body)) => read(status, body),
             Err(e) => Err(e),
         };
@@ -75,17 +94,27 @@ async fn send_once<T: DeserializeOwned>(method: &str, path: &str, body: Option<&
 /// One `fetch` (through gloo-net): the status and the parsed JSON body (`null` when there is none). `Err` only
 /// when the server could not be reached. The body is parsed by the browser's own `JSON.parse`
 /// (`Response.json()`), not by a Rust JSON parser: gloo-net's `json` feature would link serde_json.
-async fn call(method: &str, path: &str, body: Option<&str>, key: Option<&str>) -> Result<(u16, JsValue), ApiError> {
+async fn call(
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    key: Option<&str>,
+    if_match: Option<&str>,
+) -> Result<(u16, JsValue), ApiError> {
     let network = |_| ApiError::network();
     let method = match method {
         "POST" => Method::POST,
         "PUT" => Method::PUT,
         "DELETE" => Method::DELETE,
+        "PATCH" => Method::PATCH,
         _ => Method::GET,
     };
     let mut request = RequestBuilder::new(path).method(method);
     if let Some(key) = key {
         request = request.header("idempotency-key", key);
+    }
+    if let Some(stamp) = if_match {
+        request = request.header("if-match", stamp);
     }
     let request = match body {
         Some(body) => request.header("content-type", "application/json").body(body).map_err(network)?,
@@ -112,14 +141,21 @@ fn read<T: DeserializeOwned>(status: u16, body: JsValue) -> Result<T, ApiError> 
             status: Some(status),
             code: ErrorCode::Internal,
             message: "The shop sent an answer this page does not understand. Reload the page.".to_owned(),
+            cart: None,
         });
     }
     match json::from_js::<ErrorBody>(body) {
-        Some(body) => Err(ApiError { status: Some(status), code: body.error.code, message: body.error.message }),
+        Some(body) => Err(ApiError {
+            status: Some(status),
+            code: body.error.code,
+            message: body.error.message,
+            cart: body.error.cart.map(Box::new),
+        }),
         None => Err(ApiError {
             status: Some(status),
             code: if status >= 500 { ErrorCode::ServiceUnavailable } else { ErrorCode::Unknown },
             message: format!("The shop answered with an error ({status}). Please try again."),
+            cart: None,
         }),
     }
 }

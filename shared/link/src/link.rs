@@ -129,6 +129,11 @@ impl CartLink {
         dispatch_json(CART_EVENT, cart);
     }
 
+    /// The cart shown now.
+    pub fn shown(&self) -> Option<Cart> {
+        self.0.state.borrow().shown.current().cloned()
+    }
+
     /// Close the socket, stop every timer and listener. Idempotent.
     pub fn close(&self) {
         let (socket, retired, timers, listeners) = {
@@ -159,20 +164,31 @@ impl CartLink {
 /// Change the cart over REST (with an `Idempotency-Key`, retried on network errors), then show the answer at
 /// once and dispatch it to the page's other bundles.
 pub async fn mutate(request: CartRequest) -> Result<Cart, ApiError> {
-    let cart = api::send(&request).await?;
-    if let Some(link) = CartLink::installed() {
-        link.apply_own(&cart);
+    let link = CartLink::installed();
+    let shown = link.as_ref().and_then(CartLink::shown);
+    let answer = api::send(&request, shown.as_ref()).await;
+    show_answer(link.as_ref(), answer.as_ref().ok(), answer.as_ref().err());
+    answer
+}
+
+/// Show a REST answer's cart, or the current cart a refusal carried (412, 409).
+fn show_answer(link: Option<&CartLink>, cart: Option<&Cart>, error: Option<&ApiError>) {
+    if let Some(cart) = cart.or_else(|| error.and_then(|e| e.cart.as_deref())) {
+        if let Some(link) = link {
+            link.apply_own(cart);
+        }
     }
-    Ok(cart)
 }
 
 /// Check out (with an `Idempotency-Key`, retried like a change); the emptied cart is shown and dispatched.
+/// The cart checked out is the one shown: if it changed or its total did meanwhile, nothing is bought and the
+/// current cart is shown instead.
 pub async fn checkout() -> Result<CheckoutReceipt, ApiError> {
-    let receipt = api::checkout().await?;
-    if let Some(link) = CartLink::installed() {
-        link.apply_own(&receipt.cart);
-    }
-    Ok(receipt)
+    let link = CartLink::installed();
+    let shown = link.as_ref().and_then(CartLink::shown);
+    let answer = api::checkout(shown.as_ref()).await;
+    show_answer(link.as_ref(), answer.as_ref().ok().map(|r| &r.cart), answer.as_ref().err());
+    answer
 }
 
 impl Inner {
@@ -234,7 +250,10 @@ impl Inner {
         let Some(text) = event.data().as_string() else { return };
         match json::parse_server_message(&text) {
             Some(ServerMessage::CartUpdate { version, mut data }) => {
-                let skipped = cartwheel_core::version::skips_versions(self.state.borrow().shown.version(), version);
+                let skipped = cartwheel_core::version::skips_versions(
+                    self.state.borrow().shown.position(),
+                    (&data.epoch, version),
+                );
                 data.version = version;
                 self.offer(data);
                 if skipped {

@@ -87,6 +87,7 @@ fn not_connected() -> ApiError {
         status: None,
         code: ErrorCode::ServiceUnavailable,
         message: "This part of the page is not connected yet. Try again in a moment.".to_owned(),
+        cart: None,
     }
 }
 

@@ -11,15 +11,15 @@ use crate::store::redis::EventFormat;
 /// Whom a message is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Audience {
-    /// A `CART_UPDATE` of this cart at this version.
-    Cart { key: CartKey, version: CartVersion },
+    /// A `CART_UPDATE` of this cart at this epoch (its bits) and version.
+    Cart { key: CartKey, epoch: u64, version: CartVersion },
     /// A `PRODUCT_UPDATE`, for every connection.
     Product,
     /// A `NOTICE` for one session's connections, or for every connection.
     Notice(Option<CartKey>),
 }
 
-/// One message on the channel: `<kind> <origin> <sent µs> [<cart key> [<version>]]\n<frame>`.
+/// One message on the channel: `<kind> <origin> <sent µs> [<cart key> [<version> <epoch hex>]]\n<frame>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     pub audience: Audience,
@@ -40,7 +40,7 @@ impl Envelope {
     pub fn encode(&self) -> String {
         let (origin, sent) = (&self.origin, self.sent_us);
         let header = match &self.audience {
-            Audience::Cart { key, version } => format!("cart {origin} {sent} {key} {version}"),
+            Audience::Cart { key, epoch, version } => format!("cart {origin} {sent} {key} {version} {epoch:016x}"),
             Audience::Product => format!("product {origin} {sent}"),
             Audience::Notice(Some(key)) => format!("notice {origin} {sent} {key}"),
             Audience::Notice(None) => format!("notice {origin} {sent} *"),
@@ -57,7 +57,9 @@ impl Envelope {
         let audience = match kind {
             "cart" => {
                 let key = CartKey::parse(fields.next()?).ok()?;
-                Audience::Cart { key, version: fields.next()?.parse().ok()? }
+                let version = fields.next()?.parse().ok()?;
+                let epoch = u64::from_str_radix(fields.next()?, 16).ok()?;
+                Audience::Cart { key, epoch, version }
             }
             "product" => Audience::Product,
             "notice" => match fields.next()? {
@@ -100,7 +102,7 @@ impl EventFormat for EnvelopeFormat {
     fn encode(&self, event: &Event) -> String {
         let (audience, message) = match event {
             Event::CartChanged { key, cart } => (
-                Audience::Cart { key: key.clone(), version: cart.version },
+                Audience::Cart { key: key.clone(), epoch: cart.epoch.bits(), version: cart.version },
                 ServerMessage::CartUpdate { version: cart.version, data: cart.clone() },
             ),
             Event::ProductChanged(product) => {
@@ -121,7 +123,7 @@ mod tests {
     fn envelopes_round_trip_and_carry_the_frame_verbatim() {
         let frame = r#"{"type":"CART_UPDATE","version":7,"data":{"note":"a\nb c"}}"#.to_owned();
         for audience in [
-            Audience::Cart { key: CartKey::parse(&"ab12".repeat(8)).unwrap(), version: 7 },
+            Audience::Cart { key: CartKey::parse(&"ab12".repeat(8)).unwrap(), epoch: u64::MAX, version: 7 },
             Audience::Product,
             Audience::Notice(Some(CartKey::parse(&"ab12".repeat(8)).unwrap())),
             Audience::Notice(None),

@@ -146,8 +146,8 @@ impl Bus {
         self.metrics.redis_pubsub_lag.observe(lag_us as f64 / 1e6);
         match envelope.audience {
             // The hub drops a version it already delivered (our own change, announced at commit).
-            Audience::Cart { key, version } => {
-                self.hub.deliver(&key, Frame::from_text(FrameKind::Cart(version), envelope.frame));
+            Audience::Cart { key, epoch, version } => {
+                self.hub.deliver(&key, Frame::from_text(FrameKind::Cart((epoch, version)), envelope.frame));
             }
             Audience::Product => {
                 // The catalog learns the new state too: this instance prices carts and answers

@@ -1,30 +1,72 @@
 //! The guarded commit: every change is written by one Lua script (`commit.lua`) that first checks nothing the
-//! instance read has moved — same cart version, same catalog revision, Idempotency-Key still unused — and then,
-//! in the same step, writes the new state and publishes the change's events on the instances' channel. Redis
-//! runs a script alone, so the check, the write and the publish are one step.
+//! instance read has moved — the Idempotency-Key still unused, the store's epoch unchanged (a flushed Redis
+//! has none), the cart at the version read, and each product the change relied on at the revision read —
+//! and then, in the same step, writes the new state and publishes the change's events on the instances'
+//! channel. Redis runs a script alone, so the check, the write and the publish are one step.
 //!
-//! ARGV: 1 Idempotency-Key's Redis key or '', 2 expected catalog revision, 3 cart hash key or '',
-//! 4 expected cart version, then operations: `hset key field value`, `set key value`, `setex key value secs`,
-//! `publish channel message`. Answers `{'ok'}`, `{'conflict'}` or `{'replay', <remembered answer>}`.
+//! Products are guarded one by one, not by one catalog-wide revision: changes of different products never
+//! conflict, and a product the catalog file no longer lists cannot wedge anything. A checkout does not even
+//! guard its products' revisions: it *takes* stock inside the script (price as priced, enough units left,
+//! decremented there), so any number of checkouts of one product commit one after another without a retry;
+//! their `PRODUCT_UPDATE`s get the stock and revision the script computed.
+//!
+//! KEYS: 1 the epoch, 2 the products hash. ARGV: 1 Idempotency-Key's Redis key or '', 2 expected epoch,
+//! 3 cart hash key or '', 4 expected cart version, 5 number of product guards, then per guard five fields:
+//! `id rev <expected revision> <revision without a stored entry> ''` or
+//! `id take <units> <expected price> <state without a stored entry>`; then operations: `hset key field value`,
+//! `set key value`, `setex key value secs`, `publish channel message`, `publish-taken channel message id`.
+//! Answers `{'ok', (id, new state)…}`, `{'conflict'}`, `{'epoch'}` or `{'replay', <remembered answer>}`.
 
 use std::time::Duration;
 
-use super::keys::CHANNEL;
+use cartwheel_core::Product;
+
+use super::keys::{product_state, CHANNEL};
 
 pub(super) const SCRIPT: &str = include_str!("commit.lua");
 
 /// One guarded commit under construction.
 pub(super) struct Commit {
     pub idempotency: Option<String>,
-    pub catalog_revision: u64,
     /// The cart hash key and the version read.
     pub cart: Option<(String, u64)>,
+    /// Five fields per product guard (see the module doc).
+    pub products: Vec<[String; 5]>,
     pub ops: Vec<String>,
 }
 
 impl Commit {
-    pub(super) fn new(catalog_revision: u64) -> Commit {
-        Commit { idempotency: None, catalog_revision, cart: None, ops: Vec::new() }
+    pub(super) fn new() -> Commit {
+        Commit { idempotency: None, cart: None, products: Vec::new(), ops: Vec::new() }
+    }
+
+    /// Commit only if `product` is still at the revision read; `base` is the catalog file's state of it.
+    pub(super) fn guard(&mut self, product: &Product, base: Option<&Product>) {
+        let unstored = base.map_or(0, |b| b.revision);
+        self.products.push([
+            product.id.as_str().to_owned(),
+            "rev".into(),
+            product.revision.to_string(),
+            unstored.to_string(),
+            String::new(),
+        ]);
+    }
+
+    /// Take `units` of `product` if it still costs what it cost when priced and enough are left; `base` is the
+    /// catalog file's state of it (what holds while Redis has no entry).
+    pub(super) fn take(&mut self, product: &Product, units: u32, base: Option<&Product>) {
+        self.products.push([
+            product.id.as_str().to_owned(),
+            "take".into(),
+            units.to_string(),
+            product.price_cents.0.to_string(),
+            base.map_or_else(|| product_state(product), product_state),
+        ]);
+    }
+
+    /// Publish `message` (a `PRODUCT_UPDATE` of `product`) with the stock and revision the script takes.
+    pub(super) fn publish_taken(&mut self, message: String, product: &str) {
+        self.ops.extend(["publish-taken".into(), CHANNEL.into(), message, product.into()]);
     }
 
     pub(super) fn hset(&mut self, key: &str, field: &str, value: impl ToString) {
@@ -47,8 +89,11 @@ impl Commit {
 
 /// What a commit found.
 pub(super) enum Committed {
-    Done,
+    /// Committed; with the new state (`stock price revision`) of every product it took stock of.
+    Done(Vec<(String, String)>),
     Conflict,
+    /// The store's epoch is not the one this instance holds (Redis was flushed or replaced).
+    Epoch,
     /// The Idempotency-Key was used meanwhile: its remembered answer.
     Replay(String),
 }

@@ -1,6 +1,6 @@
 //! Every Redis key and value layout the store uses, in one place (all under `cartwheel:`):
 //! `cart:<key>` (hash `v` version, `c` contents), `idem:<cart key>:<Idempotency-Key>` (expires),
-//! `products` (hash id → `stock price revision`, overriding the catalog file), `catalog-revision`,
+//! `products` (hash id → `stock price revision`, overriding the catalog file), `epoch`,
 //! `order:<id>`, `session-secret`, `health-probe`, and the pub/sub channel every instance of one shop shares.
 
 use cartwheel_core::Product;
@@ -9,7 +9,8 @@ use crate::domain::{CartKey, IdempotencyKey};
 
 /// The one channel all instances of a shop share.
 pub const CHANNEL: &str = "cartwheel:events";
-pub const CATALOG_REVISION: &str = "cartwheel:catalog-revision";
+/// The store's epoch (see `cartwheel_core::version`): set by the first instance, missing after a flush.
+pub const EPOCH: &str = "cartwheel:epoch";
 pub const PRODUCTS: &str = "cartwheel:products";
 pub const SESSION_SECRET: &str = "cartwheel:session-secret";
 /// Written by `/healthz` to prove Redis takes writes; expires by itself.
@@ -21,6 +22,11 @@ pub fn cart(cart: &CartKey) -> String {
 
 pub fn idempotency(cart: &CartKey, key: &IdempotencyKey) -> String {
     format!("cartwheel:idem:{cart}:{}", key.as_str())
+}
+
+/// The key a change without a client key commits with, so a commit whose answer was lost can be asked again.
+pub fn internal_idempotency(cart: &CartKey) -> String {
+    format!("cartwheel:idem:{cart}:internal:{}", hex::encode(rand::random::<[u8; 12]>()))
 }
 
 pub fn order(id: &str) -> String {

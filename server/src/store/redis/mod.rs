@@ -25,7 +25,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cartwheel_core::{Cart, CartContents, CartLimits, Cents, Change, CheckoutReceipt, Order, Product};
+use cartwheel_core::version::Epoch;
+use cartwheel_core::{
+    Cart, CartContents, CartLimits, CartOp, Cents, Change, CheckoutReceipt, Order, Product, ProductId,
+};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -34,8 +37,9 @@ use redis::Script;
 use self::commit::{Commit, Committed};
 use self::turns::CartTurns;
 use super::rules::{
-    committed_checkout, committed_mutation, committed_product_update, fingerprint, new_order_id, parse_contents,
-    plan_checkout, plan_product_update, price, replay_checkout, replay_mutation, to_json, CHECKOUT_FINGERPRINT,
+    check_expected, check_total, committed_checkout, committed_mutation, committed_product_update, fingerprint,
+    new_order_id, parse_contents, plan_checkout, plan_product_update, price, replay_checkout, replay_mutation, to_json,
+    CHECKOUT_FINGERPRINT,
 };
 use super::{
     CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate, ProductUpdated,
@@ -43,7 +47,7 @@ use super::{
 };
 use crate::clock::now_ms;
 use crate::config::defaults;
-use crate::domain::{CartKey, Catalog, Event, LiveCatalog};
+use crate::domain::{new_store_epoch, CartKey, Catalog, Event, IdempotencyKey, LiveCatalog};
 use crate::metrics::Metrics;
 
 /// How a committed event is published on the instances' channel (implemented by the realtime layer).
@@ -53,7 +57,8 @@ pub trait EventFormat: Send + Sync + 'static {
 
 /// A cart as read before a change.
 struct CartSnapshot {
-    catalog_revision: u64,
+    /// The store's epoch as Redis holds it (`None` after a flush).
+    epoch: Option<String>,
     version: u64,
     contents: CartContents,
     remembered: Option<String>,
@@ -115,7 +120,7 @@ impl RedisCartStore {
             Some(s) => s.to_vec(),
             None => store.shared_secret().await?,
         };
-        store.reload_catalog().await?;
+        store.adopt_epoch().await?;
         Ok(RedisCartStore { secret, ..store })
     }
 
@@ -183,15 +188,42 @@ impl RedisCartStore {
         Ok(secret)
     }
 
+    /// Make the store's epoch this instance's, drawing one first if the keyspace has none (the first start, or
+    /// a flushed or replaced Redis); on a change the catalog starts again from the file's and Redis's states.
+    async fn adopt_epoch(&self) -> Result<(), StoreError> {
+        let candidate = new_store_epoch();
+        let (text,): (Option<String>,) = self
+            .query(
+                redis::pipe().cmd("SET").arg(keys::EPOCH).arg(candidate.as_str()).arg("NX").ignore().get(keys::EPOCH),
+            )
+            .await?;
+        let epoch = text
+            .as_deref()
+            .and_then(Epoch::parse)
+            .ok_or_else(|| StoreError::Corrupt(format!("the epoch in Redis is not one: {text:?}")))?;
+        if self.catalog.current().epoch() != &epoch {
+            tracing::warn!(epoch = %epoch, "the store's epoch changed: versions and revisions start a new history");
+            self.catalog.publish(Arc::new(self.base.clone().with_epoch(epoch)));
+        }
+        self.reload_catalog().await?;
+        Ok(())
+    }
+
+    /// Whether the epoch read from Redis is not this instance's.
+    fn epoch_moved(&self, read: Option<&str>) -> bool {
+        read != Some(self.catalog.current().epoch().as_str())
+    }
+
     /// Read the shared stock and prices and merge them into the live catalog; returns the products that were
-    /// newer here than this instance knew (to send to its connections).
+    /// newer here than this instance knew (to send to its connections). Entries for products the catalog file
+    /// does not list are ignored: they guard nothing and wedge nothing.
     pub async fn reload_catalog(&self) -> Result<Vec<Product>, StoreError> {
-        let (_revision, stored): (Option<u64>, HashMap<String, String>) =
-            self.query(redis::pipe().atomic().get(keys::CATALOG_REVISION).hgetall(keys::PRODUCTS)).await?;
+        let (stored,): (HashMap<String, String>,) = self.query(redis::pipe().hgetall(keys::PRODUCTS)).await?;
+        let epoch = self.catalog.current().epoch().clone();
         let mut products = Vec::with_capacity(stored.len());
         for (id, state) in stored {
             let Some(mut product) = self.base.get(&id.as_str().into()).cloned() else {
-                tracing::warn!(product = id, "Redis has stock and price for a product the catalog does not list");
+                tracing::debug!(product = id, "Redis has stock and price for a product the catalog does not list");
                 continue;
             };
             let corrupt = || StoreError::Corrupt(format!("stored stock and price of '{id}': '{state}'"));
@@ -199,68 +231,72 @@ impl RedisCartStore {
             product.stock = stock;
             product.price_cents = Cents(price);
             product.revision = revision;
+            product.epoch = epoch.clone();
             products.push(product);
         }
         Ok(self.catalog.merge(&products))
     }
 
-    /// The catalog at exactly `revision` (reloading it if this instance is behind); its revision is what a
-    /// commit then expects.
-    async fn catalog_at(&self, revision: u64) -> Result<Arc<Catalog>, StoreError> {
-        let current = self.catalog.current();
-        if current.revision() == revision {
-            return Ok(current);
-        }
-        self.reload_catalog().await?;
-        Ok(self.catalog.current())
-    }
-
-    async fn read(&self, cart: &CartKey, idempotency: Option<&str>) -> Result<CartSnapshot, StoreError> {
+    async fn read(&self, cart: &CartKey, idempotency: &str) -> Result<CartSnapshot, StoreError> {
         let key = keys::cart(cart);
-        let mut pipe = redis::pipe();
-        pipe.get(keys::CATALOG_REVISION).hget(&key, "v").hget(&key, "c");
-        let (catalog_revision, version, contents, remembered) = match idempotency {
-            Some(idem) => {
-                pipe.get(idem);
-                self.query::<(Option<u64>, Option<u64>, Option<String>, Option<String>)>(&pipe).await?
-            }
-            None => {
-                let (r, v, c) = self.query::<(Option<u64>, Option<u64>, Option<String>)>(&pipe).await?;
-                (r, v, c, None)
-            }
-        };
+        let (epoch, version, contents, remembered): (Option<String>, Option<u64>, Option<String>, Option<String>) =
+            self.query(redis::pipe().get(keys::EPOCH).hget(&key, "v").hget(&key, "c").get(idempotency)).await?;
         let contents = match contents {
             Some(text) => parse_contents(cart.as_str(), &text)?,
             None => CartContents::default(),
         };
-        Ok(CartSnapshot {
-            catalog_revision: catalog_revision.unwrap_or(0),
-            version: version.unwrap_or(0),
-            contents,
-            remembered,
-        })
+        Ok(CartSnapshot { epoch, version: version.unwrap_or(0), contents, remembered })
     }
 
-    async fn run_commit(&self, commit: Commit) -> Result<Committed, StoreError> {
+    async fn run_commit(&self, commit: &Commit) -> Result<Committed, StoreError> {
         let mut c = self.connection.clone();
-        let mut invocation = self.commit.key(keys::CATALOG_REVISION);
-        invocation.arg(commit.idempotency.as_deref().unwrap_or("")).arg(commit.catalog_revision);
+        let mut invocation = self.commit.key(keys::EPOCH);
+        invocation.key(keys::PRODUCTS);
+        invocation.arg(commit.idempotency.as_deref().unwrap_or("")).arg(self.catalog.current().epoch().as_str());
         match &commit.cart {
             Some((key, version)) => invocation.arg(key).arg(version),
             None => invocation.arg("").arg(0),
         };
+        invocation.arg(commit.products.len());
+        for guard in &commit.products {
+            invocation.arg(&guard[..]);
+        }
         invocation.arg(&commit.ops);
         let answer: Vec<String> = self.call(invocation.invoke_async(&mut c)).await?;
         match answer.first().map(String::as_str) {
-            Some("ok") => Ok(Committed::Done),
+            Some("ok") => {
+                let mut states = answer.into_iter().skip(1);
+                let mut taken = Vec::new();
+                while let (Some(id), Some(state)) = (states.next(), states.next()) {
+                    taken.push((id, state));
+                }
+                Ok(Committed::Done(taken))
+            }
             Some("conflict") => {
                 self.metrics.redis_conflicts.inc();
                 // A little jitter, so instances that collided do not collide again in lockstep.
                 tokio::time::sleep(Duration::from_micros(rand::random_range(0..500))).await;
                 Ok(Committed::Conflict)
             }
+            Some("epoch") => Ok(Committed::Epoch),
             Some("replay") => Ok(Committed::Replay(answer.into_iter().nth(1).unwrap_or_default())),
             _ => Err(StoreError::Corrupt(format!("unexpected commit answer {answer:?}"))),
+        }
+    }
+
+    /// Run a commit; if its answer is lost (timeout, dropped connection), ask again a bounded number of times:
+    /// every commit carries an Idempotency-Key (the client's, or one made for it), so a script that did run
+    /// answers with its remembered answer instead of applying twice, and a 503 stays rare.
+    async fn commit(&self, commit: &Commit) -> Result<Committed, StoreError> {
+        let mut lost = 0;
+        loop {
+            match self.run_commit(commit).await {
+                Err(e) if is_ambiguous(&e) && lost < defaults::REDIS_AMBIGUOUS_COMMIT_RETRIES => {
+                    lost += 1;
+                    tracing::warn!(error = %e, lost, "commit answer lost; asking again with the same key");
+                }
+                other => return other,
+            }
         }
     }
 
@@ -270,59 +306,96 @@ impl RedisCartStore {
         }
     }
 
+    /// The Idempotency-Key a change commits with: the client's, or one made for this request alone.
+    fn commit_key(&self, cart: &CartKey, client: Option<&IdempotencyKey>) -> (String, Duration) {
+        match client {
+            Some(k) => (keys::idempotency(cart, k), defaults::IDEMPOTENCY_TTL),
+            None => (keys::internal_idempotency(cart), defaults::REDIS_INTERNAL_IDEMPOTENCY_TTL),
+        }
+    }
+
     async fn apply_mutation(&self, request: &MutationRequest) -> Result<Mutation, MutationError> {
         let fp = fingerprint(&request.op);
-        let idem = request.idempotency_key.as_ref().map(|k| keys::idempotency(&request.cart, k));
+        let (idem, ttl) = self.commit_key(&request.cart, request.idempotency_key.as_ref());
         for _ in 0..defaults::REDIS_CONFLICT_ATTEMPTS {
-            let read = self.read(&request.cart, idem.as_deref()).await?;
+            let read = self.read(&request.cart, &idem).await?;
             if let Some(earlier) = read.remembered {
                 return replay(&earlier, |fp_then, answer| replay_mutation(fp_then, &fp, answer));
             }
-            let catalog = self.catalog_at(read.catalog_revision).await?;
+            if self.epoch_moved(read.epoch.as_deref()) {
+                self.adopt_epoch().await?;
+                continue;
+            }
+            let catalog = self.catalog.current();
             let mut contents = read.contents;
+            if request.expected.is_some() {
+                let current = price(&request.cart, read.version, &contents, &catalog);
+                check_expected(&current, request.expected.as_ref())?;
+            }
             let change = contents.apply(&request.op, &self.limits, |id| catalog.get(id))?;
             let version = if change == Change::Changed { read.version + 1 } else { read.version };
-            let outcome = committed_mutation(&request.cart, price(version, &contents, &catalog), change);
-            if change == Change::Unchanged && idem.is_none() {
+            let outcome = committed_mutation(&request.cart, price(&request.cart, version, &contents, &catalog), change);
+            if change == Change::Unchanged && request.idempotency_key.is_none() {
                 return Ok(outcome);
             }
-            let mut commit = Commit::new(catalog.revision());
+            let mut commit = Commit::new();
             let key = keys::cart(&request.cart);
             if change == Change::Changed {
                 commit.hset(&key, "v", version);
                 commit.hset(&key, "c", to_json(&contents)?);
             }
+            if let Some(product) = op_product(&request.op).and_then(|id| catalog.get(id)) {
+                commit.guard(product, self.base.get(&product.id));
+            }
             self.publish_events(&mut commit, &outcome.events);
             commit.cart = Some((key, read.version));
-            if let Some(idem) = &idem {
-                commit.remember(idem.clone(), format!("{fp}\n{}", to_json(&outcome.cart)?), defaults::IDEMPOTENCY_TTL);
-            }
-            match self.run_commit(commit).await? {
-                Committed::Done => return Ok(outcome),
+            commit.remember(idem.clone(), format!("{fp}\n{}", to_json(&outcome.cart)?), ttl);
+            match self.commit(&commit).await? {
+                Committed::Done(_) => return Ok(outcome),
                 Committed::Replay(earlier) => {
                     return replay(&earlier, |fp_then, answer| replay_mutation(fp_then, &fp, answer))
                 }
-                Committed::Conflict => {}
+                Committed::Conflict => {
+                    self.reload_catalog().await?;
+                }
+                Committed::Epoch => self.adopt_epoch().await?,
             }
         }
         Err(StoreError::Contended(defaults::REDIS_CONFLICT_ATTEMPTS).into())
     }
 
     async fn apply_checkout(&self, request: &CheckoutRequest) -> Result<Checkout, MutationError> {
-        let idem = request.idempotency_key.as_ref().map(|k| keys::idempotency(&request.cart, k));
+        let (idem, ttl) = self.commit_key(&request.cart, request.idempotency_key.as_ref());
+        let mut reloaded = false;
         for _ in 0..defaults::REDIS_CONFLICT_ATTEMPTS {
-            let read = self.read(&request.cart, idem.as_deref()).await?;
+            let read = self.read(&request.cart, &idem).await?;
             if let Some(earlier) = read.remembered {
                 return replay(&earlier, replay_checkout);
             }
-            let catalog = self.catalog_at(read.catalog_revision).await?;
-            let priced = price(read.version, &read.contents, &catalog);
-            let products = plan_checkout(&priced, &catalog)?;
-            let mut commit = Commit::new(catalog.revision());
-            for product in &products {
-                commit.hset(keys::PRODUCTS, product.id.as_str(), keys::product_state(product));
+            if self.epoch_moved(read.epoch.as_deref()) {
+                self.adopt_epoch().await?;
+                continue;
             }
-            commit.set(keys::CATALOG_REVISION, (catalog.revision() + 1).to_string());
+            let catalog = self.catalog.current();
+            let priced = price(&request.cart, read.version, &read.contents, &catalog);
+            let planned = check_expected(&priced, request.expected.as_ref())
+                .and_then(|()| check_total(&priced, request.expected_total))
+                .and_then(|()| plan_checkout(&priced, &catalog));
+            let products = match planned {
+                // This instance's prices or stock may lag another's change: refuse only on a fresh view.
+                Err(MutationError::PriceChanged(_) | MutationError::Shortfalls(_)) if !reloaded => {
+                    reloaded = true;
+                    self.reload_catalog().await?;
+                    continue;
+                }
+                other => other?,
+            };
+            let mut commit = Commit::new();
+            for line in &priced.items {
+                if let Some(held) = catalog.get(&line.product_id) {
+                    commit.take(held, line.quantity, self.base.get(&line.product_id));
+                }
+            }
             let order = Order::of(new_order_id(), request.cart.as_str().to_owned(), &priced, now_ms());
             commit.set(&keys::order(&order.id), to_json(&order)?);
             let key = keys::cart(&request.cart);
@@ -331,21 +404,27 @@ impl RedisCartStore {
             commit.hset(&key, "v", version);
             commit.hset(&key, "c", to_json(&emptied)?);
             commit.cart = Some((key, read.version));
-            let receipt = CheckoutReceipt { order, cart: price(version, &emptied, &catalog) };
-            if let Some(idem) = &idem {
-                let answer = format!("{CHECKOUT_FINGERPRINT}\n{}", to_json(&receipt)?);
-                commit.remember(idem.clone(), answer, defaults::IDEMPOTENCY_TTL);
-            }
+            let receipt = CheckoutReceipt { order, cart: price(&request.cart, version, &emptied, &catalog) };
+            commit.remember(idem.clone(), format!("{CHECKOUT_FINGERPRINT}\n{}", to_json(&receipt)?), ttl);
             let outcome = committed_checkout(&request.cart, receipt, products);
-            self.publish_events(&mut commit, &outcome.events);
-            match self.run_commit(commit).await? {
-                Committed::Done => {
+            for event in &outcome.events {
+                match event {
+                    Event::ProductChanged(p) => commit.publish_taken(self.format.encode(event), p.id.as_str()),
+                    Event::CartChanged { .. } => commit.publish(self.format.encode(event)),
+                }
+            }
+            match self.commit(&commit).await? {
+                Committed::Done(taken) => {
+                    let outcome = with_taken_stock(outcome, &taken)?;
                     // Read-your-writes here; the channel brings the same states to the other instances.
                     self.catalog.merge(&outcome.products);
                     return Ok(outcome);
                 }
                 Committed::Replay(earlier) => return replay(&earlier, replay_checkout),
-                Committed::Conflict => {}
+                Committed::Conflict => {
+                    self.reload_catalog().await?;
+                }
+                Committed::Epoch => self.adopt_epoch().await?,
             }
         }
         Err(StoreError::Contended(defaults::REDIS_CONFLICT_ATTEMPTS).into())
@@ -353,26 +432,77 @@ impl RedisCartStore {
 
     async fn apply_product(&self, update: &ProductUpdate) -> Result<ProductUpdated, MutationError> {
         for _ in 0..defaults::REDIS_CONFLICT_ATTEMPTS {
-            let (revision,): (Option<u64>,) = self.query(redis::pipe().get(keys::CATALOG_REVISION)).await?;
-            let catalog = self.catalog_at(revision.unwrap_or(0)).await?;
+            let (epoch,): (Option<String>,) = self.query(redis::pipe().get(keys::EPOCH)).await?;
+            if self.epoch_moved(epoch.as_deref()) {
+                self.adopt_epoch().await?;
+                continue;
+            }
+            let catalog = self.catalog.current();
             let (product, change) = plan_product_update(update, &catalog)?;
             let outcome = committed_product_update(product, change);
             if change == Change::Unchanged {
                 return Ok(outcome);
             }
-            let mut commit = Commit::new(catalog.revision());
+            let mut commit = Commit::new();
+            if let Some(held) = catalog.get(&update.id) {
+                commit.guard(held, self.base.get(&update.id));
+            }
             commit.hset(keys::PRODUCTS, outcome.product.id.as_str(), keys::product_state(&outcome.product));
-            commit.set(keys::CATALOG_REVISION, outcome.product.revision.to_string());
             self.publish_events(&mut commit, &outcome.events);
-            match self.run_commit(commit).await? {
-                Committed::Done => {
+            match self.commit(&commit).await? {
+                Committed::Done(_) => {
                     self.catalog.merge(std::slice::from_ref(&outcome.product));
                     return Ok(outcome);
                 }
-                Committed::Conflict | Committed::Replay(_) => {}
+                Committed::Conflict | Committed::Replay(_) => {
+                    self.reload_catalog().await?;
+                }
+                Committed::Epoch => self.adopt_epoch().await?,
             }
         }
         Err(StoreError::Contended(defaults::REDIS_CONFLICT_ATTEMPTS).into())
+    }
+}
+
+/// A committed checkout with the stock and revision its script took for each product (the plan's figures
+/// assumed this instance's view, which another instance's checkout may have moved).
+fn with_taken_stock(mut outcome: Checkout, taken: &[(String, String)]) -> Result<Checkout, StoreError> {
+    let apply = |p: &mut Product| -> Result<(), StoreError> {
+        if let Some((_, state)) = taken.iter().find(|(id, _)| id == p.id.as_str()) {
+            let (stock, _, revision) = keys::parse_product_state(state)
+                .ok_or_else(|| StoreError::Corrupt(format!("checkout took '{}' to '{state}'", p.id)))?;
+            p.stock = stock;
+            p.revision = revision;
+        }
+        Ok(())
+    };
+    for p in &mut outcome.products {
+        apply(p)?;
+    }
+    for event in &mut outcome.events {
+        if let Event::ProductChanged(p) = event {
+            apply(p)?;
+        }
+    }
+    Ok(outcome)
+}
+
+/// The product whose stock a cart change checks, if any.
+fn op_product(op: &CartOp) -> Option<&ProductId> {
+    match op {
+        CartOp::Add { product_id, .. } | CartOp::Set { product_id, .. } | CartOp::Adjust { product_id, .. } => {
+            Some(product_id)
+        }
+        CartOp::Remove { .. } | CartOp::Clear => None,
+    }
+}
+
+/// A failure after which whether the script ran is unknown.
+fn is_ambiguous(e: &StoreError) -> bool {
+    match e {
+        StoreError::Timeout(_) => true,
+        StoreError::Redis(e) => e.is_io_error() || e.is_connection_dropped() || e.is_timeout(),
+        _ => false,
     }
 }
 
@@ -380,13 +510,17 @@ impl CartStore for RedisCartStore {
     fn load<'a>(&'a self, cart: &'a CartKey) -> BoxFuture<'a, Result<Cart, StoreError>> {
         async move {
             let key = keys::cart(cart);
-            let (version, contents): (Option<u64>, Option<String>) =
-                self.query(redis::pipe().hget(&key, "v").hget(&key, "c")).await?;
+            let (epoch, version, contents): (Option<String>, Option<u64>, Option<String>) =
+                self.query(redis::pipe().get(keys::EPOCH).hget(&key, "v").hget(&key, "c")).await?;
+            if self.epoch_moved(epoch.as_deref()) {
+                // Answer in the store's epoch as it is now, never a low version under the old one.
+                self.adopt_epoch().await?;
+            }
             let contents = match contents {
                 Some(text) => parse_contents(cart.as_str(), &text)?,
                 None => CartContents::default(),
             };
-            Ok(price(version.unwrap_or(0), &contents, &self.catalog.current()))
+            Ok(price(cart, version.unwrap_or(0), &contents, &self.catalog.current()))
         }
         .boxed()
     }

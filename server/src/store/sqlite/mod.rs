@@ -69,6 +69,8 @@ impl SqliteCartStore {
             Some(s) => s.to_vec(),
             None => schema::stored_secret(&conn)?,
         };
+        let epoch = schema::stored_epoch(&conn)?;
+        catalog = catalog.with_epoch(epoch);
         schema::apply_stored_products(&conn, &mut catalog)?;
         let committed = Arc::new(catalog);
         let live = Arc::new(LiveCatalog::new(committed.clone()));
@@ -125,7 +127,7 @@ impl CartStore for SqliteCartStore {
         async move {
             let key = cart.as_str().to_owned();
             let (version, contents) = self.readers.run(move |conn| queries::read_cart(conn, &key)).await??;
-            Ok(price(version, &contents, &self.catalog.current()))
+            Ok(price(cart, version, &contents, &self.catalog.current()))
         }
         .boxed()
     }

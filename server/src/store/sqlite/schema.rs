@@ -4,7 +4,9 @@
 use cartwheel_core::Cents;
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::domain::Catalog;
+use cartwheel_core::version::Epoch;
+
+use crate::domain::{new_store_epoch, Catalog};
 use crate::store::StoreError;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
@@ -76,6 +78,20 @@ pub(super) fn stored_secret(conn: &Connection) -> Result<Vec<u8>, StoreError> {
     let secret: [u8; 32] = rand::random();
     conn.execute("INSERT INTO meta (key, value) VALUES ('session_secret', ?1)", [&secret[..]])?;
     Ok(secret.to_vec())
+}
+
+/// The database's epoch: drawn when the database is made and kept, so versions stay comparable across
+/// restarts; a new database (or one whose `epoch` row was deleted, as after restoring a backup) gets a new one.
+pub(super) fn stored_epoch(conn: &Connection) -> Result<Epoch, StoreError> {
+    let existing: Option<String> =
+        conn.query_row("SELECT CAST(value AS TEXT) FROM meta WHERE key = 'epoch'", [], |r| r.get(0)).optional()?;
+    if let Some(text) = existing {
+        return Epoch::parse(&text).ok_or_else(|| StoreError::Corrupt(format!("stored epoch '{text}'")));
+    }
+    let epoch = new_store_epoch();
+    conn.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?1)", [epoch.as_str()])?;
+    tracing::info!(epoch = %epoch, "new store epoch");
+    Ok(epoch)
 }
 
 /// Put the stock and prices changed at run time in place of the catalog file's.

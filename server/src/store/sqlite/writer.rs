@@ -21,8 +21,9 @@ use crate::clock::now_ms;
 use crate::config::defaults;
 use crate::domain::{Catalog, LiveCatalog};
 use crate::store::rules::{
-    committed_checkout, committed_mutation, committed_product_update, fingerprint, new_order_id, plan_checkout,
-    plan_product_update, price, replay_checkout, replay_mutation, to_json, CHECKOUT_FINGERPRINT,
+    check_expected, check_total, committed_checkout, committed_mutation, committed_product_update, fingerprint,
+    new_order_id, plan_checkout, plan_product_update, price, replay_checkout, replay_mutation, to_json,
+    CHECKOUT_FINGERPRINT,
 };
 use crate::store::{
     Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate, ProductUpdated, StoreError,
@@ -266,12 +267,15 @@ fn apply_cart_change(
         }
     }
     let (mut version, mut contents) = read_cart(conn, key)?;
+    if request.expected.is_some() {
+        check_expected(&price(&request.cart, version, &contents, catalog), request.expected.as_ref())?;
+    }
     let change = contents.apply(&request.op, &settings.limits, |id| catalog.get(id))?;
     if change == Change::Changed {
         version += 1;
         write_cart(conn, key, version, &contents)?;
     }
-    let cart = price(version, &contents, catalog);
+    let cart = price(&request.cart, version, &contents, catalog);
     if let Some(idem) = idem {
         remember(conn, key, idem, &fp, &to_json(&cart)?)?;
     }
@@ -299,7 +303,9 @@ fn apply_checkout(conn: &Connection, request: &CheckoutRequest, catalog: &Catalo
         }
     }
     let (version, contents) = read_cart(conn, key)?;
-    let priced = price(version, &contents, catalog);
+    let priced = price(&request.cart, version, &contents, catalog);
+    check_expected(&priced, request.expected.as_ref())?;
+    check_total(&priced, request.expected_total)?;
     let products = plan_checkout(&priced, catalog)?;
     for product in &products {
         write_product(conn, product)?;
@@ -308,7 +314,7 @@ fn apply_checkout(conn: &Connection, request: &CheckoutRequest, catalog: &Catalo
     insert_order(conn, key, &order)?;
     let emptied = CartContents::default();
     write_cart(conn, key, version + 1, &emptied)?;
-    let receipt = CheckoutReceipt { order, cart: price(version + 1, &emptied, catalog) };
+    let receipt = CheckoutReceipt { order, cart: price(&request.cart, version + 1, &emptied, catalog) };
     if let Some(idem) = idem {
         remember(conn, key, idem, CHECKOUT_FINGERPRINT, &to_json(&receipt)?)?;
     }
