@@ -355,6 +355,24 @@ mod tests {
         assert!(s.mailbox.queue.lock().unwrap().is_empty());
     }
 
+    /// A restored database or a flushed Redis starts the cart again at a low version in another epoch: the
+    /// hub must deliver it (and then only newer versions of that epoch), or the page stays stale for ever.
+    #[tokio::test]
+    async fn a_lower_version_of_another_epoch_is_delivered() {
+        let hub = hub(8);
+        let a = key("a");
+        let s = hub.subscribe(&a);
+        hub.announce(&cart_event(&a, 7));
+        let mut fresh = cart(1);
+        fresh.epoch = cartwheel_core::version::Epoch::from_bits(0xb);
+        let event = |c: &Cart| vec![Event::CartChanged { key: a.clone(), cart: c.clone() }];
+        hub.announce(&event(&fresh));
+        hub.announce(&event(&fresh));
+        assert_eq!(s.next().await.position(), Some((0, 7)));
+        assert_eq!(s.next().await.position(), Some((0xb, 1)), "version 1 of epoch B follows version 7 of A");
+        assert!(s.mailbox.queue.lock().unwrap().is_empty(), "a repeat within the new epoch is dropped");
+    }
+
     #[tokio::test]
     async fn overflow_keeps_only_the_newest() {
         let metrics = Arc::new(Metrics::new());

@@ -11,3 +11,4 @@ mod page;
 mod realtime;
 mod scale_out;
 mod service;
+mod versions;

@@ -332,3 +332,131 @@ async fn a_socket_opened_while_redis_is_down_stays_open_and_gets_its_snapshot_wh
     assert_eq!(snapshot["version"], 1);
     assert_eq!(quantity(&snapshot["data"], "bamboo-organizer"), 2);
 }
+
+/// A plain Redis client, as an operator's `redis-cli` would poke the keyspace.
+async fn redis_cli(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+/// What used to wedge Redis mode for good: a stale shop-wide catalog revision and a product entry the catalog
+/// file no longer lists (a service PATCHed it, a deploy removed it), or a catalog file carrying revisions
+/// against an empty Redis. Products are guarded one by one now, so changes go through.
+#[tokio::test]
+async fn leftover_catalog_state_in_redis_and_revisions_in_the_catalog_file_wedge_nothing() {
+    let redis = RedisServer::start();
+    let mut cli = redis_cli(&redis).await;
+    let _: () = redis::pipe()
+        .set("cartwheel:catalog-revision", 5)
+        .hset("cartwheel:products", "discontinued-thing", "3 1000 5")
+        .query_async(&mut cli)
+        .await
+        .unwrap();
+    let one = instance(&redis).await;
+    let s = one.shopper().await;
+    assert_eq!(s.add("stoneware-mug", 1).await.status, 200);
+    drop(one);
+
+    // A catalog file whose products carry revisions, against a Redis that has never seen them.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.json");
+    let mut catalog: Vec<Value> = serde_json::from_str(include_str!("../../catalog/products.json")).unwrap();
+    for (i, p) in catalog.iter_mut().enumerate() {
+        p["revision"] = json!(3 + i);
+    }
+    std::fs::write(&path, serde_json::to_string(&catalog).unwrap()).unwrap();
+    let fresh = RedisServer::start();
+    let url = fresh.url();
+    let two = TestServer::start_with(|c| {
+        c.redis_url = Some(url);
+        c.catalog = Some(path.clone());
+        c.service_tokens = vec![TOKEN.to_owned()];
+        c.no_rate_limit = true;
+    })
+    .await;
+    let t = two.shopper().await;
+    let added = t.add("stoneware-mug", 1).await;
+    assert_eq!(added.status, 200, "{}", added.body);
+    let (status, product) =
+        service(&two, Method::PATCH, "/api/service/products/stoneware-mug", json!({"stock": 40})).await;
+    assert_eq!(status, 200, "{product}");
+    assert!(product["revision"].as_u64().unwrap() > 3, "revisions keep growing from the file's: {product}");
+    assert_eq!(t.send(Method::POST, "/api/cart/checkout", None, &[]).await.status, 201);
+}
+
+/// A flushed (or replaced) Redis starts every cart again at version 0: in a new epoch, which the instance
+/// adopts and which its connections are sent although the version is lower than the one they hold.
+#[tokio::test]
+async fn a_flushed_redis_starts_a_new_epoch_that_open_connections_are_sent() {
+    let redis = RedisServer::start();
+    let one = instance(&redis).await;
+    let s = one.shopper().await;
+    for _ in 0..3 {
+        s.add("stoneware-mug", 1).await;
+    }
+    let before = s.cart().await.body;
+    let (mut ws, v) = Ws::connect_synced(&s).await;
+    assert_eq!(v, 3);
+    let mut cli = redis_cli(&redis).await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut cli).await.unwrap();
+    let after = s.add("stoneware-mug", 1).await;
+    assert_eq!(after.status, 200, "{}", after.body);
+    assert_eq!(after.version(), 1, "the cart starts again");
+    assert_ne!(after.body["epoch"], before["epoch"], "in another history");
+    let update = next_of(&mut ws, "CART_UPDATE").await;
+    assert_eq!((update["version"].as_u64(), &update["data"]["epoch"]), (Some(1), &after.body["epoch"]));
+}
+
+/// Checkouts take stock inside the commit script, so two hundred shoppers buying the same product at once
+/// over two instances all succeed while stock lasts — none is refused because others committed first.
+#[tokio::test]
+async fn two_hundred_concurrent_checkouts_of_one_product_over_two_instances_all_succeed() {
+    let redis = RedisServer::start();
+    let (one, two) = (instance(&redis).await, instance(&redis).await);
+    let (status, _) = service(&one, Method::PATCH, "/api/service/products/stoneware-mug", json!({"stock": 1000})).await;
+    assert_eq!(status, 200);
+    let mut shoppers = Vec::new();
+    for i in 0..200 {
+        let s = if i % 2 == 0 { one.shopper().await } else { two.shopper().await };
+        assert_eq!(s.add("stoneware-mug", 1).await.status, 200);
+        shoppers.push(s);
+    }
+    let answers = join_all(shoppers.iter().map(|s| s.send(Method::POST, "/api/cart/checkout", None, &[]))).await;
+    let refused: Vec<_> = answers.iter().filter(|a| a.status != 201).map(|a| (a.status, a.body.clone())).collect();
+    assert!(refused.is_empty(), "{} of 200 refused, e.g. {:?}", refused.len(), refused.first());
+    for server in [&one, &two] {
+        let product: Value =
+            reqwest::get(server.url("/api/products/stoneware-mug")).await.unwrap().json().await.unwrap();
+        assert_eq!(product["stock"], 800, "every unit bought is counted once, on both instances");
+    }
+}
+
+/// Redis stops answering writes for a while (`CLIENT PAUSE … WRITE`, as during a failover): the commit runs
+/// once Redis resumes, after the instance has given up waiting. The instance asks again with the change's
+/// Idempotency-Key, so the shopper gets the committed answer instead of an ambiguous 503; and when even that
+/// times out, the client's retry with the same key is answered once.
+#[tokio::test]
+async fn a_commit_whose_answer_times_out_is_applied_once() {
+    let redis = RedisServer::start();
+    let one = instance(&redis).await;
+    let s = one.shopper().await;
+    s.add("stoneware-mug", 1).await;
+    let mut cli = redis_cli(&redis).await;
+
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(2500).arg("WRITE").query_async(&mut cli).await.unwrap();
+    let answered = s.add("stoneware-mug", 1).await;
+    assert_eq!(answered.status, 200, "asked again, not 503: {}", answered.body);
+    assert_eq!(s.cart().await.version(), 2);
+    assert_eq!(quantity(&s.cart().await.body, "stoneware-mug"), 2, "applied once");
+
+    // Longer than every attempt: 503, and nothing can say whether it was applied — the key can.
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(7000).arg("WRITE").query_async(&mut cli).await.unwrap();
+    let body = json!({ "product_id": "stoneware-mug", "quantity": 1 }).to_string();
+    let key = [("idempotency-key", "retry-after-timeout-1")];
+    let first = s.send(Method::POST, "/api/cart", Some(&body), &key).await;
+    assert_eq!(first.status, 503, "{}", first.body);
+    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query_async(&mut cli).await.unwrap();
+    let retried = s.send(Method::POST, "/api/cart", Some(&body), &key).await;
+    assert_eq!(retried.status, 200, "{}", retried.body);
+    assert_eq!(retried.version(), 3);
+    assert_eq!(quantity(&s.cart().await.body, "stoneware-mug"), 3, "the timed-out change and its retry: once");
+}

@@ -352,6 +352,11 @@ impl RedisCartStore {
             commit.remember(idem.clone(), format!("{fp}\n{}", to_json(&outcome.cart)?), ttl);
             match self.commit(&commit).await? {
                 Committed::Done(_) => return Ok(outcome),
+                // A key made for this request alone can only have been used by this request's own commit,
+                // whose answer was lost: it is committed, and its script published its events.
+                Committed::Replay(_) if request.idempotency_key.is_none() => {
+                    return Ok(Mutation { events: Vec::new(), ..outcome })
+                }
                 Committed::Replay(earlier) => {
                     return replay(&earlier, |fp_then, answer| replay_mutation(fp_then, &fp, answer))
                 }
@@ -419,6 +424,12 @@ impl RedisCartStore {
                     // Read-your-writes here; the channel brings the same states to the other instances.
                     self.catalog.merge(&outcome.products);
                     return Ok(outcome);
+                }
+                // Our own commit whose answer was lost (see `apply_mutation`); the remembered receipt is it.
+                Committed::Replay(earlier) if request.idempotency_key.is_none() => {
+                    let mut own = replay(&earlier, replay_checkout)?;
+                    own.replayed = false;
+                    return Ok(own);
                 }
                 Committed::Replay(earlier) => return replay(&earlier, replay_checkout),
                 Committed::Conflict => {
