@@ -55,3 +55,46 @@ test('two shoppers never see each other\'s cart, not even for a moment', async (
   expect(bobFrames.some((f) => f.includes('bamboo-organizer'))).toBe(false);
   await expect(alice.locator('.cart-line[data-product-id="beeswax-candle"]')).toHaveCount(0);
 });
+
+test('a new session (cookies cleared) starts a new cart that all three parts show at once', async ({ context }) => {
+  const page = await context.newPage();
+  await page.goto('/');
+  await expectLive(page);
+  for (const id of ['copper-planter', 'beeswax-candle', 'bamboo-organizer']) {
+    await addFromPage(page, id, 1);
+  }
+  await expect(page.locator('.cart-count')).toHaveText('3');
+  // The session ends (cookie cleared or expired): the next change makes a new cart at version 1, lower than
+  // the 3 every part shows. Its epoch differs, so every part takes it.
+  await context.clearCookies();
+  await addFromPage(page, 'stoneware-mug', 1);
+  await expect(page.locator('.cart-count')).toHaveText('1', { timeout: 1000 });
+  await expect(page.locator('.cart-line')).toHaveCount(1, { timeout: 1000 });
+  await expect(page.locator('.cart-line[data-product-id="stoneware-mug"] .line-quantity')).toHaveText('1', { timeout: 1000 });
+  await expect(page.locator('.product-card[data-product-id="copper-planter"] .in-cart')).toHaveText('', { timeout: 1000 });
+  await expect(page.locator('.product-card[data-product-id="stoneware-mug"] .in-cart')).not.toHaveText('', { timeout: 1000 });
+});
+
+test('"+" pressed in two tabs at once counts twice, and checkout names the cart and total it shows', async ({ context }) => {
+  const a = await context.newPage();
+  const b = await context.newPage();
+  await a.goto('/');
+  await b.goto('/');
+  await expectLive(a);
+  await expectLive(b);
+  await addFromPage(a, 'glass-carafe', 1);
+  await expect(b.locator('.cart-line[data-product-id="glass-carafe"] .line-quantity')).toHaveText('1');
+  const plus = (p: typeof a) => p.getByRole('button', { name: 'One more Glass Carafe' }).click();
+  await Promise.all([plus(a), plus(b)]);
+  for (const p of [a, b]) {
+    await expect(p.locator('.cart-line[data-product-id="glass-carafe"] .line-quantity')).toHaveText('3');
+  }
+
+  const sent = a.waitForRequest((r) => r.url().endsWith('/api/cart/checkout'));
+  await a.getByRole('button', { name: 'Checkout' }).click();
+  const checkout = await sent;
+  expect(checkout.headers()['if-match']).toMatch(/^"[0-9a-f]{16}\.3"$/);
+  expect(JSON.parse(checkout.postData() ?? '{}').expected_total_cents).toBeGreaterThan(0);
+  await expect(a.locator('.order-confirmation')).toBeVisible();
+  await expect(b.locator('.cart-count')).toHaveText('0');
+});
