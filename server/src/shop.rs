@@ -126,7 +126,11 @@ impl Shop {
     /// Send a notice to one session's connections (on every instance), or to every connection.
     #[tracing::instrument(name = "shop.notify", skip_all, fields(kind = %notice.kind, targeted = session.is_some()))]
     pub async fn notify(&self, session: Option<&CartKey>, notice: &Notice) -> Result<usize, StoreError> {
-        self.fanout.notify(session, notice).await
+        // Like a change, a notice once accepted is sent whether or not its caller waits for the answer: the
+        // other instances must not miss one this instance already delivered.
+        let (fanout, session, notice) = (self.fanout.clone(), session.cloned(), notice.clone());
+        let sent = tokio::spawn(async move { fanout.notify(session.as_ref(), &notice).await });
+        sent.await.unwrap_or(Err(StoreError::Closed))
     }
 
     fn parts(&self) -> (Arc<dyn CartStore>, Arc<dyn Fanout>, Arc<Metrics>) {
