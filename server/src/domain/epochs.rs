@@ -6,7 +6,7 @@
 use cartwheel_core::version::Epoch;
 use sha2::{Digest, Sha256};
 
-use super::CartKey;
+use super::keys::CartKey;
 
 /// A fresh store epoch: 64 random bits.
 pub fn new_store_epoch() -> Epoch {

@@ -201,6 +201,8 @@ struct HangUpCounts {
     committed_cart_versions: u64,
     changed_products: usize,
     sockets: usize,
+    /// Cart versions and product states that reached a socket, counted once per socket they concern.
+    delivered: u64,
     lost: u64,
 }
 
@@ -286,6 +288,7 @@ async fn hang_up_suite(servers: &[&TestServer]) -> HangUpCounts {
     // What was committed is what the store says now; each socket must get there.
     let mut committed_cart_versions = 0;
     let mut lost = 0;
+    let mut delivered = 0;
     for (i, shopper) in shoppers.iter().enumerate() {
         // Ask until the answer stops moving: a hung-up request may still be committing.
         let mut stored = shopper.cart().await.body;
@@ -298,10 +301,12 @@ async fn hang_up_suite(servers: &[&TestServer]) -> HangUpCounts {
                 if !reached {
                     let shown = seen.cart.as_ref().map_or(0, |(_, v)| *v);
                     lost += version.saturating_sub(shown);
+                    delivered += shown;
                     break;
                 }
                 let again = shopper.cart().await.body;
                 if again["version"] == stored["version"] {
+                    delivered += version;
                     break;
                 }
                 stored = again;
@@ -320,12 +325,14 @@ async fn hang_up_suite(servers: &[&TestServer]) -> HangUpCounts {
         }
         changed_products += 1;
         for (_, ws, seen) in &mut sockets {
-            if !read_until(ws, seen, |s| s.products.get(id).is_some_and(|r| *r >= revision)).await {
+            if read_until(ws, seen, |s| s.products.get(id).is_some_and(|r| *r >= revision)).await {
+                delivered += 1;
+            } else {
                 lost += 1;
             }
         }
     }
-    HangUpCounts { sent: rounds, committed_cart_versions, changed_products, sockets: sockets.len(), lost }
+    HangUpCounts { sent: rounds, committed_cart_versions, changed_products, sockets: sockets.len(), delivered, lost }
 }
 
 #[tokio::test]
@@ -339,7 +346,10 @@ async fn hang_up_suite_loses_nothing_with_sqlite() {
     eprintln!("hang-up suite, SQLite: {counts:?}");
     assert!(counts.committed_cart_versions >= 50, "most changes committed before the hang-up: {counts:?}");
     assert!(counts.changed_products >= 1, "{counts:?}");
+    assert!(counts.sent >= 200 && counts.sockets == 8, "{counts:?}");
     assert_eq!(counts.lost, 0, "{counts:?}");
+    // Two tabs per cart, every socket for products: all of it arrived.
+    assert_eq!(counts.delivered, 2 * counts.committed_cart_versions + 8 * counts.changed_products as u64, "{counts:?}");
 }
 
 #[tokio::test]
@@ -359,5 +369,8 @@ async fn hang_up_suite_loses_nothing_over_two_instances_sharing_redis() {
     eprintln!("hang-up suite, Redis (two instances): {counts:?}");
     assert!(counts.committed_cart_versions >= 50, "most changes committed before the hang-up: {counts:?}");
     assert!(counts.changed_products >= 1, "{counts:?}");
+    assert!(counts.sent >= 200 && counts.sockets == 8, "{counts:?}");
     assert_eq!(counts.lost, 0, "{counts:?}");
+    // Two tabs per cart, every socket for products: all of it arrived.
+    assert_eq!(counts.delivered, 2 * counts.committed_cart_versions + 8 * counts.changed_products as u64, "{counts:?}");
 }
