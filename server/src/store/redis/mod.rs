@@ -237,10 +237,19 @@ impl RedisCartStore {
         Ok(self.catalog.merge(&products))
     }
 
-    async fn read(&self, cart: &CartKey, idempotency: &str) -> Result<CartSnapshot, StoreError> {
-        let key = keys::cart(cart);
-        let (epoch, version, contents, remembered): (Option<String>, Option<u64>, Option<String>, Option<String>) =
-            self.query(redis::pipe().get(keys::EPOCH).hget(&key, "v").hget(&key, "c").get(idempotency)).await?;
+    /// The cart, and what a client's Idempotency-Key remembers (a key made for the request cannot have been
+    /// used before its own commit, so it is not read).
+    async fn read(&self, cart: &CartKey, key: &CommitKey) -> Result<CartSnapshot, StoreError> {
+        let hash = keys::cart(cart);
+        let mut pipe = redis::pipe();
+        pipe.get(keys::EPOCH).hget(&hash, "v").hget(&hash, "c");
+        let (epoch, version, contents, remembered) = if key.client {
+            pipe.get(&key.key);
+            self.query::<(Option<String>, Option<u64>, Option<String>, Option<String>)>(&pipe).await?
+        } else {
+            let (e, v, c) = self.query::<(Option<String>, Option<u64>, Option<String>)>(&pipe).await?;
+            (e, v, c, None)
+        };
         let contents = match contents {
             Some(text) => parse_contents(cart.as_str(), &text)?,
             None => CartContents::default(),
@@ -306,17 +315,9 @@ impl RedisCartStore {
         }
     }
 
-    /// The Idempotency-Key a change commits with: the client's, or one made for this request alone.
-    fn commit_key(&self, cart: &CartKey, client: Option<&IdempotencyKey>) -> (String, Duration) {
-        match client {
-            Some(k) => (keys::idempotency(cart, k), defaults::IDEMPOTENCY_TTL),
-            None => (keys::internal_idempotency(cart), defaults::REDIS_INTERNAL_IDEMPOTENCY_TTL),
-        }
-    }
-
     async fn apply_mutation(&self, request: &MutationRequest) -> Result<Mutation, MutationError> {
         let fp = fingerprint(&request.op);
-        let (idem, ttl) = self.commit_key(&request.cart, request.idempotency_key.as_ref());
+        let idem = CommitKey::new(&request.cart, request.idempotency_key.as_ref());
         for _ in 0..defaults::REDIS_CONFLICT_ATTEMPTS {
             let read = self.read(&request.cart, &idem).await?;
             if let Some(earlier) = read.remembered {
@@ -349,14 +350,12 @@ impl RedisCartStore {
             }
             self.publish_events(&mut commit, &outcome.events);
             commit.cart = Some((key, read.version));
-            commit.remember(idem.clone(), format!("{fp}\n{}", to_json(&outcome.cart)?), ttl);
+            idem.remember(&mut commit, || Ok(format!("{fp}\n{}", to_json(&outcome.cart)?)))?;
             match self.commit(&commit).await? {
                 Committed::Done(_) => return Ok(outcome),
                 // A key made for this request alone can only have been used by this request's own commit,
                 // whose answer was lost: it is committed, and its script published its events.
-                Committed::Replay(_) if request.idempotency_key.is_none() => {
-                    return Ok(Mutation { events: Vec::new(), ..outcome })
-                }
+                Committed::Replay(_) if !idem.client => return Ok(Mutation { events: Vec::new(), ..outcome }),
                 Committed::Replay(earlier) => {
                     return replay(&earlier, |fp_then, answer| replay_mutation(fp_then, &fp, answer))
                 }
@@ -370,7 +369,7 @@ impl RedisCartStore {
     }
 
     async fn apply_checkout(&self, request: &CheckoutRequest) -> Result<Checkout, MutationError> {
-        let (idem, ttl) = self.commit_key(&request.cart, request.idempotency_key.as_ref());
+        let idem = CommitKey::new(&request.cart, request.idempotency_key.as_ref());
         let mut reloaded = false;
         for _ in 0..defaults::REDIS_CONFLICT_ATTEMPTS {
             let read = self.read(&request.cart, &idem).await?;
@@ -410,7 +409,7 @@ impl RedisCartStore {
             commit.hset(&key, "c", to_json(&emptied)?);
             commit.cart = Some((key, read.version));
             let receipt = CheckoutReceipt { order, cart: price(&request.cart, version, &emptied, &catalog) };
-            commit.remember(idem.clone(), format!("{CHECKOUT_FINGERPRINT}\n{}", to_json(&receipt)?), ttl);
+            idem.remember(&mut commit, || Ok(format!("{CHECKOUT_FINGERPRINT}\n{}", to_json(&receipt)?)))?;
             let outcome = committed_checkout(&request.cart, receipt, products);
             for event in &outcome.events {
                 match event {
@@ -425,11 +424,10 @@ impl RedisCartStore {
                     self.catalog.merge(&outcome.products);
                     return Ok(outcome);
                 }
-                // Our own commit whose answer was lost (see `apply_mutation`); the remembered receipt is it.
-                Committed::Replay(earlier) if request.idempotency_key.is_none() => {
-                    let mut own = replay(&earlier, replay_checkout)?;
-                    own.replayed = false;
-                    return Ok(own);
+                // Our own commit whose answer was lost (see `apply_mutation`): this receipt is the one committed;
+                // the stock it took comes with the channel's echo.
+                Committed::Replay(_) if !idem.client => {
+                    return Ok(Checkout { products: Vec::new(), events: Vec::new(), ..outcome });
                 }
                 Committed::Replay(earlier) => return replay(&earlier, replay_checkout),
                 Committed::Conflict => {
@@ -472,6 +470,36 @@ impl RedisCartStore {
             }
         }
         Err(StoreError::Contended(defaults::REDIS_CONFLICT_ATTEMPTS).into())
+    }
+}
+
+/// The Idempotency-Key a change commits with: the client's (remembering its answer for a day), or one made
+/// for this request alone, which only tells a lost commit's second ask that the first one ran — so it remembers
+/// a one-byte marker for a minute, not the answer.
+struct CommitKey {
+    key: String,
+    client: bool,
+}
+
+impl CommitKey {
+    fn new(cart: &CartKey, client: Option<&IdempotencyKey>) -> CommitKey {
+        match client {
+            Some(k) => CommitKey { key: keys::idempotency(cart, k), client: true },
+            None => CommitKey { key: keys::internal_idempotency(cart), client: false },
+        }
+    }
+
+    fn remember(
+        &self,
+        commit: &mut Commit,
+        answer: impl FnOnce() -> Result<String, StoreError>,
+    ) -> Result<(), StoreError> {
+        if self.client {
+            commit.remember(self.key.clone(), answer()?, defaults::IDEMPOTENCY_TTL);
+        } else {
+            commit.remember(self.key.clone(), "1".to_owned(), defaults::REDIS_INTERNAL_IDEMPOTENCY_TTL);
+        }
+        Ok(())
     }
 }
 
