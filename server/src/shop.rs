@@ -7,16 +7,18 @@
 //! runs on its own task: once the store accepted it, it is committed and announced whether or not anyone is
 //! still waiting for the answer, so no open tab misses a version another tab's aborted request committed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cartwheel_core::{Cart, Notice, Product};
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Shared};
+use futures_util::FutureExt;
 
 use crate::domain::{CartKey, Catalog, Event};
 use crate::metrics::Metrics;
 use crate::store::{
     CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate, StoreError,
 };
+use crate::sync::lock;
 
 /// Delivers what the shop committed to the connections it concerns.
 pub trait Fanout: Send + Sync + 'static {
@@ -32,17 +34,21 @@ pub trait Fanout: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<usize, StoreError>>;
 }
 
-/// The domain operations, over one store and one fan-out. Cheap to clone (three `Arc`s).
+/// A write probe shared by every health check that arrives while it runs.
+type SharedProbe = Shared<BoxFuture<'static, Result<(), String>>>;
+
+/// The domain operations, over one store and one fan-out. Cheap to clone (four `Arc`s).
 #[derive(Clone)]
 pub struct Shop {
     store: Arc<dyn CartStore>,
     fanout: Arc<dyn Fanout>,
     metrics: Arc<Metrics>,
+    probe: Arc<Mutex<Option<SharedProbe>>>,
 }
 
 impl Shop {
     pub fn new(store: Arc<dyn CartStore>, fanout: Arc<dyn Fanout>, metrics: Arc<Metrics>) -> Shop {
-        Shop { store, fanout, metrics }
+        Shop { store, fanout, metrics, probe: Arc::default() }
     }
 
     /// The cart as it is now.
@@ -50,9 +56,23 @@ impl Shop {
         self.store.load(cart).await
     }
 
-    /// Whether the store's write path commits now (see [`CartStore::probe_write`]).
-    pub async fn probe_write(&self) -> Result<(), StoreError> {
-        self.store.probe_write().await
+    /// Whether the store's write path commits now (see [`CartStore::probe_write`]), or why not. `/healthz` is
+    /// open to anyone, so checks that arrive while a probe runs share it: a flood of them, or checks against
+    /// a wedged writer, queue one write, not one each.
+    pub async fn probe_write(&self) -> Result<(), String> {
+        let probe = {
+            let mut running = lock(&self.probe);
+            match running.as_ref() {
+                Some(probe) if probe.peek().is_none() => probe.clone(),
+                _ => {
+                    let store = self.store.clone();
+                    let probe = async move { store.probe_write().await.map_err(|e| e.to_string()) }.boxed().shared();
+                    *running = Some(probe.clone());
+                    probe
+                }
+            }
+        };
+        probe.await
     }
 
     /// The catalog with its committed stock and prices.

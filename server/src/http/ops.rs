@@ -35,7 +35,7 @@ async fn healthz(State(app): State<AppState>) -> impl IntoResponse {
     };
     let write = match write {
         Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
+        Ok(Err(e)) => Some(e),
         Err(_) => Some(timed_out()),
     };
     let bus = app.bus.as_ref().map(|bus| if bus.is_subscribed() { "subscribed" } else { "resubscribing" });
