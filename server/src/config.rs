@@ -200,6 +200,19 @@ pub struct Config {
     #[arg(long, env = "CARTWHEEL_RECONNECT_MAX_MS", default_value_t = cartwheel_core::page::ReconnectSettings::default().max_ms)]
     pub reconnect_max_ms: u64,
 
+    /// The browser's liveness check: a PING after this many milliseconds without a frame from the server…
+    #[arg(long, env = "CARTWHEEL_LINK_PING_MS", default_value_t = cartwheel_core::link::LinkTimings::DEFAULT_PING_MS)]
+    pub link_ping_ms: u64,
+    /// …and the connection counts as dead when nothing arrives within this many milliseconds of it.
+    #[arg(long, env = "CARTWHEEL_LINK_DEADLINE_MS", default_value_t = cartwheel_core::link::LinkTimings::DEFAULT_DEADLINE_MS)]
+    pub link_deadline_ms: u64,
+    /// Milliseconds the browser waits for a WebSocket to open before counting the attempt as failed.
+    #[arg(long, env = "CARTWHEEL_LINK_CONNECT_TIMEOUT_MS", default_value_t = cartwheel_core::link::LinkTimings::DEFAULT_CONNECT_TIMEOUT_MS)]
+    pub link_connect_timeout_ms: u64,
+    /// While a bundle is not live, it reads the cart about this often (milliseconds, jittered ±50 %).
+    #[arg(long, env = "CARTWHEEL_LINK_POLL_MS", default_value_t = cartwheel_core::link::LinkTimings::DEFAULT_POLL_MS)]
+    pub link_poll_ms: u64,
+
     /// Seconds between server heartbeats (WebSocket Ping).
     #[arg(long, env = "CARTWHEEL_HEARTBEAT_SECS", value_parser = parse_duration_secs, default_value = "25")]
     pub heartbeat_interval: Duration,

@@ -14,6 +14,7 @@ use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use cartwheel_core::link::LinkTimings;
 use cartwheel_core::page::{mount, PageState, ReconnectSettings, STATE_SCRIPT_ID};
 use leptos::prelude::*;
 
@@ -30,7 +31,14 @@ pub fn router() -> Router<AppState> {
 async fn shop(State(app): State<AppState>, session: Session, request: Request<Body>) -> Result<Response, AppError> {
     let cart = app.shop.cart(&session.cart).await?;
     let reconnect = ReconnectSettings { base_ms: app.config.reconnect_base_ms, max_ms: app.config.reconnect_max_ms };
-    let state = PageState { products: app.shop.catalog().products().to_vec(), cart, reconnect };
+    let c = &app.config;
+    let timings = LinkTimings {
+        ping_ms: c.link_ping_ms,
+        deadline_ms: c.link_deadline_ms,
+        connect_timeout_ms: c.link_connect_timeout_ms,
+        poll_ms: c.link_poll_ms,
+    };
+    let state = PageState { products: app.shop.catalog().products().to_vec(), cart, reconnect, timings };
     let slots = shell::Slots {
         product_list: Some(product_list::render_to_html(&state)),
         shopping_cart: Some(shopping_cart::render_to_html(&state)),

@@ -4,8 +4,6 @@
 //! The browser implementation lives in the `cartwheel-link` crate; these types and numbers are pure so they
 //! are tested on the host and shared with anything that displays them.
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 
 use crate::cart::Cart;
@@ -19,10 +17,105 @@ pub const LINK_EVENT: &str = "cartwheel:link";
 /// dispatching its current [`LINK_EVENT`] again.
 pub const LINK_QUERY_EVENT: &str = "cartwheel:link-query";
 
-/// A `PING` this often while the socket is open, to measure the round trip.
-pub const PING_INTERVAL: Duration = Duration::from_secs(15);
-/// While the socket is not open, `GET /api/cart` this often, so a change from another tab still arrives.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// How a link notices a dead connection and what it does meanwhile, in milliseconds. Tunable by the operator
+/// (the page embeds them) and shortened by the tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkTimings {
+    /// A `PING` after this long without any frame from the server.
+    pub ping_ms: u64,
+    /// No frame at all within this long after a `PING`: the connection is dead, whatever the socket says
+    /// (a laptop that slept, a Wi-Fi switch, a NAT or proxy that dropped it, a hung server close nothing).
+    pub deadline_ms: u64,
+    /// A socket not open this long after it was created counts as a failed attempt (a proxy or captive
+    /// portal holding the upgrade).
+    pub connect_timeout_ms: u64,
+    /// While not live, `GET /api/cart` about this often (jittered ±50 %, one request at a time).
+    pub poll_ms: u64,
+}
+
+impl LinkTimings {
+    pub const DEFAULT_PING_MS: u64 = 10_000;
+    pub const DEFAULT_DEADLINE_MS: u64 = 10_000;
+    pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 8_000;
+    pub const DEFAULT_POLL_MS: u64 = 5_000;
+
+    /// The wait before the next poll: `poll_ms` × [0.5, 1.5) for a uniform `unit_random` in [0, 1), so the
+    /// polls of many tabs (after a server restart, all at once) spread out instead of firing in lockstep.
+    pub fn poll_delay_ms(&self, unit_random: f64) -> u64 {
+        let r = unit_random.clamp(0.0, 1.0);
+        ((self.poll_ms.max(1) as f64) * (0.5 + r)) as u64
+    }
+}
+
+impl Default for LinkTimings {
+    fn default() -> Self {
+        LinkTimings {
+            ping_ms: Self::DEFAULT_PING_MS,
+            deadline_ms: Self::DEFAULT_DEADLINE_MS,
+            connect_timeout_ms: Self::DEFAULT_CONNECT_TIMEOUT_MS,
+            poll_ms: Self::DEFAULT_POLL_MS,
+        }
+    }
+}
+
+/// Whether an open connection is alive, from what was heard on it: any frame from the server is a sign of
+/// life; after `ping_ms` of silence a `PING` is due, and if nothing at all arrives within `deadline_ms` of it
+/// the connection is dead. Times are milliseconds of one clock (the browser's `Date.now()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    last_heard_ms: u64,
+    ping_sent_ms: Option<u64>,
+}
+
+/// What a [`Liveness`] asks for now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LivenessCheck {
+    /// Send a `PING` (then call [`Liveness::pinged`]).
+    Ping,
+    /// Nothing was heard within the deadline: drop the connection.
+    Dead,
+    /// Check again after this many milliseconds.
+    Wait(u64),
+}
+
+impl Liveness {
+    /// A connection that opened at `now_ms`.
+    pub fn opened(now_ms: u64) -> Liveness {
+        Liveness { last_heard_ms: now_ms, ping_sent_ms: None }
+    }
+
+    /// A frame arrived.
+    pub fn heard(&mut self, now_ms: u64) {
+        self.last_heard_ms = now_ms;
+        self.ping_sent_ms = None;
+    }
+
+    /// A `PING` went out.
+    pub fn pinged(&mut self, now_ms: u64) {
+        self.ping_sent_ms.get_or_insert(now_ms);
+    }
+
+    pub fn check(&self, now_ms: u64, timings: &LinkTimings) -> LivenessCheck {
+        match self.ping_sent_ms {
+            Some(sent) => {
+                let waited = now_ms.saturating_sub(sent);
+                if waited >= timings.deadline_ms {
+                    LivenessCheck::Dead
+                } else {
+                    LivenessCheck::Wait(timings.deadline_ms - waited)
+                }
+            }
+            None => {
+                let quiet = now_ms.saturating_sub(self.last_heard_ms);
+                if quiet >= timings.ping_ms {
+                    LivenessCheck::Ping
+                } else {
+                    LivenessCheck::Wait(timings.ping_ms - quiet)
+                }
+            }
+        }
+    }
+}
 /// A REST mutation that fails on the network is retried with the same `Idempotency-Key` this many times.
 pub const MUTATION_RETRIES: u32 = 3;
 
@@ -146,6 +239,34 @@ mod tests {
         let json = serde_json::to_value(&cart).unwrap();
         assert_eq!(json["version"], 41);
         assert_eq!(serde_json::from_value::<Cart>(json).unwrap(), cart);
+    }
+
+    #[test]
+    fn silence_earns_a_ping_and_silence_after_it_is_death() {
+        let t = LinkTimings { ping_ms: 10_000, deadline_ms: 4_000, connect_timeout_ms: 8_000, poll_ms: 5_000 };
+        let mut l = Liveness::opened(1_000);
+        assert_eq!(l.check(1_000, &t), LivenessCheck::Wait(10_000));
+        assert_eq!(l.check(10_999, &t), LivenessCheck::Wait(1));
+        assert_eq!(l.check(11_000, &t), LivenessCheck::Ping, "exactly the ping interval of silence");
+        l.heard(6_000);
+        assert_eq!(l.check(11_000, &t), LivenessCheck::Wait(5_000), "any frame resets the silence");
+        l.pinged(16_000);
+        l.pinged(17_000); // a second PING does not move the deadline
+        assert_eq!(l.check(19_999, &t), LivenessCheck::Wait(1));
+        assert_eq!(l.check(20_000, &t), LivenessCheck::Dead, "exactly the deadline after the PING");
+        l.heard(19_000);
+        assert_eq!(l.check(20_000, &t), LivenessCheck::Wait(9_000), "an answer in time keeps it alive");
+        assert_eq!(Liveness::opened(5).check(0, &t), LivenessCheck::Wait(10_000), "a clock going back is no death");
+    }
+
+    #[test]
+    fn polls_are_jittered_around_their_interval() {
+        let t = LinkTimings::default();
+        assert_eq!(t.poll_delay_ms(0.0), 2_500);
+        assert_eq!(t.poll_delay_ms(0.5), 5_000);
+        assert_eq!(t.poll_delay_ms(0.999_999), 7_499);
+        assert_eq!(t.poll_delay_ms(7.0), 7_500, "out-of-range draws are clamped");
+        assert_eq!(LinkTimings { poll_ms: 0, ..t }.poll_delay_ms(0.5), 1, "never a hot loop of 0 ms");
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub struct PageState {
     pub cart: Cart,
     /// How the bundles retry a lost WebSocket (the operator may tune it; tests shorten it).
     pub reconnect: ReconnectSettings,
+    /// How the bundles notice a dead one and poll meanwhile.
+    #[serde(default)]
+    pub timings: crate::link::LinkTimings,
 }
 
 /// The tunable part of [`crate::ReconnectPolicy`], in milliseconds.
@@ -94,8 +97,12 @@ mod tests {
             revision: 0,
             epoch: Default::default(),
         };
-        let state =
-            PageState { products: vec![product], cart: Cart::empty("EUR"), reconnect: ReconnectSettings::default() };
+        let state = PageState {
+            products: vec![product],
+            cart: Cart::empty("EUR"),
+            reconnect: ReconnectSettings::default(),
+            timings: Default::default(),
+        };
         let json = state.to_script_json();
         assert!(!json.contains('<') && !json.contains('>') && !json.contains('&'), "{json}");
         assert_eq!(PageState::from_script_json(&json).unwrap(), state);

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 
 use gloo_events::EventListener;
-use gloo_timers::callback::{Interval, Timeout};
+use gloo_timers::callback::Timeout;
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
 use web_sys::{CloseEvent, CustomEvent, CustomEventInit, MessageEvent, VisibilityState, WebSocket};
@@ -13,7 +13,7 @@ use web_sys::{CloseEvent, CustomEvent, CustomEventInit, MessageEvent, Visibility
 use cartwheel_core::cart::Cart;
 use cartwheel_core::catalog::Product;
 pub use cartwheel_core::link::Handlers;
-use cartwheel_core::link::{LinkReport, LinkState, LINK_EVENT, LINK_QUERY_EVENT, PING_INTERVAL, POLL_INTERVAL};
+use cartwheel_core::link::{LinkReport, LinkState, LinkTimings, Liveness, LivenessCheck, LINK_EVENT, LINK_QUERY_EVENT};
 use cartwheel_core::order::CheckoutReceipt;
 use cartwheel_core::protocol::{ClientMessage, ServerMessage, CART_EVENT, WS_PATH};
 use cartwheel_core::reconnect::{ReconnectPolicy, ReconnectSchedule};
@@ -45,8 +45,14 @@ struct State {
     shown: VersionedCart,
     report: LinkReport,
     retry: Option<Timeout>,
-    poll: Option<Interval>,
-    ping: Option<Interval>,
+    /// The next `GET /api/cart` while not live (one at a time: the next is scheduled when it answered).
+    poll: Option<Timeout>,
+    timings: LinkTimings,
+    /// While the socket is open: what was heard on it, and the timer that checks it.
+    liveness: Option<Liveness>,
+    watchdog: Option<Timeout>,
+    /// While the socket is opening: the attempt fails when this fires first.
+    connect_deadline: Option<Timeout>,
     ping_in_flight: Option<(u64, f64)>,
     next_ping_id: u64,
     listeners: Vec<EventListener>,
@@ -76,6 +82,7 @@ impl CartLink {
     pub fn install(
         mfe: &'static str,
         policy: ReconnectPolicy,
+        timings: LinkTimings,
         initial: Option<Cart>,
         products: Vec<Product>,
         handlers: Handlers,
@@ -98,7 +105,10 @@ impl CartLink {
                 report: LinkReport::connecting(mfe),
                 retry: None,
                 poll: None,
-                ping: None,
+                timings,
+                liveness: None,
+                watchdog: None,
+                connect_deadline: None,
                 ping_in_flight: None,
                 next_ping_id: 1,
                 listeners: Vec::new(),
@@ -108,6 +118,8 @@ impl CartLink {
         let listeners = page_listeners(&inner);
         inner.state.borrow_mut().listeners = listeners;
         Inner::connect(&inner);
+        // Not live yet: poll from the start, so a page whose socket never opens still follows the cart.
+        inner.schedule_poll();
         inner.emit();
         let link = CartLink(inner);
         // Take the previous link out first: closing it touches INSTALLED again.
@@ -142,7 +154,7 @@ impl CartLink {
             (
                 s.socket.take(),
                 s.retired.take(),
-                (s.retry.take(), s.poll.take(), s.ping.take()),
+                (s.retry.take(), s.poll.take(), s.watchdog.take(), s.connect_deadline.take()),
                 std::mem::take(&mut s.listeners),
             )
         };
@@ -223,8 +235,26 @@ impl Inner {
         ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        self.state.borrow_mut().socket =
-            Some(Socket { ws, open: false, _on_open: on_open, _on_message: on_message, _on_close: on_close });
+        let mut s = self.state.borrow_mut();
+        s.socket = Some(Socket { ws, open: false, _on_open: on_open, _on_message: on_message, _on_close: on_close });
+        let weak = Rc::downgrade(self);
+        s.connect_deadline = Some(Timeout::new(s.timings.connect_timeout_ms as u32, move || {
+            with(&weak, |inner| {
+                let opening = inner.state.borrow().socket.as_ref().is_some_and(|s| !s.open);
+                if opening {
+                    inner.drop_socket();
+                }
+            })
+        }));
+    }
+
+    /// Give up on the socket (it never opened, or went silent): nothing closes such a socket in time, so this
+    /// does, then counts a failed attempt.
+    fn drop_socket(self: &Rc<Self>) {
+        let socket = self.state.borrow_mut().socket.take();
+        // Not inside the socket's own callbacks here, so it can go at once (its handlers go with it).
+        drop(socket);
+        self.lost(None);
     }
 
     fn opened(self: &Rc<Self>) {
@@ -234,20 +264,64 @@ impl Inner {
             if let Some(socket) = s.socket.as_mut() {
                 socket.open = true;
             }
+            s.connect_deadline = None;
+            s.liveness = Some(Liveness::opened(now_ms()));
+        }
+        // Open is not live: a proxy or relay may accept the socket and pass nothing. The server's first frame
+        // (its snapshot) is what makes it live; until then polling goes on and the deadline runs.
+        self.ping();
+        self.watch();
+    }
+
+    /// The first frame on an open socket: the server is really there.
+    fn heard_first(self: &Rc<Self>) {
+        {
+            let mut s = self.state.borrow_mut();
             s.report.state = LinkState::Live;
             s.report.retry_in_ms = None;
             s.report.failures = s.schedule.failures();
             s.poll = None;
-            let weak = Rc::downgrade(self);
-            s.ping = Some(Interval::new(PING_INTERVAL.as_millis() as u32, move || with(&weak, |inner| inner.ping())));
         }
-        self.ping();
         self.refresh_products();
         self.emit();
     }
 
+    /// Check the open socket's liveness and act on it: PING after silence, drop it when even that went
+    /// unanswered, else look again when the next check is due.
+    fn watch(self: &Rc<Self>) {
+        let check = {
+            let s = self.state.borrow();
+            match s.liveness {
+                Some(l) => l.check(now_ms(), &s.timings),
+                None => return,
+            }
+        };
+        match check {
+            LivenessCheck::Ping => {
+                self.ping();
+                self.watch();
+            }
+            LivenessCheck::Dead => self.drop_socket(),
+            LivenessCheck::Wait(ms) => {
+                let weak = Rc::downgrade(self);
+                self.state.borrow_mut().watchdog =
+                    Some(Timeout::new(ms as u32, move || with(&weak, |inner| inner.watch())));
+            }
+        }
+    }
+
     fn message(self: &Rc<Self>, event: &MessageEvent) {
         let Some(text) = event.data().as_string() else { return };
+        let first = {
+            let mut s = self.state.borrow_mut();
+            if let Some(l) = s.liveness.as_mut() {
+                l.heard(now_ms());
+            }
+            s.report.state != LinkState::Live
+        };
+        if first {
+            self.heard_first();
+        }
         match json::parse_server_message(&text) {
             Some(ServerMessage::CartUpdate { version, mut data }) => {
                 let skipped = cartwheel_core::version::skips_versions(
@@ -284,10 +358,12 @@ impl Inner {
                 }
             }
             Some(ServerMessage::Error { code, message }) => {
-                web_sys::console::warn_1(&format!("cartwheel {}: server error {code:?}: {message}", self.mfe).into());
+                // The code's name is not printed: `Debug` of every code would be linked into each bundle.
+                let _ = code;
+                web_sys::console::warn_2(&self.mfe.into(), &message.into());
             }
             None => {
-                web_sys::console::warn_1(&format!("cartwheel {}: unreadable frame", self.mfe).into());
+                web_sys::console::warn_2(&self.mfe.into(), &"unreadable frame".into());
             }
         }
     }
@@ -298,24 +374,28 @@ impl Inner {
             let mut s = self.state.borrow_mut();
             let socket = s.socket.take();
             s.retired = socket;
-            s.ping = None;
+            s.liveness = None;
+            s.watchdog = None;
+            s.connect_deadline = None;
             s.ping_in_flight = None;
             if s.closed {
                 return;
             }
             let delay = s.schedule.closed(now_ms(), js_sys::Math::random());
-            let online = web_sys::window().is_none_or(|w| w.navigator().on_line());
-            s.report.state = if online { LinkState::Reconnecting } else { LinkState::Offline };
-            s.report.retry_in_ms = Some(delay.as_millis() as u32);
             s.report.failures = s.schedule.failures();
-            if s.poll.is_none() {
+            if online() {
+                s.report.state = LinkState::Reconnecting;
+                s.report.retry_in_ms = Some(delay.as_millis() as u32);
                 let weak = Rc::downgrade(self);
-                s.poll =
-                    Some(Interval::new(POLL_INTERVAL.as_millis() as u32, move || with(&weak, |inner| inner.poll())));
+                s.retry = Some(Timeout::new(delay.as_millis() as u32, move || with(&weak, |inner| inner.connect())));
+            } else {
+                // Attempts wait for the `online` event.
+                s.report.state = LinkState::Offline;
+                s.report.retry_in_ms = None;
+                s.retry = None;
             }
-            let weak = Rc::downgrade(self);
-            s.retry = Some(Timeout::new(delay.as_millis() as u32, move || with(&weak, |inner| inner.connect())));
         }
+        self.schedule_poll();
         self.emit();
     }
 
@@ -327,9 +407,35 @@ impl Inner {
         }
     }
 
+    /// The browser lost the network: not live any more, whatever the socket says, and no attempts until it
+    /// is back (`online`).
+    fn went_offline(self: &Rc<Self>) {
+        let socket = {
+            let mut s = self.state.borrow_mut();
+            s.retry = None;
+            s.socket.take()
+        };
+        drop(socket);
+        self.lost(None);
+    }
+
+    /// The network is back: the backoff it had reached says nothing about now, so start over and connect.
+    fn came_online(self: &Rc<Self>) {
+        {
+            let mut s = self.state.borrow_mut();
+            let policy = *s.schedule.policy();
+            s.schedule = ReconnectSchedule::new(policy);
+        }
+        self.reconnect_now();
+    }
+
     fn ping(self: &Rc<Self>) {
         let mut s = self.state.borrow_mut();
         let id = s.next_ping_id;
+        // The deadline runs from the first unanswered PING, sent or not (a socket that cannot send is as dead).
+        if let Some(l) = s.liveness.as_mut() {
+            l.pinged(now_ms());
+        }
         let Some(socket) = s.socket.as_ref().filter(|s| s.open) else { return };
         let frame = json::stringify(&ClientMessage::Ping { id }).unwrap_or_default();
         if socket.ws.send_with_str(&frame).is_ok() {
@@ -346,12 +452,29 @@ impl Inner {
         }
     }
 
+    /// Poll once after a jittered wait, unless already scheduled or live.
+    fn schedule_poll(self: &Rc<Self>) {
+        let mut s = self.state.borrow_mut();
+        if s.closed || s.poll.is_some() || s.report.state == LinkState::Live {
+            return;
+        }
+        let weak = Rc::downgrade(self);
+        let wait = s.timings.poll_delay_ms(js_sys::Math::random());
+        s.poll = Some(Timeout::new(wait as u32, move || with(&weak, |inner| inner.poll())));
+    }
+
     fn poll(self: &Rc<Self>) {
         let weak = Rc::downgrade(self);
         wasm_bindgen_futures::spawn_local(async move {
-            if let Ok(cart) = api::fetch_cart().await {
-                with(&weak, |inner| inner.offer(cart));
-            }
+            let cart = api::fetch_cart().await;
+            with(&weak, |inner| {
+                if let Ok(cart) = cart {
+                    inner.offer(cart);
+                }
+                // The next one only now: one request in flight at most, however slow the answers.
+                inner.state.borrow_mut().poll = None;
+                inner.schedule_poll();
+            });
         });
         self.refresh_products();
     }
@@ -418,23 +541,9 @@ fn page_listeners(inner: &Rc<Inner>) -> Vec<EventListener> {
     let Some(window) = web_sys::window() else { return Vec::new() };
     let mut listeners = Vec::new();
     let weak = Rc::downgrade(inner);
-    listeners.push(EventListener::new(&window, "online", move |_| with(&weak, |i| i.reconnect_now())));
+    listeners.push(EventListener::new(&window, "online", move |_| with(&weak, |i| i.came_online())));
     let weak = Rc::downgrade(inner);
-    listeners.push(EventListener::new(&window, "offline", move |_| {
-        with(&weak, |i| {
-            let changed = {
-                let mut s = i.state.borrow_mut();
-                let down = s.report.state != LinkState::Live;
-                if down {
-                    s.report.state = LinkState::Offline;
-                }
-                down
-            };
-            if changed {
-                i.emit();
-            }
-        })
-    }));
+    listeners.push(EventListener::new(&window, "offline", move |_| with(&weak, |i| i.went_offline())));
     if let Some(document) = window.document() {
         let weak = Rc::downgrade(inner);
         let doc = document.clone();
@@ -443,6 +552,9 @@ fn page_listeners(inner: &Rc<Inner>) -> Vec<EventListener> {
                 with(&weak, |i| {
                     i.reconnect_now();
                     i.resync();
+                    // Hidden tabs' timers are throttled: check liveness now, with a deadline.
+                    i.ping();
+                    i.watch();
                 });
             }
         }));
@@ -494,6 +606,10 @@ fn socket_url(mfe: &str) -> String {
     let host = location.as_ref().and_then(|l| l.host().ok()).unwrap_or_default();
     let scheme = if protocol == "https:" { "wss" } else { "ws" };
     format!("{scheme}://{host}{WS_PATH}?mfe={mfe}")
+}
+
+fn online() -> bool {
+    web_sys::window().is_none_or(|w| w.navigator().on_line())
 }
 
 fn now_ms() -> u64 {

@@ -112,6 +112,7 @@ where
 
     let Some((state, element)) = boot::prepare(mfe, mount_id) else { return };
     let policy = state.reconnect.policy();
+    let timings = state.timings;
     let initial = state.cart.clone();
     let products = state.products.clone();
     browser::start_collecting();
@@ -120,7 +121,7 @@ where
     if let Some(handlers) = wanted.handlers {
         // The products only matter to a link that follows them (see `Handlers::on_product`).
         let products = if handlers.on_product.is_some() { products } else { Vec::new() };
-        CartLink::install(mfe, policy, Some(initial), products, handlers);
+        CartLink::install(mfe, policy, timings, Some(initial), products, handlers);
     }
     let reports = wanted.reports;
     let listener = if reports.is_empty() {
