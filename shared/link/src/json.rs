@@ -1,7 +1,8 @@
 //! JSON in the browser through the browser's own `JSON.parse`/`JSON.stringify`, so the bundles carry no JSON
 //! parser of their own (serde_json led twiggy's list of dependencies by size).
 //!
-//! Parsed values are read into our types by [`JsDeserializer`], a small serde deserializer over `JsValue`.
+//! Parsed values are read into our types by [`JsDeserializer`], a small serde deserializer over `JsValue`, and
+//! written by [`JsSerializer`].
 //! It exists for weight, not features: its error carries no message, so serde's error formatting (which
 //! drags float printing, `{:?}` of strings and every "invalid type: …" text into each bundle) is never linked.
 //! A bundle only needs to know *that* a frame or body did not have the expected shape; the server's tests
@@ -12,6 +13,7 @@ use std::fmt;
 use js_sys::{Array, Object, Reflect};
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
 use serde::forward_to_deserialize_any;
+use serde::ser;
 use serde::Serialize;
 use wasm_bindgen::{JsCast, JsValue};
 
@@ -53,7 +55,7 @@ pub fn parse_server_message(text: &str) -> Option<ServerMessage> {
 
 /// `T` as a plain JS object (objects for maps, numbers for integers), e.g. an event's `detail`.
 pub fn to_js<T: Serialize>(value: &T) -> Option<JsValue> {
-    value.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).ok()
+    value.serialize(JsSerializer).ok()
 }
 
 /// `T` as JSON text.
@@ -74,6 +76,12 @@ impl fmt::Display for ShapeError {
 impl std::error::Error for ShapeError {}
 
 impl de::Error for ShapeError {
+    fn custom<T: fmt::Display>(_: T) -> Self {
+        ShapeError
+    }
+}
+
+impl ser::Error for ShapeError {
     fn custom<T: fmt::Display>(_: T) -> Self {
         ShapeError
     }
@@ -359,5 +367,254 @@ impl<'de> de::VariantAccess<'de> for UnitVariant {
 
     fn struct_variant<V: Visitor<'de>>(self, _: &'static [&'static str], _: V) -> Result<V::Value, ShapeError> {
         Err(ShapeError)
+    }
+}
+
+/// Writes a serde type as a plain JS value (objects for structs and maps, numbers for integers, strings for
+/// unit variants): what `JSON.stringify` turns into the same JSON the server's serde_json writes.
+/// Ours rather than serde-wasm-bindgen's for weight: that one keeps a cache of field-name strings (a hash map
+/// and its code in every bundle) that these few small values never need.
+pub struct JsSerializer;
+
+impl ser::Serializer for JsSerializer {
+    type Ok = JsValue;
+    type Error = ShapeError;
+    type SerializeSeq = ArrayBuilder;
+    type SerializeTuple = ArrayBuilder;
+    type SerializeTupleStruct = ArrayBuilder;
+    type SerializeTupleVariant = ser::Impossible<JsValue, ShapeError>;
+    type SerializeMap = ObjectBuilder;
+    type SerializeStruct = ObjectBuilder;
+    type SerializeStructVariant = ser::Impossible<JsValue, ShapeError>;
+
+    fn serialize_bool(self, v: bool) -> Result<JsValue, ShapeError> {
+        Ok(JsValue::from_bool(v))
+    }
+
+    fn serialize_i8(self, v: i8) -> Result<JsValue, ShapeError> {
+        self.serialize_f64(f64::from(v))
+    }
+
+    fn serialize_i16(self, v: i16) -> Result<JsValue, ShapeError> {
+        self.serialize_f64(f64::from(v))
+    }
+
+    fn serialize_i32(self, v: i32) -> Result<JsValue, ShapeError> {
+        self.serialize_f64(f64::from(v))
+    }
+
+    /// Exact up to 2^53 (a JS number); our integers (cents, quantities, versions, ids) stay far below.
+    fn serialize_i64(self, v: i64) -> Result<JsValue, ShapeError> {
+        self.serialize_f64(v as f64)
+    }
+
+    fn serialize_u8(self, v: u8) -> Result<JsValue, ShapeError> {
+        self.serialize_f64(f64::from(v))
+    }
+
+    fn serialize_u16(self, v: u16) -> Result<JsValue, ShapeError> {
+        self.serialize_f64(f64::from(v))
+    }
+
+    fn serialize_u32(self, v: u32) -> Result<JsValue, ShapeError> {
+        self.serialize_f64(f64::from(v))
+    }
+
+    fn serialize_u64(self, v: u64) -> Result<JsValue, ShapeError> {
+        self.serialize_f64(v as f64)
+    }
+
+    fn serialize_f32(self, v: f32) -> Result<JsValue, ShapeError> {
+        self.serialize_f64(f64::from(v))
+    }
+
+    fn serialize_f64(self, v: f64) -> Result<JsValue, ShapeError> {
+        Ok(JsValue::from_f64(v))
+    }
+
+    fn serialize_char(self, v: char) -> Result<JsValue, ShapeError> {
+        self.serialize_str(v.encode_utf8(&mut [0; 4]))
+    }
+
+    fn serialize_str(self, v: &str) -> Result<JsValue, ShapeError> {
+        Ok(JsValue::from_str(v))
+    }
+
+    fn serialize_bytes(self, _: &[u8]) -> Result<JsValue, ShapeError> {
+        Err(ShapeError)
+    }
+
+    fn serialize_none(self) -> Result<JsValue, ShapeError> {
+        Ok(JsValue::NULL)
+    }
+
+    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<JsValue, ShapeError> {
+        value.serialize(self)
+    }
+
+    fn serialize_unit(self) -> Result<JsValue, ShapeError> {
+        Ok(JsValue::NULL)
+    }
+
+    fn serialize_unit_struct(self, _: &'static str) -> Result<JsValue, ShapeError> {
+        Ok(JsValue::NULL)
+    }
+
+    fn serialize_unit_variant(self, _: &'static str, _: u32, variant: &'static str) -> Result<JsValue, ShapeError> {
+        Ok(JsValue::from_str(variant))
+    }
+
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<JsValue, ShapeError> {
+        value.serialize(self)
+    }
+
+    /// Externally tagged, as serde_json writes it: `{"Variant": value}`.
+    fn serialize_newtype_variant<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<JsValue, ShapeError> {
+        let object = Object::new();
+        Reflect::set(&object, &JsValue::from_str(variant), &value.serialize(JsSerializer)?).map_err(|_| ShapeError)?;
+        Ok(object.into())
+    }
+
+    fn serialize_seq(self, _: Option<usize>) -> Result<ArrayBuilder, ShapeError> {
+        Ok(ArrayBuilder(Array::new()))
+    }
+
+    fn serialize_tuple(self, _: usize) -> Result<ArrayBuilder, ShapeError> {
+        Ok(ArrayBuilder(Array::new()))
+    }
+
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<ArrayBuilder, ShapeError> {
+        Ok(ArrayBuilder(Array::new()))
+    }
+
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleVariant, ShapeError> {
+        Err(ShapeError)
+    }
+
+    fn serialize_map(self, _: Option<usize>) -> Result<ObjectBuilder, ShapeError> {
+        Ok(ObjectBuilder { object: Object::new(), key: None })
+    }
+
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<ObjectBuilder, ShapeError> {
+        Ok(ObjectBuilder { object: Object::new(), key: None })
+    }
+
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStructVariant, ShapeError> {
+        Err(ShapeError)
+    }
+}
+
+/// A JS array being filled.
+pub struct ArrayBuilder(Array);
+
+impl ArrayBuilder {
+    fn push<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), ShapeError> {
+        self.0.push(&value.serialize(JsSerializer)?);
+        Ok(())
+    }
+}
+
+impl ser::SerializeSeq for ArrayBuilder {
+    type Ok = JsValue;
+    type Error = ShapeError;
+
+    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), ShapeError> {
+        self.push(value)
+    }
+
+    fn end(self) -> Result<JsValue, ShapeError> {
+        Ok(self.0.into())
+    }
+}
+
+impl ser::SerializeTuple for ArrayBuilder {
+    type Ok = JsValue;
+    type Error = ShapeError;
+
+    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), ShapeError> {
+        self.push(value)
+    }
+
+    fn end(self) -> Result<JsValue, ShapeError> {
+        Ok(self.0.into())
+    }
+}
+
+impl ser::SerializeTupleStruct for ArrayBuilder {
+    type Ok = JsValue;
+    type Error = ShapeError;
+
+    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), ShapeError> {
+        self.push(value)
+    }
+
+    fn end(self) -> Result<JsValue, ShapeError> {
+        Ok(self.0.into())
+    }
+}
+
+/// A JS object being filled; a map's key waits here for its value.
+pub struct ObjectBuilder {
+    object: Object,
+    key: Option<JsValue>,
+}
+
+impl ObjectBuilder {
+    fn set<T: ?Sized + Serialize>(&mut self, key: &JsValue, value: &T) -> Result<(), ShapeError> {
+        Reflect::set(&self.object, key, &value.serialize(JsSerializer)?).map(drop).map_err(|_| ShapeError)
+    }
+}
+
+impl ser::SerializeMap for ObjectBuilder {
+    type Ok = JsValue;
+    type Error = ShapeError;
+
+    fn serialize_key<T: ?Sized + Serialize>(&mut self, key: &T) -> Result<(), ShapeError> {
+        self.key = Some(key.serialize(JsSerializer)?);
+        Ok(())
+    }
+
+    fn serialize_value<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), ShapeError> {
+        let key = self.key.take().ok_or(ShapeError)?;
+        self.set(&key, value)
+    }
+
+    fn end(self) -> Result<JsValue, ShapeError> {
+        Ok(self.object.into())
+    }
+}
+
+impl ser::SerializeStruct for ObjectBuilder {
+    type Ok = JsValue;
+    type Error = ShapeError;
+
+    fn serialize_field<T: ?Sized + Serialize>(&mut self, name: &'static str, value: &T) -> Result<(), ShapeError> {
+        self.set(&JsValue::from_str(name), value)
+    }
+
+    fn end(self) -> Result<JsValue, ShapeError> {
+        Ok(self.object.into())
     }
 }
