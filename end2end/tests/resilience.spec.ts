@@ -33,7 +33,8 @@ test('with /ws blocked from the start, every part of the page still updates, and
 });
 
 test('a server restart: every part says so, reconnects without a reload, and catches up', async ({ browser }) => {
-  const server = await ShopServer.start(['--reconnect-base-ms', '200', '--reconnect-max-ms', '1000']);
+  // The first retry after a shutdown (1001) is spread over 1 s here (5 s by default; see liveness.spec.ts).
+  const server = await ShopServer.start(['--reconnect-base-ms', '200', '--reconnect-max-ms', '1000', '--reconnect-restart-spread-ms', '1000']);
   try {
     const context = await browser.newContext({ baseURL: server.url });
     const page = await context.newPage();

@@ -87,9 +87,10 @@ fn ProductCard(
             error.set(None);
             let request = CartRequest::Add { product_id: id.clone(), quantity: wanted };
             leptos::task::spawn_local(async move {
-                match link.mutate(request).await {
+                match link.mutate(request, move |words| error.set(Some(words.to_owned()))).await {
                     Ok(_) => {
                         quantity.try_set("1".to_owned());
+                        error.try_set(None);
                     }
                     Err(e) => {
                         error.try_set(Some(e.message));

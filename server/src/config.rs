@@ -199,6 +199,10 @@ pub struct Config {
     pub reconnect_base_ms: u64,
     #[arg(long, env = "CARTWHEEL_RECONNECT_MAX_MS", default_value_t = cartwheel_core::page::ReconnectSettings::default().max_ms)]
     pub reconnect_max_ms: u64,
+    /// After a server shutdown (close 1001), each browser's first retry is spread over this many milliseconds,
+    /// so a restart is not met by every client at once.
+    #[arg(long, env = "CARTWHEEL_RECONNECT_RESTART_SPREAD_MS", default_value_t = cartwheel_core::page::ReconnectSettings::default().restart_spread_ms)]
+    pub reconnect_restart_spread_ms: u64,
 
     /// The browser's liveness check: a PING after this many milliseconds without a frame from the server…
     #[arg(long, env = "CARTWHEEL_LINK_PING_MS", default_value_t = cartwheel_core::link::LinkTimings::DEFAULT_PING_MS)]
@@ -212,6 +216,9 @@ pub struct Config {
     /// While a bundle is not live, it reads the cart about this often (milliseconds, jittered ±50 %).
     #[arg(long, env = "CARTWHEEL_LINK_POLL_MS", default_value_t = cartwheel_core::link::LinkTimings::DEFAULT_POLL_MS)]
     pub link_poll_ms: u64,
+    /// A browser REST call not answered within this many milliseconds is aborted (then retried with its key).
+    #[arg(long, env = "CARTWHEEL_LINK_REQUEST_TIMEOUT_MS", default_value_t = cartwheel_core::link::LinkTimings::DEFAULT_REQUEST_TIMEOUT_MS)]
+    pub link_request_timeout_ms: u64,
 
     /// Seconds between server heartbeats (WebSocket Ping).
     #[arg(long, env = "CARTWHEEL_HEARTBEAT_SECS", value_parser = parse_duration_secs, default_value = "25")]

@@ -22,11 +22,105 @@ fn run(link: Link, request: CartRequest, busy: RwSignal<bool>, error: RwSignal<O
     busy.set(true);
     error.set(None);
     leptos::task::spawn_local(async move {
-        if let Err(e) = link.mutate(request).await {
-            error.try_set(Some(e.message));
-        }
+        let answer = link.mutate(request, move |words| error.set(Some(words.to_owned()))).await;
+        error.try_set(answer.err().map(|e| e.message));
         busy.try_set(false);
     });
+}
+
+/// A row's changes: one in flight at a time, and what was asked meanwhile waits as one follow-up, so no tap is
+/// lost and three taps on "+" during a slow answer become one `+1` and one `+2`.
+#[derive(Clone, Copy)]
+struct LineChanges {
+    link: Link,
+    cart: RwSignal<Cart>,
+    /// One signal for both numbers: each new signal type costs a bundle several KB of reactive code.
+    intent: RwSignal<Intent>,
+    error: RwSignal<Option<String>>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Intent {
+    /// The delta in flight (`0` for a removal) and the cart version it was sent from.
+    sent: Option<(i64, u64)>,
+    /// Taps since: their sum, or `None` once "Remove" was asked for.
+    queued: Option<i64>,
+}
+
+impl LineChanges {
+    fn new(link: Link, cart: RwSignal<Cart>) -> Self {
+        LineChanges {
+            link,
+            cart,
+            intent: RwSignal::new(Intent { sent: None, queued: Some(0) }),
+            error: RwSignal::new(None),
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.intent.with(|i| i.sent.is_some())
+    }
+
+    /// What the shopper asked for and the shop has not answered yet, for the quantity shown. The delta in
+    /// flight counts until a newer cart arrives (which holds it, or the answer comes right after).
+    fn pending(&self) -> i64 {
+        let Intent { sent, queued } = self.intent.get();
+        let in_flight = match sent {
+            Some((delta, version)) if self.cart.with(|c| c.version) == version => delta,
+            _ => 0,
+        };
+        in_flight + queued.unwrap_or(0)
+    }
+
+    /// `Some(delta)`, or a removal (`None`): now, or after the change in flight.
+    fn ask(self, product_id: String, change: Option<i64>) {
+        let mut queued = false;
+        self.intent.update(|i| {
+            if i.sent.is_some() {
+                i.queued = match (i.queued, change) {
+                    (Some(q), Some(delta)) => Some(q + delta),
+                    _ => None,
+                };
+                queued = true;
+            }
+        });
+        if !queued {
+            self.send(product_id, change);
+        }
+    }
+
+    /// `change`; then whatever was queued meanwhile, as one change.
+    fn send(self, product_id: String, change: Option<i64>) {
+        let request = match change {
+            Some(0) => return,
+            Some(delta) => CartRequest::Adjust { product_id: product_id.clone(), delta },
+            None => CartRequest::Remove { product_id: product_id.clone() },
+        };
+        let version = self.cart.with_untracked(|c| c.version);
+        self.intent.update(|i| i.sent = Some((change.unwrap_or(0), version)));
+        self.error.set(None);
+        let error = self.error;
+        leptos::task::spawn_local(async move {
+            let answer = self.link.mutate(request, move |words| error.set(Some(words.to_owned()))).await;
+            let mut next = Some(0);
+            self.intent.try_update(|i| {
+                i.sent = None;
+                next = std::mem::replace(&mut i.queued, Some(0));
+            });
+            match answer {
+                // A refusal was decided on what is shown now; taps queued on the old numbers are dropped.
+                Err(e) => {
+                    error.try_set(Some(e.message));
+                }
+                Ok(_) => {
+                    error.try_set(None);
+                    if change.is_some() {
+                        self.send(product_id, next);
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// The cart. `cart` is the session's cart as this bundle last saw it; `report` its connection's state, and
@@ -45,9 +139,10 @@ pub fn ShoppingCart(cart: RwSignal<Cart>, report: RwSignal<LinkReport>, link: Li
         ordering.set(true);
         error.set(None);
         leptos::task::spawn_local(async move {
-            match link.checkout().await {
+            match link.checkout(move |words| error.set(Some(words.to_owned()))).await {
                 Ok(receipt) => {
                     order.try_set(Some(receipt.order));
+                    error.try_set(None);
                 }
                 Err(e) => {
                     error.try_set(Some(e.message));
@@ -139,23 +234,26 @@ pub fn ShoppingCart(cart: RwSignal<Cart>, report: RwSignal<LinkReport>, link: Li
 #[component]
 fn CartLineRow(index: usize, cart: RwSignal<Cart>, link: Link) -> impl IntoView {
     let line = Memo::new(move |_| cart.with(|c| c.items.get(index).cloned()));
-    let busy = RwSignal::new(false);
-    let error = RwSignal::new(None::<String>);
+    let changes = LineChanges::new(link, cart);
+    let error = changes.error;
     let get = move |f: fn(&CartLine) -> String| move || line.with(|l| l.as_ref().map(f).unwrap_or_default());
     let currency = move || cart.with(|c| c.currency.clone());
     let name = get(|l| l.name.clone());
     let id = get(|l| l.product_id.0.clone());
-    let quantity = move || line.with(|l| l.as_ref().map_or(0, |l| l.quantity));
     let stock = move || line.with(|l| l.as_ref().map_or(0, |l| l.stock));
     let over = move || line.with(|l| l.as_ref().is_some_and(CartLine::exceeds_stock));
     let cap = move || line.with(|l| l.as_ref().map_or(0, |l| l.stock.min(CartLimits::DEFAULT_MAX_QUANTITY_PER_LINE)));
+    // The quantity with the taps not answered yet: what the shopper asked for, not what was last confirmed.
+    let quantity =
+        move || (line.with(|l| l.as_ref().map_or(0, |l| i64::from(l.quantity))) + changes.pending()).max(0) as u32;
     let price = move |cents: fn(&CartLine) -> Cents| {
         move || line.with(|l| l.as_ref().map(|l| cents(l).format(&currency())).unwrap_or_default())
     };
     // The product is read when clicked, so a row that now shows another line acts on that line.
     // "−" and "+" are relative: pressed in two tabs at once, both count (an absolute "shown + 1" would not).
-    let step = move |delta: i64| run(link, CartRequest::Adjust { product_id: id(), delta }, busy, error);
-    let remove = move |_| run(link, CartRequest::Remove { product_id: id() }, busy, error);
+    // They stay enabled while a change is in flight (taps queue; `aria-busy` says it is under way).
+    let step = move |delta: i64| changes.ask(id(), Some(delta));
+    let remove = move |_| changes.ask(id(), None);
     view! {
         <li class="cart-line" data-product-id=id class:over-stock=over>
             <img class="line-image" src=get(|l| l.image.clone()) alt="" width="64" height="48" />
@@ -163,12 +261,17 @@ fn CartLineRow(index: usize, cart: RwSignal<Cart>, link: Link) -> impl IntoView 
                 <span class="line-name">{name}</span>
                 <span class="line-unit">{price(|l| l.unit_price_cents)} " each"</span>
             </div>
-            <div class="stepper" role="group" aria-label=move || format!("Quantity of {}", name())>
+            <div
+                class="stepper"
+                role="group"
+                aria-label=move || format!("Quantity of {}", name())
+                aria-busy=move || changes.busy().to_string()
+            >
                 <button
                     type="button"
                     class="step"
                     aria-label=move || format!("One fewer {}", name())
-                    disabled=move || busy.get()
+                    disabled=move || quantity() == 0
                     on:click=move |_| step(-1)
                 >
                     "−"
@@ -178,7 +281,7 @@ fn CartLineRow(index: usize, cart: RwSignal<Cart>, link: Link) -> impl IntoView 
                     type="button"
                     class="step"
                     aria-label=move || format!("One more {}", name())
-                    disabled=move || { busy.get() || quantity() >= cap() }
+                    disabled=move || { quantity() >= cap() }
                     on:click=move |_| step(1)
                 >
                     "+"
@@ -189,7 +292,7 @@ fn CartLineRow(index: usize, cart: RwSignal<Cart>, link: Link) -> impl IntoView 
                 type="button"
                 class="remove"
                 aria-label=move || format!("Remove {} from the cart", name())
-                disabled=move || busy.get()
+                aria-busy=move || changes.busy().to_string()
                 on:click=remove
             >
                 "Remove"

@@ -30,13 +30,18 @@ pub fn router() -> Router<AppState> {
 /// `GET /`.
 async fn shop(State(app): State<AppState>, session: Session, request: Request<Body>) -> Result<Response, AppError> {
     let cart = app.shop.cart(&session.cart).await?;
-    let reconnect = ReconnectSettings { base_ms: app.config.reconnect_base_ms, max_ms: app.config.reconnect_max_ms };
     let c = &app.config;
+    let reconnect = ReconnectSettings {
+        base_ms: c.reconnect_base_ms,
+        max_ms: c.reconnect_max_ms,
+        restart_spread_ms: c.reconnect_restart_spread_ms,
+    };
     let timings = LinkTimings {
         ping_ms: c.link_ping_ms,
         deadline_ms: c.link_deadline_ms,
         connect_timeout_ms: c.link_connect_timeout_ms,
         poll_ms: c.link_poll_ms,
+        request_timeout_ms: c.link_request_timeout_ms,
     };
     let state = PageState { products: app.shop.catalog().products().to_vec(), cart, reconnect, timings };
     let slots = shell::Slots {

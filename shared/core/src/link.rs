@@ -31,6 +31,10 @@ pub struct LinkTimings {
     pub connect_timeout_ms: u64,
     /// While not live, `GET /api/cart` about this often (jittered ±50 %, one request at a time).
     pub poll_ms: u64,
+    /// A REST call (its answer and body) not done this long after it started is aborted: a change is then
+    /// retried with the same key, and after the last retry its outcome is unknown (and said so).
+    #[serde(default = "LinkTimings::default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
 }
 
 impl LinkTimings {
@@ -38,12 +42,70 @@ impl LinkTimings {
     pub const DEFAULT_DEADLINE_MS: u64 = 10_000;
     pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 8_000;
     pub const DEFAULT_POLL_MS: u64 = 5_000;
+    pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+    /// While polling, the catalog (`GET /api/products`) is re-read on the first poll and every this many after.
+    pub const CATALOG_EVERY_POLLS: u32 = 6;
+
+    fn default_request_timeout_ms() -> u64 {
+        Self::DEFAULT_REQUEST_TIMEOUT_MS
+    }
 
     /// The wait before the next poll: `poll_ms` × [0.5, 1.5) for a uniform `unit_random` in [0, 1), so the
     /// polls of many tabs (after a server restart, all at once) spread out instead of firing in lockstep.
     pub fn poll_delay_ms(&self, unit_random: f64) -> u64 {
         let r = unit_random.clamp(0.0, 1.0);
         ((self.poll_ms.max(1) as f64) * (0.5 + r)) as u64
+    }
+
+    /// The wait before the next poll after one answered with `status` (`None`: no answer) and `Retry-After`
+    /// (in ms): a busy server (429, 503) is polled half as often, and never sooner than it asked.
+    pub fn poll_after_ms(&self, status: Option<u16>, retry_after_ms: Option<u64>, unit_random: f64) -> u64 {
+        let mut wait = self.poll_delay_ms(unit_random);
+        if matches!(status, Some(429 | 503)) {
+            wait = wait.saturating_mul(2);
+        }
+        match retry_after_ms {
+            Some(asked) => wait.max(retry_wait_ms(0, Some(asked), unit_random)),
+            None => wait,
+        }
+    }
+
+    /// Whether the `n`-th poll (0 = the first) also re-reads the catalog.
+    pub fn catalog_due(poll: u32) -> bool {
+        poll % Self::CATALOG_EVERY_POLLS == 0
+    }
+}
+
+/// A `Retry-After` longer than this is waited for only this long: a shopper's change should not sit for minutes
+/// behind one header (a retry after it is harmless: the same key).
+pub const RETRY_AFTER_CAP_MS: u64 = 30_000;
+
+/// `Retry-After` in milliseconds, from its delta-seconds form (`"2"`), the one our server and nginx send.
+/// The HTTP-date form is not read (a page's clock may be off by more than the wait); it counts as absent.
+pub fn parse_retry_after(value: &str) -> Option<u64> {
+    let value = value.trim();
+    if value.is_empty() || value.len() > 10 {
+        return None;
+    }
+    // By hand: `str::parse` links integer parsing and its error into every bundle (~1 KB).
+    value.bytes().try_fold(0u64, |n, b| b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))).map(|s| s * 1_000)
+}
+
+/// How long to wait before retry number `attempt` (1 = the first) of a REST change, for a uniform
+/// `unit_random` in [0, 1): what the server asked for (`Retry-After`, capped at [`RETRY_AFTER_CAP_MS`]) plus up
+/// to a quarter more, so the clients it told the same are not back in the same instant; without one, the
+/// reconnect backoff's ceiling × [0.5, 1).
+pub fn retry_wait_ms(attempt: u32, retry_after_ms: Option<u64>, unit_random: f64) -> u64 {
+    let r = if unit_random.is_finite() { unit_random.clamp(0.0, 1.0) } else { 0.0 };
+    match retry_after_ms {
+        Some(asked) => {
+            let asked = asked.min(RETRY_AFTER_CAP_MS);
+            asked + (asked as f64 * r / 4.0) as u64
+        }
+        None => {
+            let ceiling = crate::reconnect::ReconnectPolicy::default().ceiling(attempt).as_millis() as f64;
+            (ceiling * (0.5 + r / 2.0)) as u64
+        }
     }
 }
 
@@ -54,6 +116,7 @@ impl Default for LinkTimings {
             deadline_ms: Self::DEFAULT_DEADLINE_MS,
             connect_timeout_ms: Self::DEFAULT_CONNECT_TIMEOUT_MS,
             poll_ms: Self::DEFAULT_POLL_MS,
+            request_timeout_ms: Self::DEFAULT_REQUEST_TIMEOUT_MS,
         }
     }
 }
@@ -206,6 +269,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn retry_after_is_read_from_delta_seconds_only() {
+        assert_eq!(parse_retry_after("2"), Some(2_000));
+        assert_eq!(parse_retry_after(" 0 "), Some(0));
+        assert_eq!(parse_retry_after("9999999999"), Some(9_999_999_999_000));
+        for bad in ["", "-1", "1.5", "2s", "Wed, 21 Oct 2026 07:28:00 GMT", "99999999999"] {
+            assert_eq!(parse_retry_after(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_retry_waits_at_least_what_the_server_asked_up_to_the_cap() {
+        for r in [0.0, 0.5, 0.999] {
+            let wait = retry_wait_ms(1, Some(2_000), r);
+            assert!((2_000..2_500).contains(&wait), "{wait}");
+            let capped = retry_wait_ms(1, Some(3_600_000), r);
+            assert!((RETRY_AFTER_CAP_MS..RETRY_AFTER_CAP_MS * 5 / 4).contains(&capped), "{capped}");
+        }
+        // Without a header: the backoff's ceiling (0.5 s, 1 s, 2 s …) × [0.5, 1).
+        assert_eq!(retry_wait_ms(1, None, 0.0), 250);
+        assert_eq!(retry_wait_ms(3, None, 0.0), 1_000);
+        assert!(retry_wait_ms(3, None, 0.999) < 2_000);
+        assert_eq!(retry_wait_ms(1, None, f64::NAN), 250);
+    }
+
+    #[test]
+    fn polls_slow_down_for_a_busy_server_and_honour_its_retry_after() {
+        let t = LinkTimings::default();
+        assert_eq!(t.poll_after_ms(Some(200), None, 0.5), 5_000);
+        assert_eq!(t.poll_after_ms(None, None, 0.5), 5_000);
+        assert_eq!(t.poll_after_ms(Some(503), None, 0.5), 10_000);
+        assert_eq!(t.poll_after_ms(Some(429), None, 0.0), 5_000);
+        assert!(t.poll_after_ms(Some(503), Some(20_000), 0.0) >= 20_000);
+        // A short Retry-After never makes a poll sooner than the schedule.
+        assert_eq!(t.poll_after_ms(Some(503), Some(1_000), 0.5), 10_000);
+        let polls: Vec<u32> = (0..13).filter(|&n| LinkTimings::catalog_due(n)).collect();
+        assert_eq!(polls, [0, 6, 12]);
+    }
+
+    #[test]
+    fn timings_from_an_older_page_get_the_default_request_timeout() {
+        let old = r#"{"ping_ms":1,"deadline_ms":2,"connect_timeout_ms":3,"poll_ms":4}"#;
+        let t: LinkTimings = serde_json::from_str(old).unwrap();
+        assert_eq!(t.request_timeout_ms, LinkTimings::DEFAULT_REQUEST_TIMEOUT_MS);
+    }
+
+    #[test]
     fn description_rounds_the_wait_to_tenths_of_a_second() {
         let mut report = LinkReport::connecting("shell");
         assert_eq!(report.describe(), "connecting");
@@ -243,7 +352,7 @@ mod tests {
 
     #[test]
     fn silence_earns_a_ping_and_silence_after_it_is_death() {
-        let t = LinkTimings { ping_ms: 10_000, deadline_ms: 4_000, connect_timeout_ms: 8_000, poll_ms: 5_000 };
+        let t = LinkTimings { ping_ms: 10_000, deadline_ms: 4_000, ..LinkTimings::default() };
         let mut l = Liveness::opened(1_000);
         assert_eq!(l.check(1_000, &t), LivenessCheck::Wait(10_000));
         assert_eq!(l.check(10_999, &t), LivenessCheck::Wait(1));

@@ -40,16 +40,27 @@ pub struct PageState {
 pub struct ReconnectSettings {
     pub base_ms: u64,
     pub max_ms: u64,
+    /// See [`ReconnectPolicy::restart_spread`].
+    #[serde(default = "ReconnectSettings::default_restart_spread_ms")]
+    pub restart_spread_ms: u64,
 }
 
 impl Default for ReconnectSettings {
     fn default() -> Self {
         let p = ReconnectPolicy::default();
-        ReconnectSettings { base_ms: p.base.as_millis() as u64, max_ms: p.max.as_millis() as u64 }
+        ReconnectSettings {
+            base_ms: p.base.as_millis() as u64,
+            max_ms: p.max.as_millis() as u64,
+            restart_spread_ms: Self::default_restart_spread_ms(),
+        }
     }
 }
 
 impl ReconnectSettings {
+    fn default_restart_spread_ms() -> u64 {
+        ReconnectPolicy::DEFAULT_RESTART_SPREAD.as_millis() as u64
+    }
+
     /// The policy, with the default minimum delay and healthy period; a base above the cap is capped.
     pub fn policy(self) -> ReconnectPolicy {
         let max = Duration::from_millis(self.max_ms.max(1));
@@ -58,6 +69,7 @@ impl ReconnectSettings {
             base,
             max,
             min_delay: ReconnectPolicy::DEFAULT_MIN_DELAY.min(base),
+            restart_spread: Duration::from_millis(self.restart_spread_ms),
             ..ReconnectPolicy::default()
         }
     }
@@ -110,12 +122,12 @@ mod tests {
 
     #[test]
     fn reconnect_settings_make_a_sane_policy() {
-        let p = ReconnectSettings { base_ms: 100, max_ms: 800 }.policy();
+        let p = ReconnectSettings { base_ms: 100, max_ms: 800, ..ReconnectSettings::default() }.policy();
         assert_eq!(
             (p.base, p.max, p.min_delay),
             (Duration::from_millis(100), Duration::from_millis(800), Duration::from_millis(100))
         );
-        let inverted = ReconnectSettings { base_ms: 5000, max_ms: 1000 }.policy();
+        let inverted = ReconnectSettings { base_ms: 5000, max_ms: 1000, ..ReconnectSettings::default() }.policy();
         assert_eq!(inverted.base, inverted.max, "a base above the cap is capped");
         assert_eq!(ReconnectSettings::default().policy(), ReconnectPolicy::default());
     }

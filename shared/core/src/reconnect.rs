@@ -22,6 +22,9 @@ pub struct ReconnectPolicy {
     pub min_delay: Duration,
     /// A connection open at least this long counts as healthy and resets the schedule.
     pub healthy_after: Duration,
+    /// The first retry after a live socket closed with `1001` (the server is going away: a restart or a
+    /// deploy, which every client of it sees at the same instant) waits a random time in `[min_delay, this]`.
+    pub restart_spread: Duration,
 }
 
 impl ReconnectPolicy {
@@ -29,6 +32,10 @@ impl ReconnectPolicy {
     pub const DEFAULT_MAX: Duration = Duration::from_secs(20);
     pub const DEFAULT_MIN_DELAY: Duration = Duration::from_millis(100);
     pub const DEFAULT_HEALTHY_AFTER: Duration = Duration::from_secs(10);
+    pub const DEFAULT_RESTART_SPREAD: Duration = Duration::from_secs(5);
+    /// After a close that says the client broke a rule (`1008`), or asks it to come back later (`1013`, or
+    /// an application code `4000`–`4999`), every wait is this many times the usual one.
+    pub const SLOWDOWN: u32 = 4;
 
     /// The upper bound of the delay after `failures` consecutive failures (1 = the first retry).
     pub fn ceiling(&self, failures: u32) -> Duration {
@@ -45,6 +52,7 @@ impl Default for ReconnectPolicy {
             max: Self::DEFAULT_MAX,
             min_delay: Self::DEFAULT_MIN_DELAY,
             healthy_after: Self::DEFAULT_HEALTHY_AFTER,
+            restart_spread: Self::DEFAULT_RESTART_SPREAD,
         }
     }
 }
@@ -92,6 +100,26 @@ impl ReconnectSchedule {
         floor + (ceiling - floor).mul_f64(r)
     }
 
+    /// Like [`ReconnectSchedule::closed`], for a socket that closed with `code` (`None`: it never opened, or
+    /// was given up on): `1008`, `1013` and `4000`–`4999` wait [`ReconnectPolicy::SLOWDOWN`] times longer; the
+    /// first retry after a live socket's `1001` is spread over [`ReconnectPolicy::restart_spread`] instead of
+    /// the short first ceiling. `1009` needs nothing: the only frames a client sends are `PING` and
+    /// `RESYNC`, far below the limit, and no frame is ever resent.
+    pub fn closed_with(&mut self, now_ms: u64, code: Option<u16>, unit_random: f64) -> Duration {
+        let was_open = self.opened_at_ms.is_some();
+        let delay = self.closed(now_ms, unit_random);
+        match code {
+            Some(1008 | 1013 | 4000..=4999) => delay.saturating_mul(ReconnectPolicy::SLOWDOWN),
+            Some(1001) if was_open && self.failures == 1 => {
+                let floor = self.policy.min_delay.min(self.policy.restart_spread).as_millis() as u64;
+                let spread = self.policy.restart_spread.as_millis() as u64;
+                let r = if unit_random.is_finite() { unit_random.clamp(0.0, 1.0) } else { 0.0 };
+                Duration::from_millis(floor + ((spread - floor) as f64 * r) as u64)
+            }
+            _ => delay,
+        }
+    }
+
     /// Forget past failures, e.g. when the browser reports it is back `online` and we retry at once.
     pub fn reset(&mut self) {
         self.failures = 0;
@@ -105,6 +133,37 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn close_codes_a_rule_broken_waits_longer_and_a_restart_spreads_the_first_retry() {
+        let policy = ReconnectPolicy::default();
+        // 1008 (and 1013, 4xxx): four times the usual wait, from the first retry on.
+        for code in [1008, 1013, 4000, 4999] {
+            let mut normal = ReconnectSchedule::new(policy);
+            let mut slowed = ReconnectSchedule::new(policy);
+            for _ in 0..3 {
+                let usual = normal.closed_with(0, Some(1006), 0.7);
+                assert_eq!(slowed.closed_with(0, Some(code), 0.7), usual * ReconnectPolicy::SLOWDOWN, "{code}");
+            }
+        }
+        // 1001 after a live socket: the first retry anywhere in [min_delay, 5 s], not within the first 0.5 s.
+        let spread = |r| {
+            let mut s = ReconnectSchedule::new(policy);
+            s.opened(0);
+            s.closed_with(1_000, Some(1001), r)
+        };
+        assert_eq!(spread(0.0), policy.min_delay);
+        assert_eq!(spread(1.0), policy.restart_spread);
+        assert!(spread(0.5) > policy.ceiling(1));
+        // Only the first retry: a server still down is retried on the usual schedule after it.
+        let mut s = ReconnectSchedule::new(policy);
+        s.opened(0);
+        s.closed_with(1_000, Some(1001), 0.5);
+        assert!(s.closed_with(2_000, Some(1001), 0.999) <= policy.ceiling(2));
+        // A 1001 on a socket that never opened is an ordinary failure.
+        let mut never = ReconnectSchedule::new(policy);
+        assert!(never.closed_with(0, Some(1001), 0.999) <= policy.ceiling(1));
     }
 
     #[test]

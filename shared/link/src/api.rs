@@ -1,38 +1,53 @@
 //! REST calls to the cart API with the browser's `fetch`; their failures are [`ApiError`]s (defined in `cartwheel-core`).
 
+use std::cell::{Cell, RefCell};
+
 use gloo_net::http::{Method, RequestBuilder};
+use gloo_timers::callback::Timeout;
 use serde::de::DeserializeOwned;
 use wasm_bindgen::JsValue;
 use wasm_bindgen_futures::JsFuture;
+use web_sys::AbortController;
 
 pub use cartwheel_core::api::{ApiError, CartRequest};
 use cartwheel_core::cart::Cart;
 use cartwheel_core::catalog::Product;
-use cartwheel_core::link::MUTATION_RETRIES;
+use cartwheel_core::link::{parse_retry_after, retry_wait_ms, LinkTimings, MUTATION_RETRIES};
 use cartwheel_core::order::CheckoutReceipt;
 use cartwheel_core::protocol::{AddToCart, AdjustQuantity, CheckoutRequest, ErrorBody, ErrorCode, SetQuantity};
-use cartwheel_core::reconnect::ReconnectPolicy;
 use cartwheel_core::version::Stamp;
 
 use crate::json;
 
+thread_local! {
+    /// Every call is aborted after this long (the page's [`LinkTimings::request_timeout_ms`], set when the
+    /// bundle's link is installed).
+    static REQUEST_TIMEOUT_MS: Cell<u32> = const { Cell::new(LinkTimings::DEFAULT_REQUEST_TIMEOUT_MS as u32) };
+    /// The last change whose outcome stayed unknown after its retries (its method, path and body, and its
+    /// key): the shopper trying the same change again sends the same key, so the server applies it once.
+    static UNCONFIRMED: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
+}
+
+/// Abort every later call after `ms` without a complete answer.
+pub fn set_request_timeout(ms: u64) {
+    REQUEST_TIMEOUT_MS.with(|t| t.set(ms.clamp(1, u64::from(u32::MAX)) as u32));
+}
+
 /// `GET /api/cart`.
 pub async fn fetch_cart() -> Result<Cart, ApiError> {
-    let (status, body) = call("GET", "/api/cart", None, None, None).await?;
-    read(status, body)
+    call("GET", "/api/cart", None, None, None).await?.read()
 }
 
 /// `GET /api/products`.
 pub async fn fetch_products() -> Result<Vec<Product>, ApiError> {
-    let (status, body) = call("GET", "/api/products", None, None, None).await?;
-    read(status, body)
+    call("GET", "/api/products", None, None, None).await?.read()
 }
 
 /// `POST /api/cart/checkout` of the cart shown (`shown`: its `If-Match` stamp and total), retried like a cart
 /// change: a lost answer never buys twice, and a cart that changed or got dearer is not bought.
-pub async fn checkout(shown: Option<&Cart>) -> Result<CheckoutReceipt, ApiError> {
+pub async fn checkout(shown: Option<&Cart>, unsure: &dyn Fn()) -> Result<CheckoutReceipt, ApiError> {
     let body = shown.and_then(|c| json::stringify(&CheckoutRequest { expected_total_cents: Some(c.total_cents) }));
-    send_once("POST", "/api/cart/checkout", body.as_deref(), shown.map(stamp).as_deref()).await
+    send_once("POST", "/api/cart/checkout", body.as_deref(), shown.map(stamp).as_deref(), unsure).await
 }
 
 /// The `If-Match` value naming `cart`.
@@ -42,7 +57,7 @@ fn stamp(cart: &Cart) -> String {
 
 /// Apply a change over REST (see [`send_once`]). A `Set` names the cart it was decided on (`shown`), so it
 /// cannot undo a change this tab has not seen (`412`).
-pub async fn send(request: &CartRequest, shown: Option<&Cart>) -> Result<Cart, ApiError> {
+pub async fn send(request: &CartRequest, shown: Option<&Cart>, unsure: &dyn Fn()) -> Result<Cart, ApiError> {
     let mut if_match = None;
     let (method, path, body) = match request {
         CartRequest::Add { product_id, quantity } => (
@@ -60,47 +75,72 @@ pub async fn send(request: &CartRequest, shown: Option<&Cart>) -> Result<Cart, A
         CartRequest::Remove { product_id } => ("DELETE", item_path(product_id), None),
         CartRequest::Clear => ("DELETE", "/api/cart".to_owned(), None),
     };
-    send_once(method, &path, body.as_deref(), if_match.as_deref()).await
+    send_once(method, &path, body.as_deref(), if_match.as_deref(), unsure).await
 }
 
-/// One change over REST. Network failures, 429 and 5xx are retried with the same `Idempotency-Key`, so a
-/// change whose answer was lost is applied once, not twice.
+/// One change over REST. No answer (or none in time), 429 and 5xx are retried with the same
+/// `Idempotency-Key`, after what `Retry-After` asked for or the backoff, so a change whose answer was lost is
+/// applied once, not twice. `unsure` is called when the outcome first becomes unknown (the words for the
+/// shopper while the retries go on). When it is still unknown after the last retry the key is kept: the same
+/// change sent again reuses it.
 async fn send_once<T: DeserializeOwned>(
     method: &str,
     path: &str,
     body: Option<&str>,
     if_match: Option<&str>,
+    unsure: &dyn Fn(),
 ) -> Result<T, ApiError> {
-    let key = idempotency_key();
-    let policy = ReconnectPolicy::default();
+    let fingerprint = format!("{method} {path}\n{}", body.unwrap_or_default());
+    let reused = UNCONFIRMED.with(|u| u.borrow().as_ref().filter(|(f, _)| *f == fingerprint).map(|(_, k)| k.clone()));
+    let key = reused.unwrap_or_else(idempotency_key);
     let mut attempt = 0;
-    loop {
+    let result = loop {
         let result = match call(method, path, body, Some(&key), if_match).await {
-            Ok((status, body)) => read(status, body),
+            Ok(answer) => answer.read(),
             Err(e) => Err(e),
         };
         match result {
             Err(e) if e.retryable() && attempt < MUTATION_RETRIES => {
+                if e.outcome_unknown() && attempt == 0 {
+                    unsure();
+                }
                 attempt += 1;
-                let ceiling = policy.ceiling(attempt).as_millis() as f64;
-                let wait = (ceiling * (0.5 + js_sys::Math::random() / 2.0)) as u32;
-                gloo_timers::future::TimeoutFuture::new(wait).await;
+                let wait = retry_wait_ms(attempt, e.retry_after_ms, js_sys::Math::random());
+                gloo_timers::future::TimeoutFuture::new(wait as u32).await;
             }
-            other => return other,
+            other => break other,
         }
-    }
+    };
+    let unknown = result.as_ref().err().is_some_and(ApiError::outcome_unknown);
+    UNCONFIRMED.with(|u| {
+        let mut u = u.borrow_mut();
+        if unknown {
+            *u = Some((fingerprint, key));
+        } else if u.as_ref().is_some_and(|(f, _)| *f == fingerprint) {
+            *u = None;
+        }
+    });
+    result
 }
 
-/// One `fetch` (through gloo-net): the status and the parsed JSON body (`null` when there is none). `Err` only
-/// when the server could not be reached. The body is parsed by the browser's own `JSON.parse`
-/// (`Response.json()`), not by a Rust JSON parser: gloo-net's `json` feature would link serde_json.
+/// What a call got back: its status, its `Retry-After` and its parsed JSON body (`null` when there is none).
+struct Answer {
+    status: u16,
+    retry_after_ms: Option<u64>,
+    body: JsValue,
+}
+
+/// One `fetch` (through gloo-net), aborted when neither the answer nor its body is complete within the
+/// request timeout. `Err` only when the server could not be reached or did not answer in time. The body is
+/// parsed by the browser's own `JSON.parse` (`Response.json()`), not by a Rust JSON parser: gloo-net's `json`
+/// feature would link serde_json.
 async fn call(
     method: &str,
     path: &str,
     body: Option<&str>,
     key: Option<&str>,
     if_match: Option<&str>,
-) -> Result<(u16, JsValue), ApiError> {
+) -> Result<Answer, ApiError> {
     let network = |_| ApiError::network();
     let method = match method {
         "POST" => Method::POST,
@@ -109,7 +149,14 @@ async fn call(
         "PATCH" => Method::PATCH,
         _ => Method::GET,
     };
-    let mut request = RequestBuilder::new(path).method(method);
+    let abort = AbortController::new().map_err(|_| ApiError::network())?;
+    let signal = abort.signal();
+    let _deadline = {
+        let abort = abort.clone();
+        Timeout::new(REQUEST_TIMEOUT_MS.with(Cell::get), move || abort.abort())
+    };
+    let failed = |_| if signal.aborted() { ApiError::timed_out() } else { ApiError::network() };
+    let mut request = RequestBuilder::new(path).method(method).abort_signal(Some(&signal));
     if let Some(key) = key {
         request = request.header("idempotency-key", key);
     }
@@ -120,14 +167,20 @@ async fn call(
         Some(body) => request.header("content-type", "application/json").body(body).map_err(network)?,
         None => request.build().map_err(network)?,
     };
-    let response = request.send().await.map_err(network)?;
+    let response = request.send().await.map_err(failed)?;
     let status = response.status();
+    let retry_after_ms = response.headers().get("retry-after").as_deref().and_then(parse_retry_after);
     let raw: web_sys::Response = response.into();
-    let json = match raw.json() {
-        Ok(promise) => JsFuture::from(promise).await.unwrap_or(JsValue::NULL),
+    let body = match raw.json() {
+        Ok(promise) => match JsFuture::from(promise).await {
+            Ok(body) => body,
+            // Cut off while the body was arriving: as good as no answer.
+            Err(_) if signal.aborted() => return Err(ApiError::timed_out()),
+            Err(_) => JsValue::NULL,
+        },
         Err(_) => JsValue::NULL,
     };
-    Ok((status, json))
+    Ok(Answer { status, retry_after_ms, body })
 }
 
 fn item_path(product_id: &str) -> String {
@@ -135,28 +188,35 @@ fn item_path(product_id: &str) -> String {
     format!("/api/cart/items/{encoded}")
 }
 
-fn read<T: DeserializeOwned>(status: u16, body: JsValue) -> Result<T, ApiError> {
-    if (200..300).contains(&status) {
-        return json::from_js::<T>(body).ok_or_else(|| ApiError {
-            status: Some(status),
-            code: ErrorCode::Internal,
-            message: "The shop sent an answer this page does not understand. Reload the page.".to_owned(),
-            cart: None,
-        });
-    }
-    match json::from_js::<ErrorBody>(body) {
-        Some(body) => Err(ApiError {
-            status: Some(status),
-            code: body.error.code,
-            message: body.error.message,
-            cart: body.error.cart.map(Box::new),
-        }),
-        None => Err(ApiError {
-            status: Some(status),
-            code: if status >= 500 { ErrorCode::ServiceUnavailable } else { ErrorCode::Unknown },
-            message: format!("The shop answered with an error ({status}). Please try again."),
-            cart: None,
-        }),
+impl Answer {
+    /// The body as `T` for a 2xx, else the error it carries (or one in words for a body that is not ours).
+    fn read<T: DeserializeOwned>(self) -> Result<T, ApiError> {
+        let Answer { status, retry_after_ms, body } = self;
+        if (200..300).contains(&status) {
+            return json::from_js::<T>(body).ok_or_else(|| ApiError {
+                status: Some(status),
+                code: ErrorCode::Internal,
+                message: "The shop sent an answer this page does not understand. Reload the page.".to_owned(),
+                cart: None,
+                retry_after_ms,
+            });
+        }
+        match json::from_js::<ErrorBody>(body) {
+            Some(body) => Err(ApiError {
+                status: Some(status),
+                code: body.error.code,
+                message: body.error.message,
+                cart: body.error.cart.map(Box::new),
+                retry_after_ms,
+            }),
+            None => Err(ApiError {
+                status: Some(status),
+                code: if status >= 500 { ErrorCode::ServiceUnavailable } else { ErrorCode::Unknown },
+                message: format!("The shop answered with an error ({status}). Please try again."),
+                cart: None,
+                retry_after_ms,
+            }),
+        }
     }
 }
 

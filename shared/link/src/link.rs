@@ -10,6 +10,7 @@ use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
 use web_sys::{CloseEvent, CustomEvent, CustomEventInit, MessageEvent, VisibilityState, WebSocket};
 
+use cartwheel_core::api::CHECKING;
 use cartwheel_core::cart::Cart;
 use cartwheel_core::catalog::Product;
 pub use cartwheel_core::link::Handlers;
@@ -47,6 +48,8 @@ struct State {
     retry: Option<Timeout>,
     /// The next `GET /api/cart` while not live (one at a time: the next is scheduled when it answered).
     poll: Option<Timeout>,
+    /// Polls since the last time the link was live (the catalog is re-read on some of them).
+    polls: u32,
     timings: LinkTimings,
     /// While the socket is open: what was heard on it, and the timer that checks it.
     liveness: Option<Liveness>,
@@ -87,6 +90,7 @@ impl CartLink {
         products: Vec<Product>,
         handlers: Handlers,
     ) -> CartLink {
+        api::set_request_timeout(timings.request_timeout_ms);
         let mut shown = VersionedCart::new();
         for p in products {
             shown.offer_product(p);
@@ -105,6 +109,7 @@ impl CartLink {
                 report: LinkReport::connecting(mfe),
                 retry: None,
                 poll: None,
+                polls: 0,
                 timings,
                 liveness: None,
                 watchdog: None,
@@ -174,13 +179,31 @@ impl CartLink {
 }
 
 /// Change the cart over REST (with an `Idempotency-Key`, retried on network errors), then show the answer at
-/// once and dispatch it to the page's other bundles.
-pub async fn mutate(request: CartRequest) -> Result<Cart, ApiError> {
+/// once and dispatch it to the page's other bundles. `note` hears [`CHECKING`] when the outcome becomes
+/// unknown (no answer in time, or a failure while it ran) and the retries go on.
+pub async fn mutate(request: CartRequest, note: &dyn Fn(&str)) -> Result<Cart, ApiError> {
     let link = CartLink::installed();
     let shown = link.as_ref().and_then(CartLink::shown);
-    let answer = api::send(&request, shown.as_ref()).await;
+    let answer = api::send(&request, shown.as_ref(), &|| note(CHECKING)).await;
+    let answer = settle(link.as_ref(), answer).await;
     show_answer(link.as_ref(), answer.as_ref().ok(), answer.as_ref().err());
     answer
+}
+
+/// A change whose outcome is still unknown after its last retry: read the cart, so what is shown is what the
+/// shop has, and say in words that the change is not confirmed (trying it again reuses its key).
+async fn settle<T>(link: Option<&CartLink>, answer: Result<T, ApiError>) -> Result<T, ApiError> {
+    match answer {
+        Err(e) if e.outcome_unknown() => {
+            let cart = api::fetch_cart().await;
+            let read = cart.is_ok();
+            if let (Ok(cart), Some(link)) = (cart, link) {
+                link.apply_own(&cart);
+            }
+            Err(ApiError::unconfirmed(read))
+        }
+        other => other,
+    }
 }
 
 /// Show a REST answer's cart, or the current cart a refusal carried (412, 409).
@@ -195,10 +218,11 @@ fn show_answer(link: Option<&CartLink>, cart: Option<&Cart>, error: Option<&ApiE
 /// Check out (with an `Idempotency-Key`, retried like a change); the emptied cart is shown and dispatched.
 /// The cart checked out is the one shown: if it changed or its total did meanwhile, nothing is bought and the
 /// current cart is shown instead.
-pub async fn checkout() -> Result<CheckoutReceipt, ApiError> {
+pub async fn checkout(note: &dyn Fn(&str)) -> Result<CheckoutReceipt, ApiError> {
     let link = CartLink::installed();
     let shown = link.as_ref().and_then(CartLink::shown);
-    let answer = api::checkout(shown.as_ref()).await;
+    let answer = api::checkout(shown.as_ref(), &|| note(CHECKING)).await;
+    let answer = settle(link.as_ref(), answer).await;
     show_answer(link.as_ref(), answer.as_ref().ok().map(|r| &r.cart), answer.as_ref().err());
     answer
 }
@@ -281,6 +305,7 @@ impl Inner {
             s.report.retry_in_ms = None;
             s.report.failures = s.schedule.failures();
             s.poll = None;
+            s.polls = 0;
         }
         self.refresh_products();
         self.emit();
@@ -369,7 +394,7 @@ impl Inner {
     }
 
     /// The socket closed (`code`) or could not be created (`None`): schedule the next attempt and poll meanwhile.
-    fn lost(self: &Rc<Self>, _code: Option<u16>) {
+    fn lost(self: &Rc<Self>, code: Option<u16>) {
         {
             let mut s = self.state.borrow_mut();
             let socket = s.socket.take();
@@ -381,7 +406,7 @@ impl Inner {
             if s.closed {
                 return;
             }
-            let delay = s.schedule.closed(now_ms(), js_sys::Math::random());
+            let delay = s.schedule.closed_with(now_ms(), code, js_sys::Math::random());
             s.report.failures = s.schedule.failures();
             if online() {
                 s.report.state = LinkState::Reconnecting;
@@ -454,29 +479,53 @@ impl Inner {
 
     /// Poll once after a jittered wait, unless already scheduled or live.
     fn schedule_poll(self: &Rc<Self>) {
+        let wait = {
+            let s = self.state.borrow();
+            s.timings.poll_delay_ms(js_sys::Math::random())
+        };
+        self.schedule_poll_in(wait);
+    }
+
+    fn schedule_poll_in(self: &Rc<Self>, wait_ms: u64) {
         let mut s = self.state.borrow_mut();
         if s.closed || s.poll.is_some() || s.report.state == LinkState::Live {
             return;
         }
         let weak = Rc::downgrade(self);
-        let wait = s.timings.poll_delay_ms(js_sys::Math::random());
-        s.poll = Some(Timeout::new(wait as u32, move || with(&weak, |inner| inner.poll())));
+        s.poll = Some(Timeout::new(wait_ms as u32, move || with(&weak, |inner| inner.poll())));
     }
 
     fn poll(self: &Rc<Self>) {
+        let catalog = {
+            let mut s = self.state.borrow_mut();
+            let due = LinkTimings::catalog_due(s.polls);
+            s.polls = s.polls.wrapping_add(1);
+            due
+        };
         let weak = Rc::downgrade(self);
         wasm_bindgen_futures::spawn_local(async move {
             let cart = api::fetch_cart().await;
             with(&weak, |inner| {
+                // A busy server (429/503) is polled less often, and never sooner than its Retry-After.
+                let (status, retry_after) = match &cart {
+                    Ok(_) => (Some(200), None),
+                    Err(e) => (e.status, e.retry_after_ms),
+                };
                 if let Ok(cart) = cart {
                     inner.offer(cart);
                 }
                 // The next one only now: one request in flight at most, however slow the answers.
-                inner.state.borrow_mut().poll = None;
-                inner.schedule_poll();
+                let wait = {
+                    let mut s = inner.state.borrow_mut();
+                    s.poll = None;
+                    s.timings.poll_after_ms(status, retry_after, js_sys::Math::random())
+                };
+                inner.schedule_poll_in(wait);
             });
         });
-        self.refresh_products();
+        if catalog {
+            self.refresh_products();
+        }
     }
 
     /// Every product as it is now, for bundles that follow products (see [`Handlers::on_product`]).

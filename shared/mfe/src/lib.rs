@@ -61,22 +61,25 @@ impl Link {
     }
 
     /// Change the cart over REST (with an `Idempotency-Key`, retried on network errors); the answer is shown at
-    /// once and dispatched to the page's other bundles.
-    pub async fn mutate(&self, request: CartRequest) -> Result<Cart, ApiError> {
+    /// once and dispatched to the page's other bundles. `note` hears words to show while it is still under
+    /// way, e.g. that its outcome is not confirmed yet and being checked.
+    pub async fn mutate(&self, request: CartRequest, note: impl Fn(&str)) -> Result<Cart, ApiError> {
         #[cfg(feature = "hydrate")]
         if self.live {
-            return cartwheel_link::mutate(request).await;
+            return cartwheel_link::mutate(request, &note).await;
         }
-        drop(request);
+        drop((request, note));
         Err(not_connected())
     }
 
     /// Check out (with an `Idempotency-Key`, retried like a change); the emptied cart is shown and dispatched.
-    pub async fn checkout(&self) -> Result<CheckoutReceipt, ApiError> {
+    /// `note` as for [`Link::mutate`].
+    pub async fn checkout(&self, note: impl Fn(&str)) -> Result<CheckoutReceipt, ApiError> {
         #[cfg(feature = "hydrate")]
         if self.live {
-            return cartwheel_link::checkout().await;
+            return cartwheel_link::checkout(&note).await;
         }
+        drop(note);
         Err(not_connected())
     }
 }
@@ -88,6 +91,7 @@ fn not_connected() -> ApiError {
         code: ErrorCode::ServiceUnavailable,
         message: "This part of the page is not connected yet. Try again in a moment.".to_owned(),
         cart: None,
+        retry_after_ms: None,
     }
 }
 

@@ -65,6 +65,7 @@ impl Bus {
             max: defaults::REDIS_RESUBSCRIBE_MAX,
             min_delay: defaults::REDIS_RESUBSCRIBE_BASE / 2,
             healthy_after: defaults::REDIS_RESUBSCRIBE_MAX,
+            ..ReconnectPolicy::default()
         };
         let mut failures = 0u32;
         let mut first = true;
