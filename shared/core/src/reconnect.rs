@@ -96,8 +96,7 @@ impl ReconnectSchedule {
         self.failures = self.failures.saturating_add(1);
         let ceiling = self.policy.ceiling(self.failures);
         let floor = self.policy.min_delay.min(ceiling);
-        let r = if unit_random.is_finite() { unit_random.clamp(0.0, 1.0) } else { 0.0 };
-        floor + (ceiling - floor).mul_f64(r)
+        between(floor, ceiling, unit_random)
     }
 
     /// Like [`ReconnectSchedule::closed`], for a socket that closed with `code` (`None`: it never opened, or
@@ -111,10 +110,8 @@ impl ReconnectSchedule {
         match code {
             Some(1008 | 1013 | 4000..=4999) => delay.saturating_mul(ReconnectPolicy::SLOWDOWN),
             Some(1001) if was_open && self.failures == 1 => {
-                let floor = self.policy.min_delay.min(self.policy.restart_spread).as_millis() as u64;
-                let spread = self.policy.restart_spread.as_millis() as u64;
-                let r = if unit_random.is_finite() { unit_random.clamp(0.0, 1.0) } else { 0.0 };
-                Duration::from_millis(floor + ((spread - floor) as f64 * r) as u64)
+                let spread = self.policy.restart_spread;
+                between(self.policy.min_delay.min(spread), spread, unit_random)
             }
             _ => delay,
         }
@@ -124,6 +121,14 @@ impl ReconnectSchedule {
     pub fn reset(&mut self) {
         self.failures = 0;
     }
+}
+
+/// `floor + (ceiling − floor) × r` for `r` in [0, 1] (clamped; not a number counts as 0), in whole
+/// milliseconds: `Duration::mul_f64` would add its float code to every bundle.
+fn between(floor: Duration, ceiling: Duration, unit_random: f64) -> Duration {
+    let r = if unit_random.is_finite() { unit_random.clamp(0.0, 1.0) } else { 0.0 };
+    let (floor, ceiling) = (floor.as_millis() as u64, ceiling.as_millis() as u64);
+    Duration::from_millis(floor + (ceiling.saturating_sub(floor) as f64 * r) as u64)
 }
 
 #[cfg(test)]

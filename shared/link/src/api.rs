@@ -47,7 +47,7 @@ pub async fn fetch_products() -> Result<Vec<Product>, ApiError> {
 /// change: a lost answer never buys twice, and a cart that changed or got dearer is not bought.
 pub async fn checkout(shown: Option<&Cart>, unsure: &dyn Fn()) -> Result<CheckoutReceipt, ApiError> {
     let body = shown.and_then(|c| json::stringify(&CheckoutRequest { expected_total_cents: Some(c.total_cents) }));
-    send_once("POST", "/api/cart/checkout", body.as_deref(), shown.map(stamp).as_deref(), unsure).await
+    send_once("POST", "/api/cart/checkout", body.as_deref(), shown.map(stamp).as_deref(), unsure).await?.read()
 }
 
 /// The `If-Match` value naming `cart`.
@@ -75,7 +75,7 @@ pub async fn send(request: &CartRequest, shown: Option<&Cart>, unsure: &dyn Fn()
         CartRequest::Remove { product_id } => ("DELETE", item_path(product_id), None),
         CartRequest::Clear => ("DELETE", "/api/cart".to_owned(), None),
     };
-    send_once(method, &path, body.as_deref(), if_match.as_deref(), unsure).await
+    send_once(method, &path, body.as_deref(), if_match.as_deref(), unsure).await?.read()
 }
 
 /// One change over REST. No answer (or none in time), 429 and 5xx are retried with the same
@@ -83,20 +83,22 @@ pub async fn send(request: &CartRequest, shown: Option<&Cart>, unsure: &dyn Fn()
 /// applied once, not twice. `unsure` is called when the outcome first becomes unknown (the words for the
 /// shopper while the retries go on). When it is still unknown after the last retry the key is kept: the same
 /// change sent again reuses it.
-async fn send_once<T: DeserializeOwned>(
+/// Not generic over the answer's type (the caller reads it), so every bundle has one copy of this loop.
+async fn send_once(
     method: &str,
     path: &str,
     body: Option<&str>,
     if_match: Option<&str>,
     unsure: &dyn Fn(),
-) -> Result<T, ApiError> {
+) -> Result<Answer, ApiError> {
     let fingerprint = format!("{method} {path}\n{}", body.unwrap_or_default());
     let reused = UNCONFIRMED.with(|u| u.borrow().as_ref().filter(|(f, _)| *f == fingerprint).map(|(_, k)| k.clone()));
     let key = reused.unwrap_or_else(idempotency_key);
     let mut attempt = 0;
     let result = loop {
         let result = match call(method, path, body, Some(&key), if_match).await {
-            Ok(answer) => answer.read(),
+            Ok(answer) if answer.succeeded() => Ok(answer),
+            Ok(answer) => Err(answer.error()),
             Err(e) => Err(e),
         };
         match result {
@@ -189,33 +191,43 @@ fn item_path(product_id: &str) -> String {
 }
 
 impl Answer {
-    /// The body as `T` for a 2xx, else the error it carries (or one in words for a body that is not ours).
+    fn succeeded(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The body as `T` for a 2xx, else the error it carries.
     fn read<T: DeserializeOwned>(self) -> Result<T, ApiError> {
-        let Answer { status, retry_after_ms, body } = self;
-        if (200..300).contains(&status) {
-            return json::from_js::<T>(body).ok_or_else(|| ApiError {
-                status: Some(status),
-                code: ErrorCode::Internal,
-                message: "The shop sent an answer this page does not understand. Reload the page.".to_owned(),
-                cart: None,
-                retry_after_ms,
-            });
+        if !self.succeeded() {
+            return Err(self.error());
         }
+        let Answer { status, retry_after_ms, body } = self;
+        json::from_js::<T>(body).ok_or_else(|| ApiError {
+            status: Some(status),
+            code: ErrorCode::Internal,
+            message: "The shop sent an answer this page does not understand. Reload the page.".to_owned(),
+            cart: None,
+            retry_after_ms,
+        })
+    }
+
+    /// The error a non-2xx answer carries (or one in words for a body that is not ours).
+    fn error(self) -> ApiError {
+        let Answer { status, retry_after_ms, body } = self;
         match json::from_js::<ErrorBody>(body) {
-            Some(body) => Err(ApiError {
+            Some(body) => ApiError {
                 status: Some(status),
                 code: body.error.code,
                 message: body.error.message,
                 cart: body.error.cart.map(Box::new),
                 retry_after_ms,
-            }),
-            None => Err(ApiError {
+            },
+            None => ApiError {
                 status: Some(status),
                 code: if status >= 500 { ErrorCode::ServiceUnavailable } else { ErrorCode::Unknown },
                 message: format!("The shop answered with an error ({status}). Please try again."),
                 cart: None,
                 retry_after_ms,
-            }),
+            },
         }
     }
 }

@@ -54,7 +54,10 @@ impl Link {
     pub fn on_link_reports(&self, f: impl Fn(LinkReport) + 'static) {
         #[cfg(feature = "hydrate")]
         if self.live {
-            browser::collect(move |wanted| wanted.reports.push(Box::new(f)));
+            // Started through a closure made here, so only a bundle that calls this (the shell) links the
+            // listener and the reading of reports.
+            let start = move || -> Box<dyn std::any::Any> { Box::new(cartwheel_link::on_link_reports(f)) };
+            browser::collect(move |wanted| wanted.reports.push(Box::new(start)));
             return;
         }
         drop(f);
@@ -127,13 +130,8 @@ where
         let products = if handlers.on_product.is_some() { products } else { Vec::new() };
         CartLink::install(mfe, policy, timings, Some(initial), products, handlers);
     }
-    let reports = wanted.reports;
-    let listener = if reports.is_empty() {
-        None
-    } else {
-        cartwheel_link::on_link_reports(move |report| reports.iter().for_each(|f| f(report.clone())))
-    };
-    boot::keep_mounted(Box::new((handle, listener)));
+    let listeners: Vec<Box<dyn std::any::Any>> = wanted.reports.into_iter().map(|start| start()).collect();
+    boot::keep_mounted(Box::new((handle, listeners)));
 }
 
 /// Browser side: close this bundle's link (socket, timers, listeners) and drop its view.
@@ -146,13 +144,14 @@ pub fn unmount() {
 mod browser {
     use std::cell::RefCell;
 
-    use cartwheel_core::link::{Handlers, LinkReport};
+    use cartwheel_core::link::Handlers;
 
     /// What the view asked of the link while it was built.
     #[derive(Default)]
     pub(crate) struct Wanted {
         pub(crate) handlers: Option<Handlers>,
-        pub(crate) reports: Vec<Box<dyn Fn(LinkReport)>>,
+        /// Each starts one listener to the page's link reports (kept for as long as the bundle is mounted).
+        pub(crate) reports: Vec<Box<dyn FnOnce() -> Box<dyn std::any::Any>>>,
     }
 
     thread_local! {
