@@ -43,8 +43,16 @@ test('a socket that goes silent is dropped within its deadline, the cart follows
     await expect(page.locator('.cart-count')).toHaveText('2', { timeout: 5000 });
     await expect(page.locator('.cart-line[data-product-id="cork-coasters"] .line-quantity')).toHaveText('2');
 
+    // The details say how long ago each part last heard from the server, and it counts up while silent.
+    await page.locator('.connection summary').click();
+    const heard = page.locator('.connection tr[data-mfe="shopping-cart"] td.heard');
+    await expect(heard).toHaveText(/^\d+ s ago$/);
+    const before = parseInt((await heard.textContent()) ?? '0', 10);
+    await expect.poll(async () => parseInt((await heard.textContent()) ?? '0', 10), { timeout: 3000 }).toBeGreaterThan(before);
+
     silent = false;
     await expectLive(page);
+    await expect(heard).toHaveText(/^(just now|\d+ s ago)$/);
     await context.close();
   } finally {
     await server.dispose();

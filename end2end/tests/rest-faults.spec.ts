@@ -122,10 +122,16 @@ test('taps during a slow answer are queued: "+" three times 100 ms apart ends at
     });
     const line = page.locator('.cart-line[data-product-id="cork-coasters"]');
     const plus = line.locator('button.step').nth(1);
-    for (let tap = 0; tap < 3; tap++) {
-      await plus.click();
-      if (tap < 2) await page.waitForTimeout(100); // the shopper's pace, not a synchronisation
-    }
+    // Three taps 100 ms apart, timed in the page itself (Playwright's own round trips would stretch them).
+    await plus.evaluate((button: HTMLButtonElement) => new Promise<void>((done) => {
+      let taps = 0;
+      const tap = () => {
+        button.click();
+        if (++taps < 3) setTimeout(tap, 100);
+        else done();
+      };
+      tap();
+    }));
     // While the first answer is still out, the row shows what was asked for and says it is busy.
     await expect.poll(() => line.evaluate((li) => [
       li.querySelector('.stepper')!.getAttribute('aria-busy'),

@@ -53,6 +53,7 @@ pub fn Shell(
     links: RwSignal<Vec<LinkReport>>,
     toasts: RwSignal<Vec<Toast>>,
     slots: Slots,
+    link: Link,
 ) -> impl IntoView {
     let count = move || cart.with(|c| c.item_count);
     let badge_label = move || match count() {
@@ -67,7 +68,7 @@ pub fn Shell(
                     <span class="brand-name">"Cartwheel"</span>
                 </a>
                 <span class="tagline">"Goods for a calm desk"</span>
-                <ConnectionIndicator links />
+                <ConnectionIndicator links link />
                 <a class="cart-badge" href=format!("#{}", mount::SHOPPING_CART) aria-label=badge_label>
                     <span class="cart-badge-label" aria-hidden="true">"Cart"</span>
                     <span class="cart-count" aria-live="polite" aria-atomic="true" data-count=move || count().to_string()>
@@ -111,7 +112,7 @@ pub fn Shell(
 
 /// One word for the whole page, and a details view with each bundle's state and round-trip time.
 #[component]
-fn ConnectionIndicator(links: RwSignal<Vec<LinkReport>>) -> impl IntoView {
+fn ConnectionIndicator(links: RwSignal<Vec<LinkReport>>, link: Link) -> impl IntoView {
     let summary = move || links.with(|l| LinkState::worst(l.iter().map(|r| r.state)).unwrap_or(LinkState::Connecting));
     let words = move || match summary() {
         LinkState::Live => "Live",
@@ -120,7 +121,14 @@ fn ConnectionIndicator(links: RwSignal<Vec<LinkReport>>) -> impl IntoView {
         LinkState::Offline => "Offline",
     };
     view! {
-        <details class="connection" data-state=move || summary().label()>
+        // While open, every part reports each second, so "last heard" counts up.
+        <details
+            class="connection"
+            data-state=move || summary().label()
+            on:toggle=move |ev| {
+                link.refresh_reports(event_target::<leptos::web_sys::Element>(&ev).has_attribute("open"))
+            }
+        >
             <summary>
                 <span class="status-dot" aria-hidden="true"></span>
                 <span class="status-text">{words}</span>
@@ -135,6 +143,7 @@ fn ConnectionIndicator(links: RwSignal<Vec<LinkReport>>) -> impl IntoView {
                             <th scope="col">"Part"</th>
                             <th scope="col">"State"</th>
                             <th scope="col">"Round trip"</th>
+                            <th scope="col">"Last heard"</th>
                         </tr>
                     </thead>
                     <tbody>
@@ -155,6 +164,7 @@ fn ConnectionIndicator(links: RwSignal<Vec<LinkReport>>) -> impl IntoView {
                                                     .unwrap_or_else(|| "—".to_owned())
                                             }}
                                         </td>
+                                        <td class="heard">{move || report().map(|r| r.heard()).unwrap_or_default()}</td>
                                     </tr>
                                 }
                             })
@@ -195,7 +205,7 @@ fn compose(cart: Cart, slots: Slots, link: Link) -> impl IntoView {
     link.on_link_reports(move |report| {
         links.try_update(|l| record(l, report));
     });
-    view! { <Shell cart links toasts slots /> }
+    view! { <Shell cart links toasts slots link /> }
 }
 
 /// Server side: the shell as HTML, with the other micro-frontends' HTML in their mount points.

@@ -230,11 +230,32 @@ pub struct LinkReport {
     pub retry_in_ms: Option<u32>,
     /// Consecutive failed attempts.
     pub failures: u32,
+    /// Milliseconds since the last frame from the server, when the report was made (`None`: nothing heard
+    /// since the page loaded).
+    #[serde(default)]
+    pub heard_ago_ms: Option<u32>,
 }
 
 impl LinkReport {
     pub fn connecting(mfe: &str) -> LinkReport {
-        LinkReport { mfe: mfe.to_owned(), state: LinkState::Connecting, rtt_ms: None, retry_in_ms: None, failures: 0 }
+        LinkReport {
+            mfe: mfe.to_owned(),
+            state: LinkState::Connecting,
+            rtt_ms: None,
+            retry_in_ms: None,
+            failures: 0,
+            heard_ago_ms: None,
+        }
+    }
+
+    /// When the server was last heard from, for people: "just now", "12 s ago", "3 min ago", or "never".
+    pub fn heard(&self) -> String {
+        match self.heard_ago_ms {
+            None => "never".to_owned(),
+            Some(ms) if ms < 1_000 => "just now".to_owned(),
+            Some(ms) if ms < 120_000 => format!("{} s ago", ms / 1_000),
+            Some(ms) => format!("{} min ago", ms / 60_000),
+        }
     }
 
     /// The state in words for people, with the next attempt while reconnecting ("reconnecting (attempt 3 in
@@ -328,6 +349,18 @@ mod tests {
     }
 
     #[test]
+    fn last_heard_is_said_in_words() {
+        let mut report = LinkReport::connecting("shell");
+        assert_eq!(report.heard(), "never");
+        for (ms, words) in
+            [(0, "just now"), (999, "just now"), (1_000, "1 s ago"), (119_999, "119 s ago"), (120_000, "2 min ago")]
+        {
+            report.heard_ago_ms = Some(ms);
+            assert_eq!(report.heard(), words);
+        }
+    }
+
+    #[test]
     fn report_round_trips_as_the_event_detail() {
         let report = LinkReport {
             mfe: "product-list".into(),
@@ -335,6 +368,7 @@ mod tests {
             rtt_ms: Some(12),
             retry_in_ms: Some(900),
             failures: 3,
+            heard_ago_ms: Some(4_200),
         };
         let json = serde_json::to_string(&report).unwrap();
         assert!(json.contains(r#""state":"reconnecting""#), "{json}");

@@ -16,4 +16,4 @@ mod json;
 pub mod link;
 
 pub use api::{ApiError, CartRequest};
-pub use link::{checkout, mutate, on_link_reports, CartLink, Handlers};
+pub use link::{checkout, mutate, on_link_reports, refresh_reports, CartLink, Handlers};

@@ -26,6 +26,24 @@ use crate::json;
 thread_local! {
     /// The bundle's one link (each bundle has its own WASM instance, so its own copy of this).
     static INSTALLED: RefCell<Option<CartLink>> = const { RefCell::new(None) };
+    /// While someone shows the reports (the shell's open connection details): every bundle is asked to
+    /// report again each second, so "last heard" stays current without a report per frame.
+    static REPORT_TICKER: RefCell<Option<gloo_timers::callback::Interval>> = const { RefCell::new(None) };
+}
+
+/// Ask every bundle on the page to report again now and then every second (`true`), or stop asking.
+pub fn refresh_reports(on: bool) {
+    let ticker = on.then(|| {
+        query_reports();
+        gloo_timers::callback::Interval::new(1_000, query_reports)
+    });
+    REPORT_TICKER.with(|t| *t.borrow_mut() = ticker);
+}
+
+fn query_reports() {
+    if let (Some(window), Ok(query)) = (web_sys::window(), web_sys::Event::new(LINK_QUERY_EVENT)) {
+        let _ = window.dispatch_event(&query);
+    }
 }
 
 /// A cheap handle to the bundle's link; the link closes when [`CartLink::close`] is called.
@@ -58,6 +76,9 @@ struct State {
     connect_deadline: Option<Timeout>,
     ping_in_flight: Option<(u64, f64)>,
     next_ping_id: u64,
+    /// When the last frame from the server arrived (for the report's "last heard").
+    last_heard_ms: Option<u64>,
+
     listeners: Vec<EventListener>,
     closed: bool,
 }
@@ -116,6 +137,7 @@ impl CartLink {
                 connect_deadline: None,
                 ping_in_flight: None,
                 next_ping_id: 1,
+                last_heard_ms: None,
                 listeners: Vec::new(),
                 closed: false,
             }),
@@ -342,6 +364,7 @@ impl Inner {
             if let Some(l) = s.liveness.as_mut() {
                 l.heard(now_ms());
             }
+            s.last_heard_ms = Some(now_ms());
             s.report.state != LinkState::Live
         };
         if first {
@@ -574,7 +597,12 @@ impl Inner {
     }
 
     fn emit(&self) {
-        let report = self.state.borrow().report.clone();
+        let report = {
+            let mut s = self.state.borrow_mut();
+            s.report.heard_ago_ms =
+                s.last_heard_ms.map(|at| now_ms().saturating_sub(at).min(u64::from(u32::MAX)) as u32);
+            s.report.clone()
+        };
         (self.handlers.on_report)(report.clone());
         dispatch_json(LINK_EVENT, &report);
     }
@@ -628,9 +656,7 @@ pub fn on_link_reports(f: impl Fn(LinkReport) + 'static) -> Option<EventListener
             f(report);
         }
     });
-    if let Ok(query) = web_sys::Event::new(LINK_QUERY_EVENT) {
-        let _ = window.dispatch_event(&query);
-    }
+    query_reports();
     Some(listener)
 }
 

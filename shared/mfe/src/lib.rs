@@ -63,6 +63,16 @@ impl Link {
         drop(f);
     }
 
+    /// While `on`, every bundle on the page reports again each second (for a view that shows how long ago
+    /// each last heard from the server). Call it from an event handler.
+    pub fn refresh_reports(&self, on: bool) {
+        #[cfg(feature = "hydrate")]
+        if self.live {
+            cartwheel_link::refresh_reports(on);
+        }
+        let _ = on;
+    }
+
     /// Change the cart over REST (with an `Idempotency-Key`, retried on network errors); the answer is shown at
     /// once and dispatched to the page's other bundles. `note` hears words to show while it is still under
     /// way, e.g. that its outcome is not confirmed yet and being checked.
