@@ -83,6 +83,7 @@ pub async fn send(request: &CartRequest, shown: Option<&Cart>, unsure: &dyn Fn()
 /// applied once, not twice. `unsure` is called when the outcome first becomes unknown (the words for the
 /// shopper while the retries go on). When it is still unknown after the last retry the key is kept: the same
 /// change sent again reuses it.
+///
 /// Not generic over the answer's type (the caller reads it), so every bundle has one copy of this loop.
 async fn send_once(
     method: &str,
@@ -95,6 +96,7 @@ async fn send_once(
     let reused = UNCONFIRMED.with(|u| u.borrow().as_ref().filter(|(f, _)| *f == fingerprint).map(|(_, k)| k.clone()));
     let key = reused.unwrap_or_else(idempotency_key);
     let mut attempt = 0;
+    let mut said_unsure = false;
     let result = loop {
         let result = match call(method, path, body, Some(&key), if_match).await {
             Ok(answer) if answer.succeeded() => Ok(answer),
@@ -103,7 +105,8 @@ async fn send_once(
         };
         match result {
             Err(e) if e.retryable() && attempt < MUTATION_RETRIES => {
-                if e.outcome_unknown() && attempt == 0 {
+                if e.outcome_unknown() && !said_unsure {
+                    said_unsure = true;
                     unsure();
                 }
                 attempt += 1;

@@ -186,6 +186,7 @@ impl CartLink {
             )
         };
         drop((socket, retired, timers, listeners));
+        drop(REPORT_TICKER.with(|t| t.borrow_mut().take()));
         INSTALLED.with(|slot| {
             let mut slot = slot.borrow_mut();
             if slot.as_ref().is_some_and(|l| Rc::ptr_eq(&l.0, &self.0)) {
