@@ -46,6 +46,16 @@ pub mod defaults {
     pub const WS_MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
     /// Kernel send buffer (SO_SNDBUF) of every accepted socket; 0 leaves the kernel's auto-tuning (up to 4 MiB).
     pub const SOCKET_SEND_BUFFER_BYTES: usize = 64 * 1024;
+    /// Open TCP connections at most (HTTP and WebSocket); beyond it new ones wait in the backlog.
+    pub const MAX_CONNECTIONS: usize = 20_000;
+    /// File descriptors kept for everything that is not a client connection (the store, Redis, assets, logs).
+    pub const RESERVED_FILE_DESCRIPTORS: u64 = 64;
+    /// A request head must be complete this long after the connection starts waiting for it (also the idle
+    /// keep-alive timeout).
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Open WebSockets per session and per client address (IPv6: per /64).
+    pub const MAX_SOCKETS_PER_SESSION: usize = 32;
+    pub const MAX_SOCKETS_PER_ADDRESS: usize = 512;
     /// How long an Idempotency-Key is remembered.
     pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
     /// Shortest session secret accepted from configuration or found in Redis.
@@ -193,6 +203,20 @@ pub struct Config {
     /// Kernel send buffer per accepted socket in bytes (0 = the kernel's auto-tuning).
     #[arg(long, env = "CARTWHEEL_SOCKET_SEND_BUFFER_BYTES", default_value_t = defaults::SOCKET_SEND_BUFFER_BYTES)]
     pub socket_send_buffer_bytes: usize,
+    /// Open TCP connections at most (HTTP and WebSocket together); beyond it new ones wait in the kernel's
+    /// backlog. Lowered at start to what the file-descriptor limit allows.
+    #[arg(long, env = "CARTWHEEL_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Seconds a connection may take to send a request head, counted from when it starts waiting for one (so
+    /// also how long an idle kept-alive connection stays open).
+    #[arg(long, env = "CARTWHEEL_HEADER_READ_TIMEOUT_SECS", value_parser = parse_duration_secs, default_value = "10")]
+    pub header_read_timeout: Duration,
+    /// Open WebSockets per session; the next upgrade is refused with 429.
+    #[arg(long, env = "CARTWHEEL_MAX_SOCKETS_PER_SESSION", default_value_t = defaults::MAX_SOCKETS_PER_SESSION)]
+    pub max_sockets_per_session: usize,
+    /// Open WebSockets per client address (IPv6: per /64); the next upgrade is refused with 429.
+    #[arg(long, env = "CARTWHEEL_MAX_SOCKETS_PER_ADDRESS", default_value_t = defaults::MAX_SOCKETS_PER_ADDRESS)]
+    pub max_sockets_per_address: usize,
 
     /// The browser's WebSocket retry schedule: first ceiling and cap, in milliseconds (full jitter below them).
     #[arg(long, env = "CARTWHEEL_RECONNECT_BASE_MS", default_value_t = cartwheel_core::page::ReconnectSettings::default().base_ms)]

@@ -30,7 +30,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +47,7 @@ use crate::metrics::Metrics;
 use crate::realtime::bus::envelope::EnvelopeFormat;
 use crate::realtime::bus::Bus;
 use crate::realtime::hub::CartHub;
+use crate::realtime::quota::SocketQuota;
 use crate::realtime::ws::{SocketLimits, Sockets};
 use crate::shop::{Fanout, Shop};
 use crate::store::redis::RedisCartStore;
@@ -69,8 +69,6 @@ pub enum StartupError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("loading the browser assets failed")]
     Assets,
-    #[error("server failed: {0}")]
-    Serve(std::io::Error),
 }
 
 /// A ready server: its store is open and its assets loaded before its socket is bound, so nothing connects
@@ -186,6 +184,7 @@ impl Server {
         // Refused until now, each client retries on its own schedule.
         let listener =
             TcpListener::bind(config.bind).await.map_err(|source| StartupError::Bind { addr: config.bind, source })?;
+        let socket_quota = SocketQuota::new(config.max_sockets_per_session, config.max_sockets_per_address);
         let state = AppState::new(AppParts {
             assets,
             sessions: SessionKeys::new(&backend.secret, config.https, defaults::SESSION_MAX_AGE),
@@ -195,6 +194,7 @@ impl Server {
                 BackendKind::Redis(bus) => Some(bus.clone()),
                 BackendKind::Sqlite(_) => None,
             },
+            socket_quota,
             shop,
             sockets,
             request_limits,
@@ -223,30 +223,24 @@ impl Server {
             state.assets.watch(token.clone());
         }
         let connections = state.connections.clone();
-        let send_buffer = state.config.socket_send_buffer_bytes;
-        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        // Small frames must not wait for Nagle + delayed ACK (~40 ms).
-        let listener = listener.tap_io(move |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-            }
-            // Linux auto-tunes a socket's send buffer up to `tcp_wmem` (4 MiB): a fixed size bounds the kernel
-            // memory one stalled reader can pin; past it the WebSocket's own bounded queue takes over.
-            if send_buffer > 0 {
-                if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer) {
-                    tracing::warn!(error = %e, "cannot set SO_SNDBUF");
-                }
-            }
-        });
-        tracing::info!(addr = ?addr, "listening");
+        let limits = http::serve::ConnectionLimits {
+            max_connections: connection_capacity(state.config.max_connections),
+            header_read_timeout: state.config.header_read_timeout,
+            send_buffer_bytes: state.config.socket_send_buffer_bytes,
+        };
+        let metrics = state.metrics.clone();
+        let app = http::router(state);
+        tracing::info!(addr = ?addr, max_connections = limits.max_connections, "listening");
+        let accepting = CancellationToken::new();
+        let stop = accepting.clone();
         let signal_token = token.clone();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down: closing WebSockets with 1001");
-                signal_token.cancel();
-            })
-            .await;
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing WebSockets with 1001");
+            signal_token.cancel();
+            stop.cancel();
+        });
+        http::serve::serve(listener, app, limits, metrics, accepting, defaults::SHUTDOWN_GRACE).await;
         token.cancel();
         connections.close();
         if tokio::time::timeout(defaults::SHUTDOWN_GRACE, connections.wait()).await.is_err() {
@@ -257,7 +251,27 @@ impl Server {
             tokio::task::spawn_blocking(move || store.close()).await.ok();
         }
         tracing::info!("stopped");
-        served.map_err(StartupError::Serve)
+        Ok(())
+    }
+}
+
+/// The connections this process can hold: `wanted`, or fewer when the open-file limit (raised to its hard
+/// maximum first) leaves less room after [`defaults::RESERVED_FILE_DESCRIPTORS`]. Said in the log either way.
+fn connection_capacity(wanted: usize) -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit");
+            return wanted;
+        }
+    };
+    let room = usize::try_from(limit.saturating_sub(defaults::RESERVED_FILE_DESCRIPTORS)).unwrap_or(usize::MAX).max(1);
+    if room < wanted {
+        tracing::warn!(open_file_limit = limit, wanted, capacity = room, "the open-file limit caps connections");
+        room
+    } else {
+        tracing::info!(open_file_limit = limit, capacity = wanted, "connection capacity");
+        wanted
     }
 }
 

@@ -11,6 +11,12 @@ type Labels = Vec<(&'static str, &'static str)>;
 
 pub struct Metrics {
     registry: Registry,
+    /// Open TCP connections (HTTP and WebSocket).
+    pub connections_open: Gauge,
+    /// Failed `accept`s: `kind="exhausted"` (out of descriptors or memory) or `"connection"` (one connection).
+    pub accept_errors: Family<Labels, Counter>,
+    /// WebSocket upgrades refused by a cap: `scope="session"` or `"address"`.
+    pub ws_refused: Family<Labels, Counter>,
     pub ws_connections_open: Gauge,
     pub ws_connections_total: Counter,
     pub ws_messages_sent: Counter,
@@ -37,6 +43,12 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("cartwheel");
+        let connections_open = Gauge::default();
+        let accept_errors = Family::<Labels, Counter>::default();
+        let ws_refused = Family::<Labels, Counter>::default();
+        registry.register("connections_open", "Open TCP connections (HTTP and WebSocket)", connections_open.clone());
+        registry.register("accept_errors", "Failed accepts by kind", accept_errors.clone());
+        registry.register("ws_refused", "WebSocket upgrades refused by a cap, by scope", ws_refused.clone());
         let ws_connections_open = Gauge::default();
         let ws_connections_total = Counter::default();
         let ws_messages_sent = Counter::default();
@@ -96,6 +108,9 @@ impl Metrics {
         );
         Metrics {
             registry,
+            connections_open,
+            accept_errors,
+            ws_refused,
             ws_connections_open,
             ws_connections_total,
             ws_messages_sent,

@@ -49,6 +49,8 @@ pub enum AppError {
     IdempotencyKeyReused,
     #[error("{0}")]
     BadUpgrade(String),
+    #[error("{0}: close one before opening another")]
+    TooManySockets(#[from] crate::realtime::quota::QuotaExceeded),
     #[error("the cart changed (in another tab or device) since the version this request names; nothing was changed — here is the cart as it is now")]
     VersionMismatch(Box<Cart>),
     #[error("prices changed since this total was shown; nothing was charged — here is the cart at today's prices")]
@@ -129,7 +131,7 @@ impl AppError {
             AppError::InvalidField(_) => StatusCode::BAD_REQUEST,
             AppError::EmptyCart | AppError::Shortfalls(_) | AppError::PriceChanged(_) => StatusCode::CONFLICT,
             AppError::VersionMismatch(_) => StatusCode::PRECONDITION_FAILED,
-            AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::RateLimited { .. } | AppError::TooManySockets(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -149,6 +151,7 @@ impl AppError {
             AppError::EmptyCart => ErrorCode::EmptyCart,
             AppError::Shortfalls(_) => ErrorCode::InsufficientStock,
             AppError::RateLimited { .. } => ErrorCode::RateLimited,
+            AppError::TooManySockets(_) => ErrorCode::TooManyConnections,
             AppError::InvalidIdempotencyKey(_) => ErrorCode::InvalidIdempotencyKey,
             AppError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
             AppError::BadUpgrade(_) => ErrorCode::InvalidMessage,

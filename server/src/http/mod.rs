@@ -16,6 +16,7 @@ pub mod guards;
 pub mod ops;
 pub mod page;
 pub mod products;
+pub mod serve;
 pub mod service;
 pub mod socket;
 pub mod state;

@@ -9,12 +9,14 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 
 use super::error::AppError;
 use super::guards::session::Session;
+use super::serve::ConnectionSlot;
 use super::state::AppState;
 use crate::config::defaults;
+use crate::realtime::quota::QuotaExceeded;
 use crate::realtime::ws::{client_label, serve};
 
 pub fn router() -> Router<AppState> {
@@ -26,6 +28,7 @@ async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
     session: Result<Session, AppError>,
+    slot: Option<Extension<ConnectionSlot>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let session = match session {
@@ -36,6 +39,20 @@ async fn upgrade(
         Ok(u) => u,
         Err(rejection) => return AppError::BadUpgrade(rejection.body_text()).into_response(),
     };
+    // Counted before the upgrade, so a refusal is still a plain HTTP answer; the permit lives as long as the
+    // socket's task (or is dropped with the upgrade if it never completes).
+    let permit = match app.socket_quota.try_open(&session.cart, peer.ip()) {
+        Ok(permit) => permit,
+        Err(exceeded) => {
+            let scope = match exceeded {
+                QuotaExceeded::Session(_) => "session",
+                QuotaExceeded::Address(_) => "address",
+            };
+            app.metrics.ws_refused.get_or_create(&vec![("scope", scope)]).inc();
+            tracing::debug!(%peer, scope, "WebSocket refused: too many open");
+            return AppError::from(exceeded).into_response();
+        }
+    };
     let max_message = app.config.max_ws_message_bytes;
     let (sockets, connections) = (app.sockets.clone(), app.connections.clone());
     upgrade
@@ -45,6 +62,10 @@ async fn upgrade(
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_upgrade(move |socket| {
-            connections.track_future(serve(socket, sockets, session.cart, peer, client_label(query.as_deref())))
+            connections.track_future(async move {
+                // Both end with the socket: its place in the quota and its connection's slot.
+                let _held = (permit, slot);
+                serve(socket, sockets, session.cart, peer, client_label(query.as_deref())).await;
+            })
         })
 }

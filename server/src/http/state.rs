@@ -14,6 +14,7 @@ use super::service::{ServiceAccess, ServiceGate};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::realtime::bus::Bus;
+use crate::realtime::quota::SocketQuota;
 use crate::realtime::ws::Sockets;
 use crate::shop::Shop;
 
@@ -71,6 +72,8 @@ pub struct AppParts {
     pub bus: Option<Arc<Bus>>,
     /// What every WebSocket connection shares (the hub, the shop, limits, the shutdown signal).
     pub sockets: Arc<Sockets>,
+    /// Open WebSockets per session and per client address.
+    pub socket_quota: Arc<SocketQuota>,
     pub sessions: SessionKeys,
     pub origins: Arc<OriginPolicy>,
     pub request_limits: Option<Arc<RequestLimits>>,

@@ -5,4 +5,5 @@
 
 pub mod bus;
 pub mod hub;
+pub mod quota;
 pub mod ws;

@@ -7,6 +7,7 @@ mod support;
 mod api;
 mod durability;
 mod faults;
+mod limits;
 mod page;
 mod realtime;
 mod scale_out;

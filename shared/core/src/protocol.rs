@@ -149,6 +149,8 @@ pub enum ErrorCode {
     Unauthorized,
     /// Too many requests or frames; retry later.
     RateLimited,
+    /// This session or address already holds the most WebSockets it may (the upgrade is refused).
+    TooManyConnections,
     /// The `Idempotency-Key` header is malformed.
     InvalidIdempotencyKey,
     /// The `Idempotency-Key` was already used for a different request.

@@ -1,0 +1,216 @@
+//! Connection limits at their edges, driven over raw TCP and real WebSocket clients: the header-read timeout
+//! (a flood of half-sent request heads, an idle kept-alive connection), the cap on open connections, the caps
+//! on WebSockets per session and per address, and a server whose file limit is far below the flood.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{TestServer, Ws, EVENT_TIMEOUT};
+
+/// Read until the server closes the connection; what it sent before closing.
+async fn read_to_close(tcp: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(EVENT_TIMEOUT, tcp.read(&mut buf)).await.expect("the server closes in time") {
+            Ok(0) | Err(_) => return all,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn half_sent_request_heads_are_closed_at_the_header_read_timeout_while_others_are_answered() {
+    let timeout = Duration::from_millis(800);
+    let server = TestServer::start_with(|c| c.header_read_timeout = timeout).await;
+    let started = Instant::now();
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        tcp.write_all(b"GET /api/products HTTP/1.1\r\nHost: shop\r\nX-Slow: ").await.unwrap();
+        flood.push(tcp);
+    }
+    // A shopper is answered while all of them hold their connections.
+    let answer = reqwest::get(server.url("/api/products")).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(started.elapsed() < timeout, "answered while the flood was still open");
+    for tcp in &mut flood {
+        read_to_close(tcp).await;
+    }
+    let closed = started.elapsed();
+    println!("300 half-sent heads: all closed {} ms after they connected (timeout 800 ms)", closed.as_millis());
+    assert!(closed >= timeout, "closed before the timeout: {closed:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_after_the_header_read_timeout() {
+    let timeout = Duration::from_millis(500);
+    let server = TestServer::start_with(|c| c.header_read_timeout = timeout).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /api/products HTTP/1.1\r\nHost: shop\r\n\r\n").await.unwrap();
+    let mut first = [0u8; 12];
+    tcp.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let answered = Instant::now();
+    read_to_close(&mut tcp).await;
+    assert!(answered.elapsed() >= timeout - Duration::from_millis(50), "closed early: {:?}", answered.elapsed());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn beyond_max_connections_a_new_one_waits_for_a_slot_instead_of_failing() {
+    let server = TestServer::start_with(|c| {
+        c.max_connections = 2;
+        c.header_read_timeout = Duration::from_secs(30);
+    })
+    .await;
+    // Two kept-alive connections, each answered once: both slots are taken.
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        tcp.write_all(b"GET /api/products HTTP/1.1\r\nHost: shop\r\n\r\n").await.unwrap();
+        let mut status = [0u8; 12];
+        tcp.read_exact(&mut status).await.unwrap();
+        assert_eq!(&status, b"HTTP/1.1 200");
+        holders.push(tcp);
+    }
+    let mut third = TcpStream::connect(server.addr).await.unwrap();
+    third.write_all(b"GET /api/products HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 12];
+    let waited = tokio::time::timeout(Duration::from_millis(300), third.read(&mut buf)).await;
+    assert!(waited.is_err(), "the third connection was served while both slots were held");
+    drop(holders);
+    tokio::time::timeout(EVENT_TIMEOUT, third.read_exact(&mut buf)).await.expect("served once a slot freed").unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_33rd_websocket_of_one_session_is_refused_and_a_closed_one_frees_its_place() {
+    let server = TestServer::start().await;
+    let shopper = server.shopper().await;
+    let mut open = Vec::new();
+    for _ in 0..32 {
+        open.push(shopper.ws().await);
+    }
+    let refused = Ws::connect(server.addr, Some(&shopper.cookie), None).await.err();
+    assert_eq!(refused, Some(429));
+    // The refusal is a JSON error, before any upgrade.
+    let answer = shopper
+        .http
+        .get(server.url("/ws"))
+        .header("cookie", &shopper.cookie)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 429);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_connections");
+    server.await_metric(r#"cartwheel_ws_refused_total{scope="session"} 2"#).await;
+    // Another shopper is not affected.
+    let other = server.shopper().await;
+    let _theirs = other.ws().await;
+    let mut closing = open.pop().unwrap();
+    closing.stream.close(None).await.unwrap();
+    drop(closing);
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        match Ws::connect(server.addr, Some(&shopper.cookie), None).await {
+            Ok(_) => break,
+            Err(429) if Instant::now() < deadline => tokio::task::yield_now().await,
+            Err(status) => panic!("a freed place was not given back: {status}"),
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn websockets_per_address_are_capped_across_sessions() {
+    let server = TestServer::start_with(|c| c.max_sockets_per_address = 3).await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let shopper = server.shopper().await;
+        open.push(shopper.ws().await);
+    }
+    let fourth = server.shopper().await;
+    assert_eq!(Ws::connect(server.addr, Some(&fourth.cookie), None).await.err(), Some(429));
+    server.await_metric(r#"cartwheel_ws_refused_total{scope="address"} 1"#).await;
+    server.stop().await;
+}
+
+/// The real binary under `prlimit --nofile=256`: it lowers its connection cap to what the limit leaves (and
+/// says so), and a flood of 600 connections that send half a head never stops it from answering.
+#[tokio::test]
+async fn with_256_file_descriptors_the_server_stays_reachable_under_a_connection_flood() {
+    let _ = rlimit::increase_nofile_limit(4096);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("carts.sqlite3");
+    let mut child = Command::new("prlimit")
+        .arg("--nofile=256:256")
+        .arg(env!("CARGO_BIN_EXE_server"))
+        .args(["--bind", "127.0.0.1:0", "--header-read-timeout", "1", "--no-rate-limit", "--database"])
+        .arg(&db)
+        .arg("--site-dir")
+        .arg(db.with_file_name("no-site"))
+        .env("CARTWHEEL_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("prlimit and the server binary start");
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (log, logged) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = log.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let base = loop {
+        let line = logged.recv_timeout(EVENT_TIMEOUT).expect("server printed its address");
+        seen.push(line.clone());
+        if let Some(rest) = line.split("serving on ").nth(1) {
+            break rest.split_whitespace().next().unwrap_or_default().to_owned();
+        }
+    };
+    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let mut flood = Vec::new();
+    for _ in 0..600 {
+        if let Ok(mut tcp) = TcpStream::connect(addr).await {
+            let _ = tcp.write_all(b"GET / HTTP/1.1\r\nHost: shop\r\n").await;
+            flood.push(tcp);
+        }
+    }
+    let started = Instant::now();
+    let answer = tokio::time::timeout(EVENT_TIMEOUT, reqwest::get(format!("{base}/api/products")))
+        .await
+        .expect("answered under the flood")
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    println!("600-connection flood, 256 descriptors: a shopper answered after {} ms", started.elapsed().as_millis());
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(
+        !metrics.lines().any(|l| l.starts_with(r#"cartwheel_accept_errors_total{kind="exhausted"}"#)),
+        "the cap kept the server from running out of descriptors:\n{metrics}"
+    );
+    drop(flood);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    seen.extend(logged.try_iter());
+    assert!(
+        seen.iter().any(|l| l.contains("the open-file limit caps connections") && l.contains("capacity=192")),
+        "the server said its capacity (256 descriptors − 64 reserved):\n{}",
+        seen.join("\n")
+    );
+    let errors: Vec<&String> = seen.iter().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+}
