@@ -79,6 +79,14 @@ cartwheel_setup_e2e() {
   fi
 }
 
+# nginx, the load balancer in front of several instances (scripts/lb) and in the scale-out tests: Debian's.
+cartwheel_setup_nginx() {
+  if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ]; then
+    cartwheel_log "installing Debian's nginx"
+    cartwheel_apt_install nginx
+  fi
+}
+
 # Redis for the multi-instance mode and its tests: Debian's redis-server (any 6.2 or newer runs our scripts).
 cartwheel_setup_redis() {
   if ! command -v redis-server >/dev/null 2>&1 && ! [ -x /usr/bin/redis-server ]; then

@@ -1,12 +1,13 @@
 //! Start-up configuration: command-line flags, each with an environment-variable twin, and every limit the
 //! server enforces as a named default an operator can override.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use cartwheel_core::CartLimits;
 use clap::Parser;
+use ipnet::IpNet;
 use thiserror::Error;
 
 /// A configuration that cannot be run: refused at start-up, before anything listens.
@@ -147,6 +148,12 @@ pub struct Config {
     #[arg(long, env = "CARTWHEEL_HTTPS")]
     pub https: bool,
 
+    /// Proxies (load balancers) believed about the client: networks or addresses, comma-separated (e.g.
+    /// `10.0.0.0/8,127.0.0.1`). Only for peers inside them, the client address comes from `Forwarded` /
+    /// `X-Forwarded-For` (right-most untrusted hop) and the scheme from `X-Forwarded-Proto`. None by default.
+    #[arg(long, env = "CARTWHEEL_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_network)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
     /// Log filter, e.g. `info` or `server=debug,tower_http=info`.
     #[arg(long, env = "CARTWHEEL_LOG", default_value = "info")]
     pub log: String,
@@ -253,6 +260,14 @@ pub struct Config {
     /// Seconds `/healthz` waits for its read probe and for its write probe before calling that part failed.
     #[arg(long, env = "CARTWHEEL_HEALTH_TIMEOUT_SECS", value_parser = parse_duration_secs, default_value = "2")]
     pub health_probe_timeout: Duration,
+}
+
+/// `--trusted-proxies` entries: a network (`10.0.0.0/8`, `fd00::/8`) or one address.
+pub fn parse_network(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("'{text}' is neither a network (10.0.0.0/8) nor an address"))
 }
 
 fn parse_duration_secs(s: &str) -> Result<Duration, String> {

@@ -10,6 +10,7 @@
 
 pub mod assets;
 pub mod cart;
+pub mod client;
 pub mod error;
 pub mod extract;
 pub mod guards;

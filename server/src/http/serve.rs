@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use super::client::TrustedProxies;
 use crate::metrics::Metrics;
 
 /// A connection's slot, in every request's extensions: a WebSocket handler keeps a clone for as long as its
@@ -55,7 +56,7 @@ impl Drop for Slot {
 }
 
 /// The limits the accept loop enforces.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     /// Open TCP connections at most (HTTP and WebSocket together).
     pub max_connections: usize,
@@ -63,6 +64,8 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// `SO_SNDBUF` of every accepted socket (0: the kernel's auto-tuning).
     pub send_buffer_bytes: usize,
+    /// Whose forwarding headers name the client (see [`super::client::Client`]).
+    pub trusted_proxies: Arc<TrustedProxies>,
 }
 
 /// Accept connections on `listener` and serve `app` on each until `shutdown`; then give open HTTP connections
@@ -106,10 +109,13 @@ pub async fn serve(
         metrics.connections_open.inc();
         let slot = ConnectionSlot { _held: Arc::new(Slot { _permit: slot, metrics: metrics.clone() }) };
         let held = slot.clone();
-        // Each request carries the peer address (as axum's `into_make_service_with_connect_info` would) and
-        // the connection's slot.
+        // Each request carries the peer address (as axum's `into_make_service_with_connect_info` would), the
+        // client it is from (resolved once, here) and the connection's slot.
+        let trusted = limits.trusted_proxies.clone();
         let service = app.clone().map_request(move |mut request: Request<Incoming>| {
+            let client = trusted.client(peer, request.headers());
             request.extensions_mut().insert(ConnectInfo(peer));
+            request.extensions_mut().insert(client);
             request.extensions_mut().insert(slot.clone());
             request
         });

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 
+use super::client::Client;
 use super::error::AppError;
 use super::guards::session::Session;
 use super::serve::ConnectionSlot;
@@ -26,6 +27,7 @@ pub fn router() -> Router<AppState> {
 async fn upgrade(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: Option<Extension<Client>>,
     RawQuery(query): RawQuery,
     session: Result<Session, AppError>,
     slot: Option<Extension<ConnectionSlot>>,
@@ -41,7 +43,8 @@ async fn upgrade(
     };
     // Counted before the upgrade, so a refusal is still a plain HTTP answer; the permit lives as long as the
     // socket's task (or is dropped with the upgrade if it never completes).
-    let permit = match app.socket_quota.try_open(&session.cart, peer.ip()) {
+    let address = client.map_or(peer.ip(), |Extension(c)| c.address);
+    let permit = match app.socket_quota.try_open(&session.cart, address) {
         Ok(permit) => permit,
         Err(exceeded) => {
             let scope = match exceeded {
@@ -49,7 +52,7 @@ async fn upgrade(
                 QuotaExceeded::Address(_) => "address",
             };
             app.metrics.ws_refused.get_or_create(&vec![("scope", scope)]).inc();
-            tracing::debug!(%peer, scope, "WebSocket refused: too many open");
+            tracing::debug!(%address, scope, "WebSocket refused: too many open");
             return AppError::from(exceeded).into_response();
         }
     };

@@ -9,6 +9,7 @@ mod durability;
 mod faults;
 mod limits;
 mod page;
+mod proxy;
 mod realtime;
 mod scale_out;
 mod service;

@@ -12,6 +12,7 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use crate::http::client::Client;
 use crate::http::error::AppError;
 use std::sync::Arc;
 
@@ -27,10 +28,16 @@ impl OriginPolicy {
         OriginPolicy { scheme: if https { "https" } else { "http" }, extra }
     }
 
-    /// Whether a request sent to `host` may act with `origin`.
-    pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
+    /// Whether a request sent to `host` may act with `origin`. `forwarded_https`: the scheme a trusted proxy
+    /// said the client used, which wins over `--https` for the own origin.
+    pub fn allows(&self, origin: &str, host: Option<&str>, forwarded_https: Option<bool>) -> bool {
         let origin = origin.to_ascii_lowercase();
-        let own = host.map(|h| format!("{}://{}", self.scheme, h.to_ascii_lowercase()));
+        let scheme = match forwarded_https {
+            Some(true) => "https",
+            Some(false) => "http",
+            None => self.scheme,
+        };
+        let own = host.map(|h| format!("{scheme}://{}", h.to_ascii_lowercase()));
         own.as_deref() == Some(origin.as_str()) || self.extra.contains(&origin)
     }
 }
@@ -46,7 +53,8 @@ pub async fn guard(State(origins): State<Arc<OriginPolicy>>, request: Request, n
         if let Some(origin) = request.headers().get(ORIGIN) {
             let host = request.headers().get(HOST).and_then(|h| h.to_str().ok());
             let origin = origin.to_str().unwrap_or("<not text>");
-            if !origins.allows(origin, host) {
+            let forwarded_https = request.extensions().get::<Client>().and_then(|c| c.forwarded_https);
+            if !origins.allows(origin, host, forwarded_https) {
                 tracing::info!(origin, path = request.uri().path(), "refused cross-origin request");
                 return AppError::ForbiddenOrigin(origin.to_owned()).into_response();
             }
@@ -62,15 +70,18 @@ mod tests {
     #[test]
     fn own_origin_and_listed_ones_only() {
         let p = OriginPolicy::new(false, &["https://Shop.Example/".to_owned()]);
-        assert!(p.allows("http://127.0.0.1:3000", Some("127.0.0.1:3000")));
-        assert!(!p.allows("http://127.0.0.1:3001", Some("127.0.0.1:3000")), "other port");
-        assert!(!p.allows("https://127.0.0.1:3000", Some("127.0.0.1:3000")), "other scheme");
-        assert!(!p.allows("http://evil.example", Some("127.0.0.1:3000")));
-        assert!(!p.allows("null", Some("127.0.0.1:3000")));
-        assert!(!p.allows("http://127.0.0.1:3000", None), "no Host: no own origin");
-        assert!(p.allows("https://shop.example", Some("127.0.0.1:3000")));
+        assert!(p.allows("http://127.0.0.1:3000", Some("127.0.0.1:3000"), None));
+        assert!(!p.allows("http://127.0.0.1:3001", Some("127.0.0.1:3000"), None), "other port");
+        assert!(!p.allows("https://127.0.0.1:3000", Some("127.0.0.1:3000"), None), "other scheme");
+        assert!(!p.allows("http://evil.example", Some("127.0.0.1:3000"), None));
+        assert!(!p.allows("null", Some("127.0.0.1:3000"), None));
+        assert!(!p.allows("http://127.0.0.1:3000", None, None), "no Host: no own origin");
+        assert!(p.allows("https://shop.example", Some("127.0.0.1:3000"), None));
         let https = OriginPolicy::new(true, &[]);
-        assert!(https.allows("https://shop.example", Some("shop.example")));
-        assert!(!https.allows("http://shop.example", Some("shop.example")));
+        assert!(https.allows("https://shop.example", Some("shop.example"), None));
+        assert!(!https.allows("http://shop.example", Some("shop.example"), None));
+        // A trusted proxy's X-Forwarded-Proto decides the own origin's scheme.
+        assert!(p.allows("https://shop.example:8443", Some("shop.example:8443"), Some(true)));
+        assert!(!https.allows("https://shop.example", Some("shop.example"), Some(false)));
     }
 }

@@ -1,17 +1,19 @@
 //! Request rate limits on the HTTP API: per session and per client address, each a [`KeyedLimiter`] of token
 //! buckets; over either, the request is answered 429 with `Retry-After` before any handler runs.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::domain::CartKey;
+use crate::http::client::Client;
 use crate::http::error::AppError;
 use crate::http::guards::session::Session;
 use crate::metrics::Metrics;
+use crate::realtime::quota::address_bucket;
 use crate::throttle::KeyedLimiter;
 use std::sync::Arc;
 
@@ -27,7 +29,8 @@ pub struct RequestLimits {
 pub async fn limit(State(limits): State<Option<Arc<RequestLimits>>>, request: Request, next: Next) -> Response {
     if let Some(limits) = limits.as_deref() {
         let now = Instant::now();
-        let address = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        // The client a trusted proxy named, else the peer; IPv6 by /64 (one host is often given a whole /64).
+        let address = request.extensions().get::<Client>().map(|c| address_bucket(c.address));
         let session = request.extensions().get::<Session>().map(|s| s.cart.clone());
         let verdict = address
             .map_or(Ok(()), |ip| limits.per_address.check(&ip, now))

@@ -1,6 +1,7 @@
 //! Test harness: the real server on a loopback port with a temporary SQLite file, a real HTTP client per
 //! shopper (its own session cookie) and real WebSocket clients.
 
+pub mod nginx;
 pub mod redis;
 
 use std::net::SocketAddr;
