@@ -17,6 +17,76 @@ pub enum ConfigError {
     WeakSecret,
     #[error("every service token must be at least {} characters", defaults::MIN_SERVICE_TOKEN_LEN)]
     WeakServiceToken,
+    #[error("service token '{0}': write name:scopes:token, scopes among stock, price, notify joined by '+' (or 'all'), a name of 1-32 of a-z 0-9 _ -")]
+    BadServiceToken(String),
+}
+
+/// What a service token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scopes {
+    /// `PATCH` a product's stock.
+    pub stock: bool,
+    /// `PATCH` a product's price.
+    pub price: bool,
+    /// Send notices.
+    pub notify: bool,
+}
+
+impl Scopes {
+    pub const ALL: Scopes = Scopes { stock: true, price: true, notify: true };
+
+    fn parse(text: &str) -> Option<Scopes> {
+        if text == "all" {
+            return Some(Scopes::ALL);
+        }
+        let mut scopes = Scopes { stock: false, price: false, notify: false };
+        for scope in text.split('+') {
+            match scope {
+                "stock" => scopes.stock = true,
+                "price" => scopes.price = true,
+                "notify" => scopes.notify = true,
+                _ => return None,
+            }
+        }
+        Some(scopes)
+    }
+}
+
+/// One `--service-token`: `name:scopes:token` (e.g. `inventory:stock:…`, `pricing:price+stock:…`), or — as
+/// before scopes existed — a bare token, which may do everything and is named `token-<n>` in logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceTokenSpec {
+    pub name: String,
+    pub scopes: Scopes,
+    pub token: String,
+}
+
+/// Every configured service token, read.
+pub fn service_token_specs(list: &[String]) -> Result<Vec<ServiceTokenSpec>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let parts: Vec<&str> = spec.splitn(3, ':').collect();
+            let named = match parts.as_slice() {
+                [name, scopes, token] => Some((*name, *scopes, *token)),
+                _ => None,
+            };
+            let spec = match named {
+                None => ServiceTokenSpec { name: format!("token-{}", i + 1), scopes: Scopes::ALL, token: spec.clone() },
+                Some((name, scopes, token)) => {
+                    let name_ok = (1..=32).contains(&name.len())
+                        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+                    let scopes = Scopes::parse(scopes).filter(|_| name_ok);
+                    let Some(scopes) = scopes else { return Err(ConfigError::BadServiceToken(name.to_owned())) };
+                    ServiceTokenSpec { name: name.to_owned(), scopes, token: token.to_owned() }
+                }
+            };
+            if spec.token.len() < defaults::MIN_SERVICE_TOKEN_LEN {
+                return Err(ConfigError::WeakServiceToken);
+            }
+            Ok(spec)
+        })
+        .collect()
 }
 
 /// Defaults, named so tests and docs can refer to them.
@@ -77,6 +147,9 @@ pub mod defaults {
     pub const SERVICE_BURST: u32 = 100;
     /// Shortest service token accepted from configuration.
     pub const MIN_SERVICE_TOKEN_LEN: usize = 16;
+    /// Failed service-token attempts per client address: sustained per second, and the burst.
+    pub const SERVICE_AUTH_FAILURES_PER_SEC: u32 = 1;
+    pub const SERVICE_AUTH_FAILURE_BURST: u32 = 10;
     /// Highest stock and price a service may set.
     pub const MAX_STOCK: u32 = 1_000_000;
     pub const MAX_PRICE_CENTS: u64 = 100_000_000;
@@ -179,8 +252,9 @@ pub struct Config {
     #[arg(long, env = "CARTWHEEL_WS_FRAME_BURST", default_value_t = defaults::WS_FRAME_BURST)]
     pub ws_frame_burst: u32,
 
-    /// Bearer tokens that may call the service API (`/api/service/...`), comma-separated in the environment;
-    /// each at least 16 characters. None: the service API is off.
+    /// Tokens that may call the service API (`/api/service/...`), comma-separated in the environment: each
+    /// `name:scopes:token` (scopes `stock`, `price`, `notify` joined by `+`, or `all`; the token at least 16
+    /// characters), or a bare token that may do everything. None: the service API is off.
     #[arg(long = "service-token", env = "CARTWHEEL_SERVICE_TOKENS", value_delimiter = ',', hide_env_values = true)]
     pub service_tokens: Vec<String>,
     #[arg(long, env = "CARTWHEEL_SERVICE_RATE", default_value_t = defaults::SERVICE_RATE_PER_SEC)]
@@ -290,9 +364,7 @@ impl Config {
         if self.session_secret.as_ref().is_some_and(|s| s.len() < defaults::MIN_SESSION_SECRET_LEN) {
             return Err(ConfigError::WeakSecret);
         }
-        if self.service_tokens.iter().any(|t| t.len() < defaults::MIN_SERVICE_TOKEN_LEN) {
-            return Err(ConfigError::WeakServiceToken);
-        }
+        service_token_specs(&self.service_tokens)?;
         Ok(())
     }
 

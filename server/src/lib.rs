@@ -145,8 +145,11 @@ impl Server {
         let hub = CartHub::new(config.ws_queue_capacity, config.broadcast_capacity, metrics.clone());
         let backend = Backend::open(&config, catalog, &hub, &metrics).await?;
         let service_rate = Rate { per_sec: config.service_rate_per_sec, burst: config.service_burst };
-        let service =
-            ServiceAccess::new(&config.service_tokens, (!config.no_rate_limit).then_some(service_rate)).map(Arc::new);
+        let service = ServiceAccess::new(
+            &config::service_token_specs(&config.service_tokens)?,
+            (!config.no_rate_limit).then_some(service_rate),
+        )
+        .map(Arc::new);
         let request_limits = (!config.no_rate_limit).then(|| {
             Arc::new(RequestLimits {
                 per_session: KeyedLimiter::new(Rate {

@@ -17,6 +17,10 @@ pub struct Metrics {
     pub accept_errors: Family<Labels, Counter>,
     /// WebSocket upgrades refused by a cap: `scope="session"` or `"address"`.
     pub ws_refused: Family<Labels, Counter>,
+    /// Changes and upgrades refused for a foreign `Origin`.
+    pub origin_refused: Counter,
+    /// Changes made through the service API, by token name and `kind` (`product`, `notice`).
+    pub service_changes: Family<Labels, Counter>,
     pub ws_connections_open: Gauge,
     pub ws_connections_total: Counter,
     pub ws_messages_sent: Counter,
@@ -46,6 +50,10 @@ impl Metrics {
         let connections_open = Gauge::default();
         let accept_errors = Family::<Labels, Counter>::default();
         let ws_refused = Family::<Labels, Counter>::default();
+        let origin_refused = Counter::default();
+        let service_changes = Family::<Labels, Counter>::default();
+        registry.register("service_changes", "Service API changes by token name and kind", service_changes.clone());
+        registry.register("origin_refused", "Requests refused for a foreign Origin", origin_refused.clone());
         registry.register("connections_open", "Open TCP connections (HTTP and WebSocket)", connections_open.clone());
         registry.register("accept_errors", "Failed accepts by kind", accept_errors.clone());
         registry.register("ws_refused", "WebSocket upgrades refused by a cap, by scope", ws_refused.clone());
@@ -111,6 +119,8 @@ impl Metrics {
             connections_open,
             accept_errors,
             ws_refused,
+            origin_refused,
+            service_changes,
             ws_connections_open,
             ws_connections_total,
             ws_messages_sent,

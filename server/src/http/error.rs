@@ -35,6 +35,8 @@ pub enum AppError {
     Unauthorized,
     #[error("a valid service token is required: 'Authorization: Bearer <token>'")]
     ServiceUnauthorized,
+    #[error("this service token may not change '{0}': give it that scope")]
+    InsufficientScope(&'static str),
     #[error("{0}")]
     InvalidField(String),
     #[error("the cart is empty: add something before checking out")]
@@ -128,6 +130,7 @@ impl AppError {
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
             AppError::Unauthorized | AppError::ServiceUnauthorized => StatusCode::UNAUTHORIZED,
+            AppError::InsufficientScope(_) => StatusCode::FORBIDDEN,
             AppError::InvalidField(_) => StatusCode::BAD_REQUEST,
             AppError::EmptyCart | AppError::Shortfalls(_) | AppError::PriceChanged(_) => StatusCode::CONFLICT,
             AppError::VersionMismatch(_) => StatusCode::PRECONDITION_FAILED,
@@ -147,6 +150,7 @@ impl AppError {
             AppError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             AppError::ForbiddenOrigin(_) => ErrorCode::ForbiddenOrigin,
             AppError::Unauthorized | AppError::ServiceUnauthorized => ErrorCode::Unauthorized,
+            AppError::InsufficientScope(_) => ErrorCode::InsufficientScope,
             AppError::InvalidField(_) => ErrorCode::InvalidField,
             AppError::EmptyCart => ErrorCode::EmptyCart,
             AppError::Shortfalls(_) => ErrorCode::InsufficientStock,

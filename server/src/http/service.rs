@@ -4,11 +4,15 @@
 //! - `PATCH /api/service/products/{id}` changes stock and/or price; every connection gets `PRODUCT_UPDATE`.
 //! - `POST /api/service/notify` sends a `NOTICE` to one session's connections or to every connection.
 //!
-//! Callers authenticate with `Authorization: Bearer <token>`, one of the tokens configured with
-//! `--service-token`. Tokens are compared as SHA-256 digests in constant time, against every configured token,
-//! so neither the answer's timing nor its content tells how close a guess was. With no token configured the
-//! API does not exist (404). Each token has its own rate limit.
+//! Callers authenticate with `Authorization: Bearer <token>` (the scheme in any case), one of the tokens
+//! configured with `--service-token`. Tokens are compared as SHA-256 digests in constant time, against every
+//! configured token, so neither the answer's timing nor its content tells how close a guess was. With no token
+//! configured the API does not exist (404). Each token has its own rate limit, a name and scopes: `stock` and
+//! `price` for the two halves of a product change, `notify` for notices; a call outside them is 403
+//! `insufficient_scope`. Every change is logged and counted with the token's name (never the token). Failed
+//! attempts are rate limited per client address, so tokens cannot be guessed at the speed of the network.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,11 +27,13 @@ use cartwheel_core::{Cents, Product, ProductId, ProductPatch};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::client::Client;
 use super::error::{self, AppError};
 use super::extract::ApiJson;
-use crate::config::defaults;
+use crate::config::{defaults, Scopes, ServiceTokenSpec};
 use crate::domain::CartKey;
 use crate::metrics::Metrics;
+use crate::realtime::quota::address_bucket;
 use crate::shop::Shop;
 use crate::store::ProductUpdate;
 use crate::throttle::{KeyedLimiter, Rate};
@@ -45,28 +51,50 @@ where
         .method_not_allowed_fallback(error::method_not_allowed)
 }
 
-/// The configured service tokens (as digests) and their rate limits.
+/// The configured service tokens (as digests, with their names and scopes) and the rate limits.
 pub struct ServiceAccess {
-    digests: Vec<[u8; 32]>,
+    tokens: Vec<KnownToken>,
     limits: Option<KeyedLimiter<usize>>,
+    /// Failed attempts per client address (IPv6 by /64).
+    failures: Option<KeyedLimiter<IpAddr>>,
+}
+
+struct KnownToken {
+    digest: [u8; 32],
+    /// Fixed for the process (one per configured token), so it can label metrics.
+    name: &'static str,
+    scopes: Scopes,
 }
 
 impl ServiceAccess {
-    /// `None` when no token is configured: the service API is off. `rate` `None`: no rate limit.
-    pub fn new(tokens: &[String], rate: Option<Rate>) -> Option<ServiceAccess> {
+    /// `None` when no token is configured: the service API is off. `rate` `None`: no rate limits.
+    pub fn new(tokens: &[ServiceTokenSpec], rate: Option<Rate>) -> Option<ServiceAccess> {
         if tokens.is_empty() {
             return None;
         }
-        let digests = tokens.iter().map(|t| digest(t.as_bytes())).collect();
-        Some(ServiceAccess { digests, limits: rate.map(KeyedLimiter::new) })
+        let tokens = tokens
+            .iter()
+            .map(|t| KnownToken {
+                digest: digest(t.token.as_bytes()),
+                name: Box::leak(t.name.clone().into_boxed_str()),
+                scopes: t.scopes,
+            })
+            .collect();
+        let failures =
+            Rate { per_sec: defaults::SERVICE_AUTH_FAILURES_PER_SEC, burst: defaults::SERVICE_AUTH_FAILURE_BURST };
+        Some(ServiceAccess {
+            tokens,
+            limits: rate.map(KeyedLimiter::new),
+            failures: rate.map(|_| KeyedLimiter::new(failures)),
+        })
     }
 
     /// Which configured token `presented` is. Every token is compared, each in constant time.
     fn authenticate(&self, presented: &[u8]) -> Option<usize> {
         let presented = digest(presented);
         let mut found = None;
-        for (i, known) in self.digests.iter().enumerate() {
-            let difference = known.iter().zip(&presented).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        for (i, known) in self.tokens.iter().enumerate() {
+            let difference = known.digest.iter().zip(&presented).fold(0u8, |acc, (a, b)| acc | (a ^ b));
             if std::hint::black_box(difference) == 0 {
                 found = Some(i);
             }
@@ -79,8 +107,23 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// Extractor: a request with a valid service token, within that token's rate.
-pub struct ServiceCaller;
+/// Extractor: a request with a valid service token, within that token's rate: who is calling and what it may do.
+pub struct ServiceCaller {
+    pub name: &'static str,
+    pub scopes: Scopes,
+}
+
+impl ServiceCaller {
+    /// `Err(403 insufficient_scope)` unless the token has `scope`.
+    fn require(&self, has: bool, scope: &'static str) -> Result<(), AppError> {
+        if has {
+            Ok(())
+        } else {
+            tracing::info!(token = self.name, scope, "service call outside its token's scopes");
+            Err(AppError::InsufficientScope(scope))
+        }
+    }
+}
 
 /// What the [`ServiceCaller`] check needs: the configured tokens (`None`: the API is off) and the metrics it
 /// counts refusals in.
@@ -88,6 +131,13 @@ pub struct ServiceCaller;
 pub struct ServiceGate {
     pub access: Option<Arc<ServiceAccess>>,
     pub metrics: Arc<Metrics>,
+}
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme is case-insensitive (RFC 7235).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for ServiceCaller
@@ -101,15 +151,16 @@ where
         let Some(access) = gate.access.as_deref() else {
             return Err(AppError::NotFound("the service API is off: start the server with --service-token".into()));
         };
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty());
+        let token = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer);
         let Some(index) = token.and_then(|t| access.authenticate(t.as_bytes())) else {
             gate.metrics.service_requests.get_or_create(&vec![("outcome", "unauthorized")]).inc();
+            // Guessing is limited per client address: past the budget, 429 instead of another 401.
+            if let (Some(failures), Some(client)) = (&access.failures, parts.extensions.get::<Client>()) {
+                if let Err(retry_after) = failures.check(&address_bucket(client.address), Instant::now()) {
+                    gate.metrics.rate_limited.inc();
+                    return Err(AppError::RateLimited { retry_after });
+                }
+            }
             return Err(AppError::ServiceUnauthorized);
         };
         if let Some(limits) = &access.limits {
@@ -118,7 +169,8 @@ where
                 return Err(AppError::RateLimited { retry_after });
             }
         }
-        Ok(ServiceCaller)
+        let known = &access.tokens[index];
+        Ok(ServiceCaller { name: known.name, scopes: known.scopes })
     }
 }
 
@@ -155,14 +207,24 @@ pub fn validate(id: ProductId, patch: &ProductPatch) -> Result<ProductUpdate, Ap
 async fn update_product(
     State(shop): State<Shop>,
     State(gate): State<ServiceGate>,
-    _: ServiceCaller,
+    caller: ServiceCaller,
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<ProductPatch>,
 ) -> Result<Json<Product>, AppError> {
-    let update = validate(ProductId(id), &patch)?;
+    if patch.stock.is_some() {
+        caller.require(caller.scopes.stock, "stock")?;
+    }
+    if patch.price_cents.is_some() {
+        caller.require(caller.scopes.price, "price")?;
+    }
+    let update = validate(ProductId(id.clone()), &patch)?;
     let result = shop.update_product(update).await.map_err(AppError::from);
     let outcome = if result.is_ok() { "product_updated" } else { "product_refused" };
     gate.metrics.service_requests.get_or_create(&vec![("outcome", outcome)]).inc();
+    if result.is_ok() {
+        gate.metrics.service_changes.get_or_create(&vec![("token", caller.name), ("kind", "product")]).inc();
+        tracing::info!(token = caller.name, product = %id, stock = ?patch.stock, price_cents = ?patch.price_cents, "service changed a product");
+    }
     result.map(Json)
 }
 
@@ -177,15 +239,19 @@ pub struct Delivered {
 async fn notify(
     State(shop): State<Shop>,
     State(gate): State<ServiceGate>,
-    _: ServiceCaller,
+    caller: ServiceCaller,
     ApiJson(request): ApiJson<NoticeRequest>,
 ) -> Result<(StatusCode, Json<Delivered>), AppError> {
+    caller.require(caller.scopes.notify, "notify")?;
     if let Some(problem) = request.notice.problem() {
         return Err(AppError::InvalidField(problem));
     }
     let session = request.session.as_deref().map(CartKey::parse).transpose()?;
     let connections = shop.notify(session.as_ref(), &request.notice).await?;
     gate.metrics.service_requests.get_or_create(&vec![("outcome", "notice_sent")]).inc();
+    gate.metrics.service_changes.get_or_create(&vec![("token", caller.name), ("kind", "notice")]).inc();
+    let to = if session.is_some() { "one session" } else { "everyone" };
+    tracing::info!(token = caller.name, to, kind = %request.notice.kind, connections, "service sent a notice");
     Ok((StatusCode::ACCEPTED, Json(Delivered { connections })))
 }
 
@@ -195,13 +261,44 @@ mod tests {
 
     #[test]
     fn every_configured_token_and_nothing_else_authenticates() {
-        let tokens = vec!["first-token-0123456789".to_owned(), "second-token-0123456789".to_owned()];
-        let access = ServiceAccess::new(&tokens, None).unwrap();
-        assert_eq!(access.authenticate(tokens[0].as_bytes()), Some(0));
-        assert_eq!(access.authenticate(tokens[1].as_bytes()), Some(1));
+        let specs = crate::config::service_token_specs(&[
+            "first-token-0123456789".to_owned(),
+            "pricing:price:second-token-0123456789".to_owned(),
+        ])
+        .unwrap();
+        let access = ServiceAccess::new(&specs, None).unwrap();
+        assert_eq!(access.authenticate(b"first-token-0123456789"), Some(0));
+        assert_eq!(access.authenticate(b"second-token-0123456789"), Some(1));
+        assert_eq!(access.authenticate(b"pricing:price:second-token-0123456789"), None, "the spec is not the token");
         assert_eq!(access.authenticate(b"first-token-012345678"), None, "a prefix");
         assert_eq!(access.authenticate(b""), None);
+        assert_eq!((access.tokens[0].name, access.tokens[0].scopes), ("token-1", Scopes::ALL));
+        assert_eq!(access.tokens[1].scopes, Scopes { stock: false, price: true, notify: false });
         assert!(ServiceAccess::new(&[], None).is_none(), "no tokens: no API");
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for header in ["Bearer abc", "bearer abc", "BEARER   abc ", " bEaReR abc"] {
+            assert_eq!(bearer(header), Some("abc"), "{header:?}");
+        }
+        for header in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "abc"] {
+            assert_eq!(bearer(header), None, "{header:?}");
+        }
+    }
+
+    #[test]
+    fn token_specs_name_scopes_and_refuse_what_they_cannot_read() {
+        use crate::config::{service_token_specs, ConfigError};
+        let ok = service_token_specs(&["ops:stock+notify:a-token-of-16+chars:with:colons".to_owned()]).unwrap();
+        assert_eq!(ok[0].name, "ops");
+        assert_eq!(ok[0].scopes, Scopes { stock: true, price: false, notify: true });
+        assert_eq!(ok[0].token, "a-token-of-16+chars:with:colons");
+        for bad in ["ops:stocks:0123456789abcdef", "Ops:stock:0123456789abcdef", ":all:0123456789abcdef"] {
+            assert!(matches!(service_token_specs(&[bad.to_owned()]), Err(ConfigError::BadServiceToken(_))), "{bad}");
+        }
+        assert!(matches!(service_token_specs(&["ops:all:short".to_owned()]), Err(ConfigError::WeakServiceToken)));
+        assert_eq!(service_token_specs(&["ops:all:0123456789abcdef".to_owned()]).unwrap()[0].scopes, Scopes::ALL);
     }
 
     #[test]

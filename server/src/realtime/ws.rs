@@ -192,8 +192,15 @@ impl Connection {
                                 return ending;
                             }
                         }
-                        // tungstenite answers pings itself; any frame proves the peer is alive.
-                        Message::Ping(_) | Message::Pong(_) => {}
+                        // tungstenite answers pings itself; any frame proves the peer is alive. Control frames
+                        // count against the frame rate too: each Ping costs the server a Pong, so a flood of
+                        // them is a flood like any other.
+                        Message::Ping(_) | Message::Pong(_) => {
+                            if frames.take(Instant::now()).is_err() {
+                                self.close(close::POLICY_VIOLATION, "rate limited").await;
+                                return Ending::Flooding;
+                            }
+                        }
                         Message::Close(_) => return Ending::ClientClosed,
                     }
                 }

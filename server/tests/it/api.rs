@@ -200,6 +200,7 @@ async fn every_error_has_its_status_and_json_body_and_changes_nothing() {
         .await
         .expect_error(403, "forbidden_origin");
     assert_unchanged(&s, &mut ws, 3).await;
+    server.await_metric("cartwheel_origin_refused_total 3").await;
     let own = format!("http://{}", s.addr);
     let ok = s.send(Method::DELETE, &format!("/api/cart/items/{}", p.plenty), None, &[("origin", &own)]).await;
     assert_eq!(ok.status, 200, "the server's own origin may mutate");

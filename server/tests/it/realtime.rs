@@ -124,6 +124,23 @@ async fn flooding_client_gets_an_error_then_1008() {
 }
 
 #[tokio::test]
+async fn websocket_ping_frames_count_against_the_frame_rate_too() {
+    let server = TestServer::start_with(|c| {
+        c.ws_frame_burst = 5;
+        c.ws_frames_per_sec = 1;
+    })
+    .await;
+    let s = server.shopper().await;
+    let (mut ws, _) = Ws::connect_synced(&s).await;
+    // Five control-frame Pings are within the burst (each answered with a Pong by the library); the sixth is not.
+    for _ in 0..6 {
+        ws.stream.send(Message::Ping(Default::default())).await.unwrap();
+    }
+    assert_eq!(ws.expect_close().await, close::POLICY_VIOLATION);
+    server.await_metric(r#"cartwheel_ws_disconnects_total{reason="flooding"} 1"#).await;
+}
+
+#[tokio::test]
 async fn fifty_concurrent_mutations_get_versions_one_to_fifty_in_order_everywhere() {
     let server = TestServer::start().await;
     let ids = product_with_stock_at_least(&server, 50).await;

@@ -418,3 +418,60 @@ async fn a_connection_that_falls_behind_the_broadcast_ring_still_gets_every_prod
     }
     server.await_metric("cartwheel_ws_broadcast_lagged_total 1").await;
 }
+
+#[tokio::test]
+async fn a_token_may_do_only_what_its_scopes_name_and_its_changes_are_counted_by_name() {
+    const INVENTORY: &str = "inventory-token-000000001";
+    const SUPPORT: &str = "support-token-00000000002";
+    let server = TestServer::start_with(|c| {
+        c.service_tokens = vec![format!("inventory:stock:{INVENTORY}"), format!("support:notify:{SUPPORT}")];
+    })
+    .await;
+    let product = |token, body| call(&server, Method::PATCH, "/api/service/products/linen-notebook", Some(token), body);
+    // Stock is inventory's; the price is not.
+    assert_eq!(product(INVENTORY, json!({ "stock": 7 })).await.status, 200);
+    product(INVENTORY, json!({ "price_cents": 1 })).await.expect_error(403, "insufficient_scope");
+    product(INVENTORY, json!({ "stock": 8, "price_cents": 1 })).await.expect_error(403, "insufficient_scope");
+    let notice = json!({ "kind": "info", "message": "hello" });
+    call(&server, Method::POST, "/api/service/notify", Some(INVENTORY), notice.clone())
+        .await
+        .expect_error(403, "insufficient_scope");
+    // Support may send notices and nothing else.
+    assert_eq!(call(&server, Method::POST, "/api/service/notify", Some(SUPPORT), notice).await.status, 202);
+    product(SUPPORT, json!({ "stock": 1 })).await.expect_error(403, "insufficient_scope");
+    // Nothing refused changed anything: the price is as it was, the stock is inventory's 7.
+    let products: Value = reqwest::get(server.url("/api/products")).await.unwrap().json().await.unwrap();
+    let notebook = products.as_array().unwrap().iter().find(|p| p["id"] == "linen-notebook").unwrap().clone();
+    assert_eq!(notebook["stock"], 7);
+    assert_ne!(notebook["price_cents"], 1);
+    server.await_metric(r#"cartwheel_service_changes_total{token="inventory",kind="product"} 1"#).await;
+    server.await_metric(r#"cartwheel_service_changes_total{token="support",kind="notice"} 1"#).await;
+    // The scheme is case-insensitive.
+    let lower = reqwest::Client::new()
+        .patch(server.url("/api/service/products/linen-notebook"))
+        .header(AUTHORIZATION, format!("bearer {INVENTORY}"))
+        .json(&json!({ "stock": 9 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn guessing_tokens_is_rate_limited_per_client_address() {
+    let server = server().await;
+    let burst = cartwheel_server::config::defaults::SERVICE_AUTH_FAILURE_BURST;
+    for n in 0..burst {
+        call(&server, Method::POST, "/api/service/notify", Some(&format!("guess-{n:020}")), json!({}))
+            .await
+            .expect_error(401, "unauthorized");
+    }
+    call(&server, Method::POST, "/api/service/notify", Some("guess-one-too-many-000"), json!({}))
+        .await
+        .expect_error(429, "rate_limited");
+    // The right token still works from there: only failures are limited.
+    let notice = json!({ "kind": "info", "message": "hello" });
+    assert_eq!(notify(&server, notice).await.status, 202);
+    server.stop().await;
+}

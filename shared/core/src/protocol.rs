@@ -151,6 +151,8 @@ pub enum ErrorCode {
     RateLimited,
     /// This session or address already holds the most WebSockets it may (the upgrade is refused).
     TooManyConnections,
+    /// A service token called outside its scopes.
+    InsufficientScope,
     /// The `Idempotency-Key` header is malformed.
     InvalidIdempotencyKey,
     /// The `Idempotency-Key` was already used for a different request.
