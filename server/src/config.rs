@@ -129,6 +129,10 @@ pub mod defaults {
     pub const MAX_SOCKETS_PER_ADDRESS: usize = 512;
     /// How long an Idempotency-Key is remembered.
     pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+    /// Idempotency records kept per session: the oldest beyond this are forgotten first.
+    pub const IDEMPOTENCY_KEYS_PER_SESSION: usize = 256;
+    /// Expired idempotency records are deleted this many at a time, so pruning never holds the writer long.
+    pub const PRUNE_BATCH: usize = 500;
     /// Shortest session secret accepted from configuration or found in Redis.
     pub const MIN_SESSION_SECRET_LEN: usize = 32;
     /// Session cookie lifetime.
@@ -284,6 +288,9 @@ pub struct Config {
     /// Kernel send buffer per accepted socket in bytes (0 = the kernel's auto-tuning).
     #[arg(long, env = "CARTWHEEL_SOCKET_SEND_BUFFER_BYTES", default_value_t = defaults::SOCKET_SEND_BUFFER_BYTES)]
     pub socket_send_buffer_bytes: usize,
+    /// Idempotency records (a change's key and its answer) kept per session; beyond it the oldest go first.
+    #[arg(long, env = "CARTWHEEL_IDEMPOTENCY_KEYS_PER_SESSION", default_value_t = defaults::IDEMPOTENCY_KEYS_PER_SESSION)]
+    pub idempotency_keys_per_session: usize,
     /// Open TCP connections at most (HTTP and WebSocket together); beyond it new ones wait in the kernel's
     /// backlog. Lowered at start to what the file-descriptor limit allows.
     #[arg(long, env = "CARTWHEEL_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]

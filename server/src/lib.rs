@@ -119,10 +119,14 @@ impl Backend {
             }
             None => {
                 // Opening may wait for the file's lock (see `SqliteCartStore::open`): off the runtime's threads.
-                let (path, limits, secret) =
-                    (config.database.clone(), config.cart_limits(), secret.map(<[u8]>::to_vec));
+                let (path, limits, per_cart, secret) = (
+                    config.database.clone(),
+                    config.cart_limits(),
+                    config.idempotency_keys_per_session,
+                    secret.map(<[u8]>::to_vec),
+                );
                 let store = tokio::task::spawn_blocking(move || {
-                    SqliteCartStore::open(&path, catalog, limits, secret.as_deref())
+                    SqliteCartStore::open(&path, catalog, limits, per_cart, secret.as_deref())
                 })
                 .await
                 .map_err(|_| StartupError::Store(StoreError::Closed))??;

@@ -110,3 +110,24 @@ async fn kill_9_loses_no_acknowledged_change() {
     assert_eq!(cart["item_count"], 20);
     process.kill_9();
 }
+
+#[tokio::test]
+async fn a_session_keeps_its_newest_idempotency_records_up_to_the_cap() {
+    let server = TestServer::start_with(|c| c.idempotency_keys_per_session = 3).await;
+    let s = server.shopper().await;
+    let body = r#"{"product_id":"linen-notebook","quantity":1}"#;
+    for n in 1..=4u64 {
+        let key = format!("key-{n}");
+        let answer = s.send(reqwest::Method::POST, "/api/cart", Some(body), &[("idempotency-key", &key)]).await;
+        assert_eq!(answer.version(), n);
+    }
+    // The newest three are answered from their records; the oldest was forgotten, so it applies again.
+    let replay = s.send(reqwest::Method::POST, "/api/cart", Some(body), &[("idempotency-key", "key-2")]).await;
+    assert_eq!((replay.version(), replay.headers.get("idempotent-replayed").is_some()), (2, true));
+    let evicted = s.send(reqwest::Method::POST, "/api/cart", Some(body), &[("idempotency-key", "key-1")]).await;
+    assert_eq!((evicted.version(), evicted.headers.get("idempotent-replayed").is_some()), (5, false));
+    let db = rusqlite::Connection::open(&server.db).unwrap();
+    let stored: i64 = db.query_row("SELECT COUNT(*) FROM idempotency_keys", [], |r| r.get(0)).unwrap();
+    assert_eq!(stored, 3);
+    server.stop().await;
+}

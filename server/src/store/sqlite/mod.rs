@@ -53,6 +53,7 @@ impl SqliteCartStore {
         path: &Path,
         mut catalog: Catalog,
         limits: CartLimits,
+        idempotency_per_cart: usize,
         secret: Option<&[u8]>,
     ) -> Result<SqliteCartStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -76,7 +77,7 @@ impl SqliteCartStore {
         let live = Arc::new(LiveCatalog::new(committed.clone()));
         let readers = ReaderPool::open(path, defaults::READ_CONNECTIONS)?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let settings = WriterSettings { limits, idempotency_ttl: defaults::IDEMPOTENCY_TTL };
+        let settings = WriterSettings { limits, idempotency_ttl: defaults::IDEMPOTENCY_TTL, idempotency_per_cart };
         let state = CatalogState::new(live.clone(), committed);
         let writer = std::thread::Builder::new()
             .name("cart-writer".into())

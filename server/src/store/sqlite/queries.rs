@@ -49,9 +49,28 @@ pub(super) fn remember(
     Ok(())
 }
 
-/// Forget idempotency keys older than `ttl_secs`; returns how many went.
-pub(super) fn forget_idempotency_keys(conn: &Connection, ttl_secs: i64) -> Result<usize, StoreError> {
-    Ok(conn.execute("DELETE FROM idempotency_keys WHERE created_at < ?1", [now_secs().saturating_sub(ttl_secs)])?)
+/// Forget up to `batch` idempotency keys older than `ttl_secs`; returns how many went (`batch`: maybe more are
+/// due). Small batches: each runs on the writer thread, between changes.
+pub(super) fn forget_idempotency_keys(conn: &Connection, ttl_secs: i64, batch: usize) -> Result<usize, StoreError> {
+    let cutoff = now_secs().saturating_sub(ttl_secs);
+    let limit = i64::try_from(batch).unwrap_or(i64::MAX);
+    Ok(conn
+        .prepare_cached(
+            "DELETE FROM idempotency_keys WHERE rowid IN \
+             (SELECT rowid FROM idempotency_keys WHERE created_at < ?1 LIMIT ?2)",
+        )
+        .and_then(|mut s| s.execute(params![cutoff, limit]))?)
+}
+
+/// Keep at most `cap` idempotency keys for this cart: the newest. Returns how many older ones went.
+pub(super) fn cap_idempotency_keys(conn: &Connection, key: &str, cap: usize) -> Result<usize, StoreError> {
+    let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+    Ok(conn
+        .prepare_cached(
+            "DELETE FROM idempotency_keys WHERE cart_key = ?1 AND rowid NOT IN \
+             (SELECT rowid FROM idempotency_keys WHERE cart_key = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2)",
+        )
+        .and_then(|mut s| s.execute(params![key, cap]))?)
 }
 
 pub(super) fn write_cart(
@@ -94,4 +113,50 @@ pub(super) fn write_probe(conn: &Connection) -> Result<(), StoreError> {
     )
     .and_then(|mut s| s.execute([now_secs()]))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        conn
+    }
+
+    fn count(conn: &Connection, key: &str) -> i64 {
+        conn.query_row("SELECT COUNT(*) FROM idempotency_keys WHERE cart_key = ?1", [key], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_cart_keeps_its_newest_keys_up_to_the_cap_and_other_carts_are_untouched() {
+        let conn = store();
+        remember(&conn, "other", "k", "fp", "{}").unwrap();
+        for n in 0..5 {
+            remember(&conn, "cart", &format!("k{n}"), "fp", "{}").unwrap();
+            cap_idempotency_keys(&conn, "cart", 3).unwrap();
+        }
+        assert_eq!(count(&conn, "cart"), 3);
+        assert!(remembered(&conn, "cart", "k0").unwrap().is_none(), "the oldest went first");
+        assert!(remembered(&conn, "cart", "k4").unwrap().is_some());
+        assert_eq!(count(&conn, "other"), 1);
+    }
+
+    #[test]
+    fn expired_keys_go_in_batches_of_at_most_the_batch_size() {
+        let conn = store();
+        let old = now_secs() - 100;
+        for n in 0..1_200 {
+            conn.execute(
+                "INSERT INTO idempotency_keys (cart_key, key, request, response, created_at) VALUES ('c', ?1, '', '', ?2)",
+                params![format!("k{n}"), old],
+            )
+            .unwrap();
+        }
+        remember(&conn, "c", "fresh", "fp", "{}").unwrap();
+        let batches: Vec<usize> = (0..4).map(|_| forget_idempotency_keys(&conn, 10, 500).unwrap()).collect();
+        assert_eq!(batches, [500, 500, 200, 0]);
+        assert_eq!(count(&conn, "c"), 1, "the fresh key stays");
+    }
 }

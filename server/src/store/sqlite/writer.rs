@@ -15,7 +15,8 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::queries::{
-    forget_idempotency_keys, insert_order, read_cart, remember, remembered, write_cart, write_probe, write_product,
+    cap_idempotency_keys, forget_idempotency_keys, insert_order, read_cart, remember, remembered, write_cart,
+    write_probe, write_product,
 };
 use crate::clock::now_ms;
 use crate::config::defaults;
@@ -108,6 +109,8 @@ impl WriteJob {
 pub(super) struct WriterSettings {
     pub limits: CartLimits,
     pub idempotency_ttl: Duration,
+    /// Idempotency keys kept per cart (session), the newest.
+    pub idempotency_per_cart: usize,
 }
 
 /// The writer's view of the catalog: the committed snapshot, and the copy a batch's product changes are staged
@@ -157,8 +160,25 @@ pub(super) fn writer_loop(
     mut catalog: CatalogState,
 ) {
     let mut last_prune = Instant::now();
+    // More expired keys than one prune batch: go on between changes, or at once while there are none.
+    let mut prune_backlog = false;
     let mut batch = Vec::with_capacity(defaults::MAX_COMMIT_BATCH);
-    while let Some(first) = jobs.blocking_recv() {
+    loop {
+        let first = if prune_backlog {
+            match jobs.try_recv() {
+                Ok(job) => job,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    prune_backlog = prune(&conn, &settings);
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            }
+        } else {
+            match jobs.blocking_recv() {
+                Some(job) => job,
+                None => break,
+            }
+        };
         batch.push(first);
         while batch.len() < defaults::MAX_COMMIT_BATCH {
             match jobs.try_recv() {
@@ -170,17 +190,29 @@ pub(super) fn writer_loop(
         for (job, outcome) in batch.drain(..).zip(outcomes) {
             job.answer(outcome);
         }
-        if last_prune.elapsed() >= PRUNE_EVERY {
+        if prune_backlog || last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = Instant::now();
-            let ttl = i64::try_from(settings.idempotency_ttl.as_secs()).unwrap_or(i64::MAX);
-            match forget_idempotency_keys(&conn, ttl) {
-                Ok(n) if n > 0 => tracing::debug!(removed = n, "pruned idempotency keys"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "pruning idempotency keys failed"),
-            }
+            prune_backlog = prune(&conn, &settings);
         }
     }
     tracing::debug!("cart writer stopped");
+}
+
+/// One batch of expired idempotency keys; `true` when more may be due.
+fn prune(conn: &Connection, settings: &WriterSettings) -> bool {
+    let ttl = i64::try_from(settings.idempotency_ttl.as_secs()).unwrap_or(i64::MAX);
+    match forget_idempotency_keys(conn, ttl, defaults::PRUNE_BATCH) {
+        Ok(n) => {
+            if n > 0 {
+                tracing::debug!(removed = n, "pruned idempotency keys");
+            }
+            n >= defaults::PRUNE_BATCH
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "pruning idempotency keys failed");
+            false
+        }
+    }
 }
 
 /// Apply every job in one transaction; each job's outcome is final only if the commit succeeds.
@@ -244,7 +276,9 @@ fn apply_job(
     match job {
         WriteJob::Cart { request, .. } => apply_cart_change(conn, request, settings, catalog).map(JobOutcome::Cart),
         WriteJob::Product { update, .. } => apply_product_update(conn, update, catalog).map(JobOutcome::Product),
-        WriteJob::Checkout { request, .. } => apply_checkout(conn, request, catalog).map(JobOutcome::Checkout),
+        WriteJob::Checkout { request, .. } => {
+            apply_checkout(conn, request, settings, catalog).map(JobOutcome::Checkout)
+        }
         WriteJob::Probe { .. } => {
             write_probe(conn)?;
             Ok(JobOutcome::Probe)
@@ -278,6 +312,7 @@ fn apply_cart_change(
     let cart = price(&request.cart, version, &contents, catalog);
     if let Some(idem) = idem {
         remember(conn, key, idem, &fp, &to_json(&cart)?)?;
+        cap_idempotency_keys(conn, key, settings.idempotency_per_cart)?;
     }
     Ok(committed_mutation(&request.cart, cart, change))
 }
@@ -294,7 +329,12 @@ fn apply_product_update(
     Ok(committed_product_update(product, change))
 }
 
-fn apply_checkout(conn: &Connection, request: &CheckoutRequest, catalog: &Catalog) -> Result<Checkout, MutationError> {
+fn apply_checkout(
+    conn: &Connection,
+    request: &CheckoutRequest,
+    settings: &WriterSettings,
+    catalog: &Catalog,
+) -> Result<Checkout, MutationError> {
     let key = request.cart.as_str();
     let idem = request.idempotency_key.as_ref().map(|k| k.as_str());
     if let Some(idem) = idem {
@@ -317,6 +357,7 @@ fn apply_checkout(conn: &Connection, request: &CheckoutRequest, catalog: &Catalo
     let receipt = CheckoutReceipt { order, cart: price(&request.cart, version + 1, &emptied, catalog) };
     if let Some(idem) = idem {
         remember(conn, key, idem, CHECKOUT_FINGERPRINT, &to_json(&receipt)?)?;
+        cap_idempotency_keys(conn, key, settings.idempotency_per_cart)?;
     }
     Ok(committed_checkout(&request.cart, receipt, products))
 }
