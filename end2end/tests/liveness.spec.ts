@@ -141,7 +141,8 @@ test('a proxy that holds the upgrade: polling from page load brings another tab\
 
 test('after a restart with 20 pages open, their reconnects are spread out, not a storm', async ({ browser }) => {
   test.setTimeout(120_000);
-  const server = await ShopServer.start(['--reconnect-base-ms', '200', '--reconnect-max-ms', '1000']);
+  // 20 tabs of one shopper hold 60 sockets: above the default cap of 32 per session.
+  const server = await ShopServer.start(['--reconnect-base-ms', '200', '--reconnect-max-ms', '1000', '--max-sockets-per-session', '64']);
   try {
     const context = await browser.newContext({ baseURL: server.url });
     // Every socket any page creates, with when.

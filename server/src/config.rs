@@ -135,8 +135,8 @@ pub mod defaults {
     pub const PRUNE_BATCH: usize = 500;
     /// Shortest session secret accepted from configuration or found in Redis.
     pub const MIN_SESSION_SECRET_LEN: usize = 32;
-    /// Session cookie lifetime.
-    pub const SESSION_MAX_AGE: Duration = Duration::from_secs(400 * 24 * 60 * 60);
+    /// A session unused this many days is over (each use slides it); also the cookie's `Max-Age`.
+    pub const SESSION_MAX_AGE_DAYS: u32 = 90;
     /// Mutations committed together in one SQLite transaction at most (group commit).
     pub const MAX_COMMIT_BATCH: usize = 256;
     /// Read-only SQLite connections kept for concurrent reads.
@@ -235,9 +235,14 @@ pub struct Config {
     #[arg(long, env = "CARTWHEEL_LOG", default_value = "info")]
     pub log: String,
 
-    /// Secret that signs session cookies (≥ 32 bytes). Generated once and kept in the database when not given.
-    #[arg(long, env = "CARTWHEEL_SESSION_SECRET", hide_env_values = true)]
-    pub session_secret: Option<String>,
+    /// Secrets for session cookies (each ≥ 32 bytes, comma-separated): the first signs, all verify, so one is
+    /// rotated by putting the new one first and removing the old one later. Generated once and kept in the
+    /// store when not given.
+    #[arg(long, env = "CARTWHEEL_SESSION_SECRET", value_delimiter = ',', hide_env_values = true)]
+    pub session_secret: Vec<String>,
+    /// Days a session may go unused: each use slides it; an older cookie is not a session any more.
+    #[arg(long, env = "CARTWHEEL_SESSION_MAX_AGE_DAYS", default_value_t = defaults::SESSION_MAX_AGE_DAYS)]
+    pub session_max_age_days: u32,
 
     /// Switch every request rate limit off (for load benchmarks only).
     #[arg(long, env = "CARTWHEEL_NO_RATE_LIMIT")]
@@ -368,7 +373,7 @@ impl Config {
 
     /// Refuse secrets and tokens too short to be safe.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.session_secret.as_ref().is_some_and(|s| s.len() < defaults::MIN_SESSION_SECRET_LEN) {
+        if self.session_secret.iter().any(|s| s.len() < defaults::MIN_SESSION_SECRET_LEN) {
             return Err(ConfigError::WeakSecret);
         }
         service_token_specs(&self.service_tokens)?;

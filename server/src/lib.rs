@@ -104,12 +104,14 @@ impl Backend {
         hub: &Arc<CartHub>,
         metrics: &Arc<Metrics>,
     ) -> Result<Backend, StartupError> {
-        let secret = config.session_secret.as_deref().map(str::as_bytes);
+        // The store keeps (or, in Redis, shares) the signing secret when none is given.
+        let secret = config.session_secret.first().map(String::as_bytes);
+        let ring: Vec<Vec<u8>> = config.session_secret.iter().map(|s| s.as_bytes().to_vec()).collect();
         match &config.redis_url {
             Some(url) => {
                 let format = Arc::new(EnvelopeFormat::new());
                 let store = Arc::new(
-                    RedisCartStore::open(url, catalog, config.cart_limits(), secret, format.clone(), metrics.clone())
+                    RedisCartStore::open(url, catalog, config.cart_limits(), &ring, format.clone(), metrics.clone())
                         .await
                         .map_err(StartupError::Redis)?,
                 );
@@ -194,7 +196,11 @@ impl Server {
         let socket_quota = SocketQuota::new(config.max_sockets_per_session, config.max_sockets_per_address);
         let state = AppState::new(AppParts {
             assets,
-            sessions: SessionKeys::new(&backend.secret, config.https, defaults::SESSION_MAX_AGE),
+            sessions: SessionKeys::new(
+                &session_ring(&config.session_secret, &backend.secret),
+                config.https,
+                std::time::Duration::from_secs(u64::from(config.session_max_age_days.max(1)) * 24 * 60 * 60),
+            ),
             origins: Arc::new(OriginPolicy::new(config.https, &config.allowed_origins)),
             config: Arc::new(config),
             bus: match &backend.kind {
@@ -260,6 +266,15 @@ impl Server {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The secrets that verify session cookies: the configured ring (its first signs), or the store's one.
+fn session_ring(configured: &[String], stored: &[u8]) -> Vec<Vec<u8>> {
+    if configured.is_empty() {
+        vec![stored.to_vec()]
+    } else {
+        configured.iter().map(|s| s.as_bytes().to_vec()).collect()
     }
 }
 

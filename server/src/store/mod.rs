@@ -113,6 +113,8 @@ pub enum StoreError {
     Timeout(std::time::Duration),
     #[error("the change conflicted with others {0} times in a row")]
     Contended(u32),
+    #[error("the instances sharing this Redis sign session cookies with a secret this one was not given (--session-secret): its cookies would not be valid here, nor this one's there; give every instance the same secrets")]
+    SessionSecretMismatch,
 }
 
 /// Why a change was not made: the shopper's request does not fit (cart rules, stock, key reuse), or the

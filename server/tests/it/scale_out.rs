@@ -460,3 +460,42 @@ async fn a_commit_whose_answer_times_out_is_applied_once() {
     assert_eq!(retried.version(), 3);
     assert_eq!(quantity(&s.cart().await.body, "stoneware-mug"), 3, "the timed-out change and its retry: once");
 }
+
+#[tokio::test]
+async fn an_instance_with_another_session_secret_refuses_to_start_and_a_rotation_keeps_cookies() {
+    const OLD: &str = "the-old-session-secret-0123456789abc";
+    const NEW: &str = "the-new-session-secret-0123456789abc";
+    const STRANGER: &str = "a-secret-nobody-else-has-0123456789";
+    let redis = RedisServer::start();
+    let with = |ring: &[&str]| {
+        let mut config = crate::support::test_config(std::path::Path::new("/nonexistent/unused.sqlite3"));
+        config.redis_url = Some(redis.url());
+        config.session_secret = ring.iter().map(|s| s.to_string()).collect();
+        config
+    };
+    let one = TestServer::start_with(|c| {
+        *c = with(&[OLD]);
+    })
+    .await;
+    let alice = one.shopper().await;
+    assert_eq!(alice.add("linen-notebook", 1).await.version(), 1);
+    // A stranger's secret would split sessions: it does not start.
+    let refused = cartwheel_server::Server::bind(with(&[STRANGER])).await.err().expect("refused");
+    assert!(
+        refused.to_string().contains("session") || format!("{refused:?}").contains("SessionSecretMismatch"),
+        "{refused:?}"
+    );
+    // Rotation, step 2: the new secret signs, the old one still verifies. Alice's cookie is still her cart.
+    let two = TestServer::start_with(|c| {
+        *c = with(&[NEW, OLD]);
+    })
+    .await;
+    let on_two = alice.on(&two);
+    let cart = on_two.cart().await;
+    assert_eq!((cart.status.as_u16(), cart.version()), (200, 1));
+    assert!(cart.headers.get(SET_COOKIE).is_none(), "no new session");
+    // The old secret alone cannot verify what two now signs: an instance started with only it is refused.
+    assert!(cartwheel_server::Server::bind(with(&[OLD])).await.is_err());
+    one.stop().await;
+    two.stop().await;
+}

@@ -94,7 +94,7 @@ async fn a_restart_keeps_the_epoch_and_a_fresh_database_has_a_new_one() {
 
     // A restored or replaced database: the same cookie now sees version 0 — in a new epoch, which clients
     // take whatever the version they showed.
-    let fresh = TestServer::start_with(|c| c.session_secret = None).await;
+    let fresh = TestServer::start_with(|c| c.session_secret = Vec::new()).await;
     assert_ne!(products(&fresh).await[0]["epoch"], store_before, "a fresh database starts a new history");
 }
 

@@ -13,6 +13,8 @@ pub const CHANNEL: &str = "cartwheel:events";
 pub const EPOCH: &str = "cartwheel:epoch";
 pub const PRODUCTS: &str = "cartwheel:products";
 pub const SESSION_SECRET: &str = "cartwheel:session-secret";
+/// SHA-256 (hex) of the secret the most recently started instance signs session cookies with.
+pub const SESSION_SIGNER: &str = "cartwheel:session-signer";
 /// Written by `/healthz` to prove Redis takes writes; expires by itself.
 pub const HEALTH_PROBE: &str = "cartwheel:health-probe";
 

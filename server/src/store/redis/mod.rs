@@ -87,7 +87,7 @@ impl RedisCartStore {
         url: &str,
         catalog: Catalog,
         limits: CartLimits,
-        secret: Option<&[u8]>,
+        ring: &[Vec<u8>],
         format: Arc<dyn EventFormat>,
         metrics: Arc<Metrics>,
     ) -> Result<RedisCartStore, StoreError> {
@@ -116,10 +116,11 @@ impl RedisCartStore {
             metrics,
             secret: Vec::new(),
         };
-        let secret = match secret {
-            Some(s) => s.to_vec(),
+        let secret = match ring.first() {
+            Some(s) => s.clone(),
             None => store.shared_secret().await?,
         };
+        store.check_signer(ring, &secret).await?;
         store.adopt_epoch().await?;
         Ok(RedisCartStore { secret, ..store })
     }
@@ -164,6 +165,24 @@ impl RedisCartStore {
     pub async fn publish(&self, message: String) -> Result<(), StoreError> {
         let mut c = self.connection.clone();
         self.call(redis::cmd("PUBLISH").arg(keys::CHANNEL).arg(message).query_async::<i64>(&mut c)).await?;
+        Ok(())
+    }
+
+    /// Refuse to run beside instances that sign cookies with a secret this one cannot verify; then record this
+    /// one's signing secret (its digest) as the current one. Rotating works in steps that each pass this check:
+    /// add the new secret second, then move it first, then drop the old one.
+    async fn check_signer(&self, ring: &[Vec<u8>], signing: &[u8]) -> Result<(), StoreError> {
+        let digest = |s: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(s));
+        let verifies: Vec<String> =
+            if ring.is_empty() { vec![digest(signing)] } else { ring.iter().map(|s| digest(s)).collect() };
+        let (current,): (Option<String>,) = self.query(redis::pipe().cmd("GET").arg(keys::SESSION_SIGNER)).await?;
+        if let Some(current) = current {
+            if !verifies.contains(&current) {
+                return Err(StoreError::SessionSecretMismatch);
+            }
+        }
+        let (): () =
+            self.query(redis::pipe().cmd("SET").arg(keys::SESSION_SIGNER).arg(digest(signing)).ignore()).await?;
         Ok(())
     }
 
