@@ -111,9 +111,17 @@ impl Backend {
             Some(url) => {
                 let format = Arc::new(EnvelopeFormat::new());
                 let store = Arc::new(
-                    RedisCartStore::open(url, catalog, config.cart_limits(), &ring, format.clone(), metrics.clone())
-                        .await
-                        .map_err(StartupError::Redis)?,
+                    RedisCartStore::open(
+                        url,
+                        catalog,
+                        config.cart_limits(),
+                        config.idempotency_keys_per_session,
+                        &ring,
+                        format.clone(),
+                        metrics.clone(),
+                    )
+                    .await
+                    .map_err(StartupError::Redis)?,
                 );
                 let bus = Bus::new(store.clone(), hub.clone(), format, metrics.clone());
                 let secret = store.session_secret().to_vec();

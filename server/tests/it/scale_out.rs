@@ -499,3 +499,31 @@ async fn an_instance_with_another_session_secret_refuses_to_start_and_a_rotation
     one.stop().await;
     two.stop().await;
 }
+
+#[tokio::test]
+async fn in_redis_mode_a_session_keeps_its_newest_idempotency_records_up_to_the_cap() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let server = TestServer::start_with(|c| {
+        c.redis_url = Some(url);
+        c.idempotency_keys_per_session = 3;
+    })
+    .await;
+    let s = server.shopper().await;
+    let body = r#"{"product_id":"linen-notebook","quantity":1}"#;
+    for n in 1..=4u64 {
+        let key = format!("key-{n}");
+        assert_eq!(s.send(Method::POST, "/api/cart", Some(body), &[("idempotency-key", &key)]).await.version(), n);
+    }
+    let replay = s.send(Method::POST, "/api/cart", Some(body), &[("idempotency-key", "key-2")]).await;
+    assert_eq!((replay.version(), replay.headers.get("idempotent-replayed").is_some()), (2, true));
+    let evicted = s.send(Method::POST, "/api/cart", Some(body), &[("idempotency-key", "key-1")]).await;
+    assert_eq!((evicted.version(), evicted.headers.get("idempotent-replayed").is_some()), (5, false));
+    // In Redis itself: three client records for the session (key-1's new one evicted key-2), and their index.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let records: Vec<String> = redis::cmd("KEYS").arg("cartwheel:idem:*").query_async(&mut c).await.unwrap();
+    let client_records = records.iter().filter(|k| !k.contains(":internal:")).count();
+    assert_eq!(client_records, 3, "{records:?}");
+    server.stop().await;
+}

@@ -39,6 +39,19 @@ while i <= #ARGV do
   if op == 'hset' then redis.call('HSET', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]); i = i + 4
   elseif op == 'set' then redis.call('SET', ARGV[i + 1], ARGV[i + 2]); i = i + 3
   elseif op == 'setex' then redis.call('SET', ARGV[i + 1], ARGV[i + 2], 'EX', ARGV[i + 3]); i = i + 4
+  elseif op == 'setex-capped' then
+    -- A client's idempotency record, indexed per session by time; beyond the cap the oldest records go.
+    local key, ttl, index, cap = ARGV[i + 1], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])
+    redis.call('SET', key, ARGV[i + 2], 'EX', ttl)
+    local now = redis.call('TIME')
+    redis.call('ZADD', index, tonumber(now[1]) * 1000000 + tonumber(now[2]), key)
+    redis.call('EXPIRE', index, ttl)
+    local over = redis.call('ZCARD', index) - cap
+    if over > 0 then
+      for _, old in ipairs(redis.call('ZRANGE', index, 0, over - 1)) do redis.call('DEL', old) end
+      redis.call('ZREMRANGEBYRANK', index, 0, over - 1)
+    end
+    i = i + 6
   elseif op == 'publish' then redis.call('PUBLISH', ARGV[i + 1], ARGV[i + 2]); i = i + 3
   elseif op == 'publish-taken' then
     -- A product update written before its stock and revision were known here: fill them in.

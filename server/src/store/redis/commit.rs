@@ -82,6 +82,19 @@ impl Commit {
         self.idempotency = Some(key);
     }
 
+    /// [`Commit::remember`], also indexed in the session's `index` of records: beyond `cap`, the oldest go.
+    pub(super) fn remember_capped(&mut self, key: String, answer: String, ttl: Duration, index: String, cap: usize) {
+        self.ops.extend([
+            "setex-capped".into(),
+            key.clone(),
+            answer,
+            ttl.as_secs().max(1).to_string(),
+            index,
+            cap.max(1).to_string(),
+        ]);
+        self.idempotency = Some(key);
+    }
+
     pub(super) fn publish(&mut self, message: String) {
         self.ops.extend(["publish".into(), CHANNEL.into(), message]);
     }

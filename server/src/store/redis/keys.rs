@@ -26,6 +26,11 @@ pub fn idempotency(cart: &CartKey, key: &IdempotencyKey) -> String {
     format!("cartwheel:idem:{cart}:{}", key.as_str())
 }
 
+/// A session's idempotency records by time (a sorted set), so their number can be capped.
+pub fn idempotency_index(cart: &CartKey) -> String {
+    format!("cartwheel:idem-index:{cart}")
+}
+
 /// The key a change without a client key commits with, so a commit whose answer was lost can be asked again.
 pub fn internal_idempotency(cart: &CartKey) -> String {
     format!("cartwheel:idem:{cart}:internal:{}", hex::encode(rand::random::<[u8; 12]>()))

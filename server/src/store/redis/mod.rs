@@ -73,6 +73,8 @@ pub struct RedisCartStore {
     base: Catalog,
     catalog: Arc<LiveCatalog>,
     limits: CartLimits,
+    /// Idempotency records kept per session (client keys; the newest).
+    idempotency_per_cart: usize,
     commit: Script,
     turns: CartTurns,
     format: Arc<dyn EventFormat>,
@@ -87,6 +89,7 @@ impl RedisCartStore {
         url: &str,
         catalog: Catalog,
         limits: CartLimits,
+        idempotency_per_cart: usize,
         ring: &[Vec<u8>],
         format: Arc<dyn EventFormat>,
         metrics: Arc<Metrics>,
@@ -110,6 +113,7 @@ impl RedisCartStore {
             catalog: Arc::new(LiveCatalog::new(Arc::new(catalog.clone()))),
             base: catalog,
             limits,
+            idempotency_per_cart,
             commit: Script::new(commit::SCRIPT),
             turns: CartTurns::default(),
             format,
@@ -262,7 +266,7 @@ impl RedisCartStore {
         let hash = keys::cart(cart);
         let mut pipe = redis::pipe();
         pipe.get(keys::EPOCH).hget(&hash, "v").hget(&hash, "c");
-        let (epoch, version, contents, remembered) = if key.client {
+        let (epoch, version, contents, remembered) = if key.client.is_some() {
             pipe.get(&key.key);
             self.query::<(Option<String>, Option<u64>, Option<String>, Option<String>)>(&pipe).await?
         } else {
@@ -369,12 +373,12 @@ impl RedisCartStore {
             }
             self.publish_events(&mut commit, &outcome.events);
             commit.cart = Some((key, read.version));
-            idem.remember(&mut commit, || Ok(format!("{fp}\n{}", to_json(&outcome.cart)?)))?;
+            idem.remember(&mut commit, self.idempotency_per_cart, || Ok(format!("{fp}\n{}", to_json(&outcome.cart)?)))?;
             match self.commit(&commit).await? {
                 Committed::Done(_) => return Ok(outcome),
                 // A key made for this request alone can only have been used by this request's own commit,
                 // whose answer was lost: it is committed, and its script published its events.
-                Committed::Replay(_) if !idem.client => return Ok(Mutation { events: Vec::new(), ..outcome }),
+                Committed::Replay(_) if idem.client.is_none() => return Ok(Mutation { events: Vec::new(), ..outcome }),
                 Committed::Replay(earlier) => {
                     return replay(&earlier, |fp_then, answer| replay_mutation(fp_then, &fp, answer))
                 }
@@ -428,7 +432,9 @@ impl RedisCartStore {
             commit.hset(&key, "c", to_json(&emptied)?);
             commit.cart = Some((key, read.version));
             let receipt = CheckoutReceipt { order, cart: price(&request.cart, version, &emptied, &catalog) };
-            idem.remember(&mut commit, || Ok(format!("{CHECKOUT_FINGERPRINT}\n{}", to_json(&receipt)?)))?;
+            idem.remember(&mut commit, self.idempotency_per_cart, || {
+                Ok(format!("{CHECKOUT_FINGERPRINT}\n{}", to_json(&receipt)?))
+            })?;
             let outcome = committed_checkout(&request.cart, receipt, products);
             for event in &outcome.events {
                 match event {
@@ -445,7 +451,7 @@ impl RedisCartStore {
                 }
                 // Our own commit whose answer was lost (see `apply_mutation`): this receipt is the one committed;
                 // the stock it took comes with the channel's echo.
-                Committed::Replay(_) if !idem.client => {
+                Committed::Replay(_) if idem.client.is_none() => {
                     return Ok(Checkout { products: Vec::new(), events: Vec::new(), ..outcome });
                 }
                 Committed::Replay(earlier) => return replay(&earlier, replay_checkout),
@@ -497,24 +503,26 @@ impl RedisCartStore {
 /// a one-byte marker for a minute, not the answer.
 struct CommitKey {
     key: String,
-    client: bool,
+    /// A client's key: the session's index of records (see [`keys::idempotency_index`]).
+    client: Option<String>,
 }
 
 impl CommitKey {
     fn new(cart: &CartKey, client: Option<&IdempotencyKey>) -> CommitKey {
         match client {
-            Some(k) => CommitKey { key: keys::idempotency(cart, k), client: true },
-            None => CommitKey { key: keys::internal_idempotency(cart), client: false },
+            Some(k) => CommitKey { key: keys::idempotency(cart, k), client: Some(keys::idempotency_index(cart)) },
+            None => CommitKey { key: keys::internal_idempotency(cart), client: None },
         }
     }
 
     fn remember(
         &self,
         commit: &mut Commit,
+        cap: usize,
         answer: impl FnOnce() -> Result<String, StoreError>,
     ) -> Result<(), StoreError> {
-        if self.client {
-            commit.remember(self.key.clone(), answer()?, defaults::IDEMPOTENCY_TTL);
+        if let Some(index) = &self.client {
+            commit.remember_capped(self.key.clone(), answer()?, defaults::IDEMPOTENCY_TTL, index.clone(), cap);
         } else {
             commit.remember(self.key.clone(), "1".to_owned(), defaults::REDIS_INTERNAL_IDEMPOTENCY_TTL);
         }
