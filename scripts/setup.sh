@@ -83,7 +83,9 @@ cartwheel_setup_e2e() {
 cartwheel_setup_nginx() {
   if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ]; then
     cartwheel_log "installing Debian's nginx"
-    cartwheel_apt_install nginx
+    # The package also tries to start a system nginx on port 80; where that fails (the port is taken), apt
+    # reports an error although the binary we run ourselves is installed.
+    cartwheel_apt_install nginx || [ -x /usr/sbin/nginx ]
   fi
 }
 
