@@ -253,16 +253,14 @@ impl Server {
         let metrics = state.metrics.clone();
         let app = http::router(state);
         tracing::info!(addr = ?addr, max_connections = limits.max_connections, "listening");
-        let accepting = CancellationToken::new();
-        let stop = accepting.clone();
+        // One token: it stops the accept loop, asks HTTP connections to finish, and closes WebSockets with 1001.
         let signal_token = token.clone();
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: closing WebSockets with 1001");
             signal_token.cancel();
-            stop.cancel();
         });
-        http::serve::serve(listener, app, limits, metrics, accepting, defaults::SHUTDOWN_GRACE).await;
+        http::serve::serve(listener, app, limits, metrics, token.clone(), defaults::SHUTDOWN_GRACE).await;
         token.cancel();
         connections.close();
         if tokio::time::timeout(defaults::SHUTDOWN_GRACE, connections.wait()).await.is_err() {

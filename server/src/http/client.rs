@@ -31,13 +31,13 @@ impl TrustedProxies {
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
+        let ip = ip.to_canonical();
         self.0.iter().any(|net| net.contains(&ip))
     }
 
     /// Who sent a request that arrived from `peer` with `headers`.
     pub fn client(&self, peer: SocketAddr, headers: &HeaderMap) -> Client {
-        let peer = canonical(peer.ip());
+        let peer = peer.ip().to_canonical();
         if !self.contains(peer) {
             return Client { address: peer, forwarded_https: None };
         }
@@ -70,14 +70,6 @@ impl TrustedProxies {
     }
 }
 
-/// IPv4 written as IPv4-mapped IPv6 (a dual-stack socket's view) as plain IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 /// Every comma-separated value of every `name` header, in order.
 fn header_list<'a>(headers: &'a HeaderMap, name: &str) -> impl Iterator<Item = &'a str> {
     headers
@@ -106,13 +98,13 @@ fn param<'a>(element: &'a str, name: &str) -> Option<&'a str> {
 fn parse_hop(hop: &str) -> Option<IpAddr> {
     let hop = hop.trim().trim_matches('"');
     if let Ok(ip) = hop.parse::<IpAddr>() {
-        return Some(canonical(ip));
+        return Some(ip.to_canonical());
     }
     if let Ok(addr) = hop.parse::<SocketAddr>() {
-        return Some(canonical(addr.ip()));
+        return Some(addr.ip().to_canonical());
     }
     let inner = hop.strip_prefix('[')?.split(']').next()?;
-    inner.parse::<IpAddr>().ok().map(canonical)
+    inner.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
 #[cfg(test)]

@@ -49,6 +49,13 @@ struct Slot {
     metrics: Arc<Metrics>,
 }
 
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, metrics: Arc<Metrics>) -> ConnectionSlot {
+        metrics.connections_open.inc();
+        ConnectionSlot { _held: Arc::new(Slot { _permit: permit, metrics }) }
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         self.metrics.connections_open.dec();
@@ -106,8 +113,7 @@ pub async fn serve(
             }
         };
         tune(&tcp, limits.send_buffer_bytes);
-        metrics.connections_open.inc();
-        let slot = ConnectionSlot { _held: Arc::new(Slot { _permit: slot, metrics: metrics.clone() }) };
+        let slot = Slot::new(slot, metrics.clone());
         let held = slot.clone();
         // Each request carries the peer address (as axum's `into_make_service_with_connect_info` would), the
         // client it is from (resolved once, here) and the connection's slot.

@@ -41,8 +41,8 @@ const V2_LEN: usize = 1 + NONCE_LEN + 8 + TAG_LEN;
 pub struct Session {
     token: String,
     pub cart: CartKey,
-    /// When its token was issued (`None`: a version 1 token, which has no issue time).
-    issued: Option<u64>,
+    /// A version 2 token's nonce and issue time (`None`: a version 1 token, which has no issue time).
+    v2: Option<([u8; NONCE_LEN], u64)>,
 }
 
 impl fmt::Debug for Session {
@@ -92,7 +92,7 @@ impl SessionKeys {
         let mut mac = Self::mac(self.signer());
         mac.update(&raw);
         raw.extend_from_slice(&mac.finalize().into_bytes()[..TAG_LEN]);
-        Session { cart: v2_cart(&nonce), token: URL_SAFE_NO_PAD.encode(raw), issued: Some(issued) }
+        Session { cart: v2_cart(&nonce), token: URL_SAFE_NO_PAD.encode(raw), v2: Some((nonce, issued)) }
     }
 
     /// Whether any secret of the ring made `tag` over `signed`. Every secret is tried (no early exit).
@@ -124,7 +124,7 @@ impl SessionKeys {
                 if now.saturating_sub(issued) >= self.max_age_secs || issued > now.saturating_add(300) {
                     return None;
                 }
-                Some(Session { cart: v2_cart(&nonce), token: token.to_owned(), issued: Some(issued) })
+                Some(Session { cart: v2_cart(&nonce), token: token.to_owned(), v2: Some((nonce, issued)) })
             }
             // Version 1: nonce and tag; the cart is the token's hash, as it always was.
             len if len == NONCE_LEN + TAG_LEN => {
@@ -135,7 +135,7 @@ impl SessionKeys {
                 let digest = Sha256::digest(token.as_bytes());
                 let mut first = [0u8; 16];
                 first.copy_from_slice(&digest[..16]);
-                Some(Session { cart: CartKey::from_digest(&first), token: token.to_owned(), issued: None })
+                Some(Session { cart: CartKey::from_digest(&first), token: token.to_owned(), v2: None })
             }
             _ => None,
         }
@@ -149,12 +149,10 @@ impl SessionKeys {
     /// each use slides the expiry without setting a cookie on every answer. Version 1 tokens are left as they are
     /// (renewing would change their cart).
     fn renewed(&self, session: &Session, now: u64) -> Option<Session> {
-        let issued = session.issued?;
+        let (nonce, issued) = session.v2?;
         if now.saturating_sub(issued) < self.max_age_secs / 10 {
             return None;
         }
-        let raw = URL_SAFE_NO_PAD.decode(&session.token).ok()?;
-        let nonce: [u8; NONCE_LEN] = raw.get(1..1 + NONCE_LEN)?.try_into().ok()?;
         Some(self.issue_at(nonce, now))
     }
 
