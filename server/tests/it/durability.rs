@@ -1,9 +1,7 @@
 //! What survives: a graceful restart and a `kill -9` on the same SQLite file lose no committed change, and
 //! versions continue where they stopped.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
+use crate::support::process::ServerProcess;
 use crate::support::{Shopper, TestServer};
 use serde_json::Value;
 
@@ -36,50 +34,11 @@ async fn restart_on_the_same_file_keeps_cart_version_and_session() {
     drop(dir);
 }
 
-/// The real binary, killed with SIGKILL: every change that was answered 2xx is on disk.
-struct Process {
-    child: Child,
-    base: String,
-}
-
-impl Process {
-    fn start(db: &std::path::Path) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
-            .args(["--bind", "127.0.0.1:0", "--database"])
-            .arg(db)
-            // No bundles to compress at start-up: this test is about the store.
-            .arg("--site-dir")
-            .arg(db.with_file_name("no-site"))
-            .env("CARTWHEEL_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("server binary starts");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let base = loop {
-            let line = lines.next().expect("server printed its address").unwrap();
-            if let Some(rest) = line.split("serving on ").nth(1) {
-                break rest.split_whitespace().next().unwrap_or_default().to_owned();
-            }
-        };
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Process { child, base }
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL on Unix
-        self.child.wait().unwrap();
-    }
-}
-
 #[tokio::test]
 async fn kill_9_loses_no_acknowledged_change() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("carts.sqlite3");
-    let process = Process::start(&db);
+    let process = ServerProcess::start(&[], &db, &[]);
     let id = some_product(&process.base).await;
     let http = reqwest::Client::new();
     let first = http.get(format!("{}/api/cart", process.base)).send().await.unwrap();
@@ -96,7 +55,7 @@ async fn kill_9_loses_no_acknowledged_change() {
     assert!(answered.iter().all(|r| r.as_ref().unwrap().status() == 200));
     process.kill_9();
 
-    let process = Process::start(&db);
+    let process = ServerProcess::start(&[], &db, &[]);
     let cart: Value = http
         .get(format!("{}/api/cart", process.base))
         .header("cookie", &cookie)

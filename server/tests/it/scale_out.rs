@@ -2,11 +2,9 @@
 //! of every other with the right version; sessions, stock and notices are shared; Redis going away and coming
 //! back, or an instance dying, loses nothing.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
+use crate::support::process::ServerProcess;
 use crate::support::redis::RedisServer;
-use crate::support::{Shopper, TestServer, Ws, EVENT_TIMEOUT};
+use crate::support::{Shopper, TestServer, Ws};
 use futures_util::future::join_all;
 use reqwest::header::SET_COOKIE;
 use reqwest::Method;
@@ -245,51 +243,16 @@ async fn checkouts_racing_on_two_instances_for_the_last_units_sell_each_unit_onc
     }
 }
 
-/// A server process of our own binary, so it can be killed for real.
-struct Process {
-    child: Child,
-    base: String,
-}
-
-impl Process {
-    fn start(redis: &RedisServer) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
-            .args(["--bind", "127.0.0.1:0", "--redis-url", &redis.url(), "--site-dir", "/nonexistent"])
-            .env("CARTWHEEL_LOG", "info")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (found, address) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut found = Some(found);
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("serving on http://") {
-                    let rest = &line[at + "serving on ".len()..];
-                    let url: String =
-                        rest.chars().take_while(|c| c.is_ascii_alphanumeric() || ":/.".contains(*c)).collect();
-                    if let Some(f) = found.take() {
-                        let _ = f.send(url);
-                    }
-                }
-            }
-        });
-        let base = address.recv_timeout(EVENT_TIMEOUT).expect("the server process says where it serves");
-        Process { child, base }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// An instance as a process of our own binary, so it can be killed for real.
+fn process(redis: &RedisServer) -> ServerProcess {
+    // Redis mode: the database path is never opened.
+    ServerProcess::start(&[], std::path::Path::new("/nonexistent/unused.sqlite3"), &["--redis-url", &redis.url()])
 }
 
 #[tokio::test]
 async fn clients_of_an_instance_killed_with_kill_9_reconnect_to_another_and_see_the_current_cart() {
     let redis = RedisServer::start();
-    let mut doomed = Process::start(&redis);
+    let mut doomed = process(&redis);
     let survivor = instance(&redis).await;
     subscribed(&survivor).await;
     let addr: std::net::SocketAddr = doomed.base.trim_start_matches("http://").parse().unwrap();

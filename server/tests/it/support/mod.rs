@@ -2,6 +2,7 @@
 //! shopper (its own session cookie) and real WebSocket clients.
 
 pub mod nginx;
+pub mod process;
 pub mod redis;
 
 use std::net::SocketAddr;
