@@ -19,6 +19,12 @@ pub enum ConfigError {
     WeakServiceToken,
     #[error("service token '{0}': write name:scopes:token, scopes among stock, price, notify joined by '+' (or 'all'), a name of 1-32 of a-z 0-9 _ -")]
     BadServiceToken(String),
+    #[error("--cart-ttl-days ({cart}) must be at least --session-max-age-days ({session}): a cart may only expire once no session can name it, or a session still in use would see its cart's versions start again")]
+    CartTtlBelowSessionAge { cart: u32, session: u32 },
+}
+
+fn days(n: u32) -> Duration {
+    Duration::from_secs(u64::from(n) * 24 * 60 * 60)
 }
 
 /// What a service token may do.
@@ -137,6 +143,12 @@ pub mod defaults {
     pub const MIN_SESSION_SECRET_LEN: usize = 32;
     /// A session unused this many days is over (each use slides it); also the cookie's `Max-Age`.
     pub const SESSION_MAX_AGE_DAYS: u32 = 90;
+    /// A cart nobody changed (and whose session was not renewed) for this many days is deleted. At least the
+    /// session's maximum age: every session renewal touches its cart, so a cart only expires once no valid cookie
+    /// names it (a cart that came back would start its versions again in the same epoch).
+    pub const CART_TTL_DAYS: u32 = 90;
+    /// Extra time an untouched cart is kept past its TTL, for clocks of several instances that disagree.
+    pub const CART_EXPIRY_SLACK: Duration = Duration::from_secs(60 * 60);
     /// Mutations committed together in one SQLite transaction at most (group commit).
     pub const MAX_COMMIT_BATCH: usize = 256;
     /// Read-only SQLite connections kept for concurrent reads.
@@ -243,6 +255,10 @@ pub struct Config {
     /// Days a session may go unused: each use slides it; an older cookie is not a session any more.
     #[arg(long, env = "CARTWHEEL_SESSION_MAX_AGE_DAYS", default_value_t = defaults::SESSION_MAX_AGE_DAYS)]
     pub session_max_age_days: u32,
+    /// Days a cart may go untouched (no change, no session renewal) before it is deleted; at least
+    /// `--session-max-age-days`.
+    #[arg(long, env = "CARTWHEEL_CART_TTL_DAYS", default_value_t = defaults::CART_TTL_DAYS)]
+    pub cart_ttl_days: u32,
 
     /// Switch every request rate limit off (for load benchmarks only).
     #[arg(long, env = "CARTWHEEL_NO_RATE_LIMIT")]
@@ -377,10 +393,43 @@ impl Config {
             return Err(ConfigError::WeakSecret);
         }
         service_token_specs(&self.service_tokens)?;
+        if self.cart_ttl_days < self.session_max_age_days.max(1) {
+            return Err(ConfigError::CartTtlBelowSessionAge {
+                cart: self.cart_ttl_days,
+                session: self.session_max_age_days,
+            });
+        }
         Ok(())
+    }
+
+    /// How long a session may go unused.
+    pub fn session_max_age(&self) -> Duration {
+        days(self.session_max_age_days.max(1))
+    }
+
+    /// How long an untouched cart is kept: its TTL plus the slack for clocks that disagree.
+    pub fn cart_expiry(&self) -> Duration {
+        days(self.cart_ttl_days.max(1)) + defaults::CART_EXPIRY_SLACK
     }
 
     pub fn cart_limits(&self) -> CartLimits {
         CartLimits { max_quantity_per_line: self.max_quantity_per_line, max_lines: self.max_lines }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cart_ttl_shorter_than_a_sessions_maximum_age_is_refused_and_equal_passes() {
+        let mut c = Config::defaults();
+        c.session_max_age_days = 30;
+        c.cart_ttl_days = 30;
+        assert_eq!(c.validate(), Ok(()));
+        c.cart_ttl_days = 29;
+        assert_eq!(c.validate(), Err(ConfigError::CartTtlBelowSessionAge { cart: 29, session: 30 }));
+        assert_eq!(Config::defaults().validate(), Ok(()), "the defaults fit together");
+        assert_eq!(c.cart_expiry(), Duration::from_secs(29 * 86_400) + defaults::CART_EXPIRY_SLACK);
     }
 }

@@ -52,7 +52,7 @@ use crate::realtime::ws::{SocketLimits, Sockets};
 use crate::shop::{Fanout, Shop};
 use crate::store::redis::RedisCartStore;
 use crate::store::sqlite::SqliteCartStore;
-use crate::store::{CartStore, StoreError};
+use crate::store::{CartStore, Retention, StoreError};
 use crate::throttle::{KeyedLimiter, Rate};
 
 #[derive(Debug, Error)]
@@ -107,6 +107,8 @@ impl Backend {
         // The store keeps (or, in Redis, shares) the signing secret when none is given.
         let secret = config.session_secret.first().map(String::as_bytes);
         let ring: Vec<Vec<u8>> = config.session_secret.iter().map(|s| s.as_bytes().to_vec()).collect();
+        let retention =
+            Retention { idempotency_per_cart: config.idempotency_keys_per_session, cart_expiry: config.cart_expiry() };
         match &config.redis_url {
             Some(url) => {
                 let format = Arc::new(EnvelopeFormat::new());
@@ -115,7 +117,7 @@ impl Backend {
                         url,
                         catalog,
                         config.cart_limits(),
-                        config.idempotency_keys_per_session,
+                        retention,
                         &ring,
                         format.clone(),
                         metrics.clone(),
@@ -129,14 +131,10 @@ impl Backend {
             }
             None => {
                 // Opening may wait for the file's lock (see `SqliteCartStore::open`): off the runtime's threads.
-                let (path, limits, per_cart, secret) = (
-                    config.database.clone(),
-                    config.cart_limits(),
-                    config.idempotency_keys_per_session,
-                    secret.map(<[u8]>::to_vec),
-                );
+                let (path, limits, secret) =
+                    (config.database.clone(), config.cart_limits(), secret.map(<[u8]>::to_vec));
                 let store = tokio::task::spawn_blocking(move || {
-                    SqliteCartStore::open(&path, catalog, limits, per_cart, secret.as_deref())
+                    SqliteCartStore::open(&path, catalog, limits, retention, secret.as_deref())
                 })
                 .await
                 .map_err(|_| StartupError::Store(StoreError::Closed))??;
@@ -207,7 +205,7 @@ impl Server {
             sessions: SessionKeys::new(
                 &session_ring(&config.session_secret, &backend.secret),
                 config.https,
-                std::time::Duration::from_secs(u64::from(config.session_max_age_days.max(1)) * 24 * 60 * 60),
+                config.session_max_age(),
             ),
             origins: Arc::new(OriginPolicy::new(config.https, &config.allowed_origins)),
             config: Arc::new(config),

@@ -56,6 +56,11 @@ impl Shop {
         self.store.load(cart).await
     }
 
+    /// Keep `cart` from expiring (a session renewal; see [`CartStore::touch`]).
+    pub async fn touch(&self, cart: &CartKey) -> Result<(), StoreError> {
+        self.store.touch(cart).await
+    }
+
     /// Whether the store's write path commits now (see [`CartStore::probe_write`]), or why not. `/healthz` is
     /// open to anyone, so checks that arrive while a probe runs share it: a flood of them, or checks against
     /// a wedged writer, queue one write, not one each.

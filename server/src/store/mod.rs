@@ -17,6 +17,9 @@
 //! - a repeated `Idempotency-Key` (per cart) returns the first answer without applying anything again, and
 //!   with no events (they were announced the first time);
 //! - [`CartStore::catalog`] never shows a stock or price whose change is not committed;
+//! - a cart neither changed nor touched for [`Retention::cart_expiry`] is deleted (and reads as empty at
+//!   version 0 again: start-up makes that expiry no shorter than a session's maximum age, and every session
+//!   renewal touches its cart, so no valid cookie names an expired cart);
 //! - a change whose caller went away is still committed (or not) as a whole: no future of a store is
 //!   cancelled half-way through a commit by the HTTP layer (the shop runs each change on its own task).
 
@@ -32,6 +35,15 @@ use futures_util::future::BoxFuture;
 use thiserror::Error;
 
 use crate::domain::{CartKey, Catalog, Event, IdempotencyKey};
+
+/// What a store keeps, and for how long, beyond what a request needs now.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Idempotency records kept per cart (session): the newest.
+    pub idempotency_per_cart: usize,
+    /// A cart neither changed nor [touched](CartStore::touch) for this long is deleted.
+    pub cart_expiry: std::time::Duration,
+}
 
 /// A change to apply to one cart.
 #[derive(Debug, Clone)]
@@ -157,6 +169,10 @@ pub trait CartStore: Send + Sync + 'static {
 
     /// Turn the cart into an order (see the module's contract).
     fn checkout(&self, request: CheckoutRequest) -> BoxFuture<'_, Result<Checkout, MutationError>>;
+
+    /// Keep `cart` from expiring for another [`Retention::cart_expiry`] (a session renewal calls it); nothing
+    /// when the cart does not exist. Durable like a change.
+    fn touch<'a>(&'a self, cart: &'a CartKey) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Commit a tiny write the way changes commit (`/healthz`): `Ok` proves the write path — the SQLite
     /// writer thread and its disk, or Redis accepting writes — works now, not only that reads do.

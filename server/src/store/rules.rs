@@ -112,13 +112,35 @@ pub fn committed_checkout(key: &CartKey, receipt: CheckoutReceipt, products: Vec
     Checkout { receipt, products, replayed: false, events }
 }
 
-/// The answer remembered for a cart change, if it was for the same request (`earlier` fingerprint).
-pub fn replay_mutation(earlier: &str, fingerprint: &str, answer: &str) -> Result<Mutation, MutationError> {
+/// What a change that changed nothing remembers in place of its answer (a few bytes, not a priced cart):
+/// replayed, it answers the cart as it is by then — what the same no-op answers when it runs again — so a
+/// flood of no-ops with fresh keys stores next to nothing.
+pub const UNCHANGED_ANSWER: &str = "=";
+
+/// What to remember for a committed change: its answer, or [`UNCHANGED_ANSWER`] for a no-op.
+pub fn remembered_answer(outcome: &Mutation) -> Result<String, StoreError> {
+    match outcome.change {
+        Change::Changed => to_json(&outcome.cart),
+        Change::Unchanged => Ok(UNCHANGED_ANSWER.to_owned()),
+    }
+}
+
+/// The answer remembered for a cart change, if it was for the same request (`earlier` fingerprint); `current`
+/// gives the cart as it is now, for a remembered no-op.
+pub fn replay_mutation(
+    earlier: &str,
+    fingerprint: &str,
+    answer: &str,
+    current: impl FnOnce() -> Result<Cart, MutationError>,
+) -> Result<Mutation, MutationError> {
     if earlier != fingerprint {
         return Err(MutationError::IdempotencyKeyReused);
     }
-    let cart: Cart =
-        serde_json::from_str(answer).map_err(|e| StoreError::Corrupt(format!("remembered answer: {e}")))?;
+    let cart: Cart = if answer == UNCHANGED_ANSWER {
+        current()?
+    } else {
+        serde_json::from_str(answer).map_err(|e| StoreError::Corrupt(format!("remembered answer: {e}")))?
+    };
     Ok(Mutation { cart, change: Change::Unchanged, replayed: true, events: Vec::new() })
 }
 

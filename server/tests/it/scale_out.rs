@@ -4,7 +4,7 @@
 
 use crate::support::process::ServerProcess;
 use crate::support::redis::RedisServer;
-use crate::support::{Shopper, TestServer, Ws};
+use crate::support::{set_cookie, v1_session_cookie, Shopper, TestServer, Ws};
 use futures_util::future::join_all;
 use reqwest::header::SET_COOKIE;
 use reqwest::Method;
@@ -488,5 +488,38 @@ async fn in_redis_mode_a_session_keeps_its_newest_idempotency_records_up_to_the_
     let records: Vec<String> = redis::cmd("KEYS").arg("cartwheel:idem:*").query_async(&mut c).await.unwrap();
     let client_records = records.iter().filter(|k| !k.contains(":internal:")).count();
     assert_eq!(client_records, 3, "{records:?}");
+    server.stop().await;
+}
+
+/// In Redis a cart expires by itself: each change sets its TTL to the cart expiry, and a session renewal (a
+/// version 1 cookie is renewed on first use) sets it again — here after an operator's `PERSIST` took it off.
+#[tokio::test]
+async fn in_redis_mode_a_cart_expires_by_itself_and_a_session_renewal_refreshes_it() {
+    const SECRET: &str = "a test secret of at least thirty-two bytes";
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let server = TestServer::start_with(|c| {
+        c.redis_url = Some(url);
+        c.session_secret = vec![SECRET.to_owned()];
+        c.session_max_age_days = 3;
+        c.cart_ttl_days = 3;
+    })
+    .await;
+    let legacy = Shopper::with_cookie(&server, &v1_session_cookie(SECRET));
+    assert_eq!(legacy.add("linen-notebook", 1).await.version(), 1);
+    let mut cli = redis_cli(&redis).await;
+    let carts: Vec<String> = redis::cmd("KEYS").arg("cartwheel:cart:*").query_async(&mut cli).await.unwrap();
+    assert_eq!(carts.len(), 1, "{carts:?}");
+    let ttl = |mut cli: redis::aio::MultiplexedConnection, key: String| async move {
+        redis::cmd("TTL").arg(key).query_async::<i64>(&mut cli).await.unwrap()
+    };
+    let expiry = 3 * 86_400 + 3_600;
+    let after_change = ttl(cli.clone(), carts[0].clone()).await;
+    assert!((expiry - 60..=expiry).contains(&after_change), "TTL {after_change} after a change");
+    let _: () = redis::cmd("PERSIST").arg(&carts[0]).query_async(&mut cli).await.unwrap();
+    assert_eq!(ttl(cli.clone(), carts[0].clone()).await, -1);
+    assert!(set_cookie(&legacy.cart().await.headers).is_some(), "renewed");
+    let after_renewal = ttl(cli.clone(), carts[0].clone()).await;
+    assert!((expiry - 60..=expiry).contains(&after_renewal), "TTL {after_renewal} after a renewal");
     server.stop().await;
 }

@@ -1,9 +1,11 @@
 //! Shopper sessions: who a request belongs to, and therefore which cart it may read and change.
 //!
-//! A session token is 16 random bytes plus a 16-byte HMAC-SHA256 tag over them, base64url-encoded into an
-//! `HttpOnly; SameSite=Lax` cookie. Validating a token needs no storage round-trip, and a token the server did
-//! not issue (guessed, truncated, tampered) is simply not a session. The cart belongs to the [`CartKey`], a hash of
-//! the token: neither the database nor the logs ever hold a usable cookie.
+//! A session token is a version byte, 16 random bytes, its issue time and a 16-byte HMAC-SHA256 tag over them,
+//! base64url-encoded into an `HttpOnly; SameSite=Lax` cookie. Validating a token needs no storage round-trip, and
+//! a token the server did not issue (guessed, truncated, tampered) or issued longer ago than the maximum age is
+//! simply not a session. The cart belongs to the [`CartKey`], a hash of the random bytes: neither the database
+//! nor the logs ever hold a usable cookie. A session in use is renewed (same cart, new issue time), and the
+//! renewal touches the cart, so a cart only expires once no valid cookie names it.
 //!
 //! [`Session`] is also an extractor: the session [`ensure_session`] attached, or else a valid cookie (for
 //! `/ws`, which never issues one); 401 otherwise.
@@ -24,6 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::CartKey;
 use crate::http::error::AppError;
+use crate::shop::Shop;
 
 pub const COOKIE_NAME: &str = "cartwheel_session";
 /// The name over https: browsers only accept a `__Host-` cookie that is `Secure`, `Path=/` and has no
@@ -32,8 +35,11 @@ pub const SECURE_COOKIE_NAME: &str = "__Host-cartwheel_session";
 const NONCE_LEN: usize = 16;
 const TAG_LEN: usize = 16;
 /// Version 2 tokens: a version byte, the nonce, the issue time (seconds since the Unix epoch, big endian) and the
-/// tag over all of them. Version 1 (nonce and tag only, no issue time) is still accepted.
+/// tag over all of them. Version 3 is the same with the cart's key in place of the nonce: what a version 1
+/// token (nonce and tag only, no issue time, cart = a hash of the whole token; still accepted) is renewed into,
+/// so it keeps its cart and gains an expiry.
 const V2: u8 = 2;
+const V3: u8 = 3;
 const V2_LEN: usize = 1 + NONCE_LEN + 8 + TAG_LEN;
 
 /// A validated session.
@@ -41,8 +47,28 @@ const V2_LEN: usize = 1 + NONCE_LEN + 8 + TAG_LEN;
 pub struct Session {
     token: String,
     pub cart: CartKey,
-    /// A version 2 token's nonce and issue time (`None`: a version 1 token, which has no issue time).
-    v2: Option<([u8; NONCE_LEN], u64)>,
+    /// What a renewed token keeps, so it names the same cart.
+    seed: Seed,
+    /// When the token was issued (`None`: a version 1 token, which does not say).
+    issued: Option<u64>,
+}
+
+/// Where a session's cart comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seed {
+    /// Version 2: the cart is derived from this nonce.
+    Nonce([u8; NONCE_LEN]),
+    /// Version 3: the cart's key itself (a renewed version 1 session).
+    Cart([u8; NONCE_LEN]),
+}
+
+impl Seed {
+    fn cart(&self) -> CartKey {
+        match self {
+            Seed::Nonce(nonce) => v2_cart(nonce),
+            Seed::Cart(key) => CartKey::from_digest(key),
+        }
+    }
 }
 
 impl fmt::Debug for Session {
@@ -80,19 +106,23 @@ impl SessionKeys {
 
     /// A new session, issued now.
     pub fn issue(&self) -> Session {
-        self.issue_at(rand::random(), now_secs())
+        self.issue_at(Seed::Nonce(rand::random()), now_secs())
     }
 
-    /// A token for `nonce` issued at `issued`: a new session, or the same one renewed (same nonce, same cart).
-    fn issue_at(&self, nonce: [u8; NONCE_LEN], issued: u64) -> Session {
+    /// A token for `seed` issued at `issued`: a new session, or the same one renewed (same seed, same cart).
+    fn issue_at(&self, seed: Seed, issued: u64) -> Session {
+        let (version, bytes) = match &seed {
+            Seed::Nonce(b) => (V2, b),
+            Seed::Cart(b) => (V3, b),
+        };
         let mut raw = Vec::with_capacity(V2_LEN);
-        raw.push(V2);
-        raw.extend_from_slice(&nonce);
+        raw.push(version);
+        raw.extend_from_slice(bytes);
         raw.extend_from_slice(&issued.to_be_bytes());
         let mut mac = Self::mac(self.signer());
         mac.update(&raw);
         raw.extend_from_slice(&mac.finalize().into_bytes()[..TAG_LEN]);
-        Session { cart: v2_cart(&nonce), token: URL_SAFE_NO_PAD.encode(raw), v2: Some((nonce, issued)) }
+        Session { cart: seed.cart(), token: URL_SAFE_NO_PAD.encode(raw), seed, issued: Some(issued) }
     }
 
     /// Whether any secret of the ring made `tag` over `signed`. Every secret is tried (no early exit).
@@ -113,18 +143,19 @@ impl SessionKeys {
         }
         let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
         match raw.len() {
-            V2_LEN if raw[0] == V2 => {
+            V2_LEN if raw[0] == V2 || raw[0] == V3 => {
                 let (signed, tag) = raw.split_at(V2_LEN - TAG_LEN);
                 if !self.signed_here(signed, tag) {
                     return None;
                 }
-                let nonce: [u8; NONCE_LEN] = signed[1..1 + NONCE_LEN].try_into().ok()?;
+                let bytes: [u8; NONCE_LEN] = signed[1..1 + NONCE_LEN].try_into().ok()?;
+                let seed = if raw[0] == V2 { Seed::Nonce(bytes) } else { Seed::Cart(bytes) };
                 let issued = u64::from_be_bytes(signed[1 + NONCE_LEN..].try_into().ok()?);
                 // Too old, or from the future (a clock far off, or a forged time under a leaked secret).
                 if now.saturating_sub(issued) >= self.max_age_secs || issued > now.saturating_add(300) {
                     return None;
                 }
-                Some(Session { cart: v2_cart(&nonce), token: token.to_owned(), v2: Some((nonce, issued)) })
+                Some(Session { cart: seed.cart(), token: token.to_owned(), seed, issued: Some(issued) })
             }
             // Version 1: nonce and tag; the cart is the token's hash, as it always was.
             len if len == NONCE_LEN + TAG_LEN => {
@@ -135,7 +166,8 @@ impl SessionKeys {
                 let digest = Sha256::digest(token.as_bytes());
                 let mut first = [0u8; 16];
                 first.copy_from_slice(&digest[..16]);
-                Some(Session { cart: CartKey::from_digest(&first), token: token.to_owned(), v2: None })
+                let seed = Seed::Cart(first);
+                Some(Session { cart: seed.cart(), token: token.to_owned(), seed, issued: None })
             }
             _ => None,
         }
@@ -146,14 +178,13 @@ impl SessionKeys {
     }
 
     /// The same session with a fresh issue time, when it is old enough to renew (a tenth of the maximum age):
-    /// each use slides the expiry without setting a cookie on every answer. Version 1 tokens are left as they are
-    /// (renewing would change their cart).
+    /// each use slides the expiry without setting a cookie on every answer. A version 1 token is renewed at once,
+    /// into a version 3 token for the same cart.
     fn renewed(&self, session: &Session, now: u64) -> Option<Session> {
-        let (nonce, issued) = session.v2?;
-        if now.saturating_sub(issued) < self.max_age_secs / 10 {
+        if session.issued.is_some_and(|issued| now.saturating_sub(issued) < self.max_age_secs / 10) {
             return None;
         }
-        Some(self.issue_at(nonce, now))
+        Some(self.issue_at(session.seed, now))
     }
 
     fn cookie_name(&self) -> &'static str {
@@ -201,11 +232,28 @@ fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Middleware: make sure the request has a session, issuing one (and its cookie) when it has none.
-pub async fn ensure_session(State(keys): State<SessionKeys>, mut request: Request, next: Next) -> Response {
+/// Middleware: make sure the request has a session, issuing one (and its cookie) when it has none, and renewing
+/// it when it is due.
+pub async fn ensure_session(
+    State(keys): State<SessionKeys>,
+    State(shop): State<Shop>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let (session, cookie) = match keys.from_headers(request.headers()) {
         Some(s) => {
-            let renewed = keys.renewed(&s, now_secs()).map(|r| keys.set_cookie(&r));
+            let renewed = match keys.renewed(&s, now_secs()) {
+                // A cart must outlive every cookie that names it (see `store::Retention`): the cart is touched
+                // before the renewed cookie goes out, and if that fails the next request renews.
+                Some(r) => match shop.touch(&s.cart).await {
+                    Ok(()) => Some(keys.set_cookie(&r)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "session not renewed: its cart could not be kept from expiring");
+                        None
+                    }
+                },
+                None => None,
+            };
             (s, renewed)
         }
         None => {
@@ -275,7 +323,7 @@ mod tests {
     fn a_session_expires_at_its_maximum_age_and_renewing_keeps_its_cart() {
         let k = keys(SECRET);
         let t0 = 1_000_000;
-        let s = k.issue_at([7; NONCE_LEN], t0);
+        let s = k.issue_at(Seed::Nonce([7; NONCE_LEN]), t0);
         assert!(k.verify_at(&s.token, t0 + 999).is_some());
         assert!(k.verify_at(&s.token, t0 + 1_000).is_none(), "expired at the maximum age");
         assert!(k.verify_at(&s.token, t0 - 301).is_none(), "issued in the future");
@@ -310,7 +358,12 @@ mod tests {
         let s = k.verify(&token).expect("a v1 token");
         let digest = Sha256::digest(token.as_bytes());
         assert_eq!(s.cart, CartKey::from_digest(&digest[..16].try_into().unwrap()));
-        assert!(k.renewed(&s, u64::MAX / 2).is_none(), "never renewed into another cart");
+        let renewed = k.renewed(&s, now_secs()).expect("renewed at once: it has no issue time");
+        assert_eq!(renewed.cart, s.cart, "renewed into a token for the same cart");
+        let again = k.verify(&renewed.token).expect("the version 3 token is a session");
+        assert_eq!((&again.cart, again.issued), (&s.cart, renewed.issued));
+        assert!(k.verify_at(&renewed.token, now_secs() + 1_000).is_none(), "and it expires like any other");
+        assert!(k.renewed(&again, now_secs()).is_none(), "not renewed again while fresh");
     }
 
     #[test]

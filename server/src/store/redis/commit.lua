@@ -38,6 +38,7 @@ while i <= #ARGV do
   local op = ARGV[i]
   if op == 'hset' then redis.call('HSET', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]); i = i + 4
   elseif op == 'set' then redis.call('SET', ARGV[i + 1], ARGV[i + 2]); i = i + 3
+  elseif op == 'expire' then redis.call('EXPIRE', ARGV[i + 1], ARGV[i + 2]); i = i + 3
   elseif op == 'setex' then redis.call('SET', ARGV[i + 1], ARGV[i + 2], 'EX', ARGV[i + 3]); i = i + 4
   elseif op == 'setex-capped' then
     -- A client's idempotency record, indexed per session by time; beyond the cap the oldest records go.

@@ -14,7 +14,7 @@
 //! 3 cart hash key or '', 4 expected cart version, 5 number of product guards, then per guard five fields:
 //! `id rev <expected revision> <revision without a stored entry> ''` or
 //! `id take <units> <expected price> <state without a stored entry>`; then operations: `hset key field value`,
-//! `set key value`, `setex key value secs`, `publish channel message`, `publish-taken channel message id`.
+//! `set key value`, `setex key value secs`, `expire key secs`, `setex-capped key value secs index cap`, `publish channel message`, `publish-taken channel message id`.
 //! Answers `{'ok', (id, new state)…}`, `{'conflict'}`, `{'epoch'}` or `{'replay', <remembered answer>}`.
 
 use std::time::Duration;
@@ -71,6 +71,11 @@ impl Commit {
 
     pub(super) fn hset(&mut self, key: &str, field: &str, value: impl ToString) {
         self.ops.extend(["hset".into(), key.into(), field.into(), value.to_string()]);
+    }
+
+    /// `key` expires `ttl` from now (the cart hash: each change keeps it another cart expiry).
+    pub(super) fn expire(&mut self, key: &str, ttl: Duration) {
+        self.ops.extend(["expire".into(), key.into(), ttl.as_secs().max(1).to_string()]);
     }
 
     pub(super) fn set(&mut self, key: &str, value: String) {

@@ -38,12 +38,12 @@ use self::commit::{Commit, Committed};
 use self::turns::CartTurns;
 use super::rules::{
     check_expected, check_total, committed_checkout, committed_mutation, committed_product_update, fingerprint,
-    new_order_id, parse_contents, plan_checkout, plan_product_update, price, replay_checkout, replay_mutation, to_json,
-    CHECKOUT_FINGERPRINT,
+    new_order_id, parse_contents, plan_checkout, plan_product_update, price, remembered_answer, replay_checkout,
+    replay_mutation, to_json, CHECKOUT_FINGERPRINT,
 };
 use super::{
     CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate, ProductUpdated,
-    StoreError,
+    Retention, StoreError,
 };
 use crate::clock::now_ms;
 use crate::config::defaults;
@@ -73,8 +73,7 @@ pub struct RedisCartStore {
     base: Catalog,
     catalog: Arc<LiveCatalog>,
     limits: CartLimits,
-    /// Idempotency records kept per session (client keys; the newest).
-    idempotency_per_cart: usize,
+    retention: Retention,
     commit: Script,
     turns: CartTurns,
     format: Arc<dyn EventFormat>,
@@ -89,7 +88,7 @@ impl RedisCartStore {
         url: &str,
         catalog: Catalog,
         limits: CartLimits,
-        idempotency_per_cart: usize,
+        retention: Retention,
         ring: &[Vec<u8>],
         format: Arc<dyn EventFormat>,
         metrics: Arc<Metrics>,
@@ -113,7 +112,7 @@ impl RedisCartStore {
             catalog: Arc::new(LiveCatalog::new(Arc::new(catalog.clone()))),
             base: catalog,
             limits,
-            idempotency_per_cart,
+            retention,
             commit: Script::new(commit::SCRIPT),
             turns: CartTurns::default(),
             format,
@@ -343,8 +342,9 @@ impl RedisCartStore {
         let idem = CommitKey::new(&request.cart, request.idempotency_key.as_ref());
         for _ in 0..defaults::REDIS_CONFLICT_ATTEMPTS {
             let read = self.read(&request.cart, &idem).await?;
-            if let Some(earlier) = read.remembered {
-                return replay(&earlier, |fp_then, answer| replay_mutation(fp_then, &fp, answer));
+            if let Some(earlier) = &read.remembered {
+                let current = || Ok(price(&request.cart, read.version, &read.contents, &self.catalog.current()));
+                return replay(earlier, |fp_then, answer| replay_mutation(fp_then, &fp, answer, current));
             }
             if self.epoch_moved(read.epoch.as_deref()) {
                 self.adopt_epoch().await?;
@@ -367,21 +367,24 @@ impl RedisCartStore {
             if change == Change::Changed {
                 commit.hset(&key, "v", version);
                 commit.hset(&key, "c", to_json(&contents)?);
+                commit.expire(&key, self.retention.cart_expiry);
             }
             if let Some(product) = op_product(&request.op).and_then(|id| catalog.get(id)) {
                 commit.guard(product, self.base.get(&product.id));
             }
             self.publish_events(&mut commit, &outcome.events);
             commit.cart = Some((key, read.version));
-            idem.remember(&mut commit, self.idempotency_per_cart, || Ok(format!("{fp}\n{}", to_json(&outcome.cart)?)))?;
+            idem.remember(&mut commit, self.retention.idempotency_per_cart, || {
+                Ok(format!("{fp}\n{}", remembered_answer(&outcome)?))
+            })?;
             match self.commit(&commit).await? {
                 Committed::Done(_) => return Ok(outcome),
                 // A key made for this request alone can only have been used by this request's own commit,
                 // whose answer was lost: it is committed, and its script published its events.
                 Committed::Replay(_) if idem.client.is_none() => return Ok(Mutation { events: Vec::new(), ..outcome }),
-                Committed::Replay(earlier) => {
-                    return replay(&earlier, |fp_then, answer| replay_mutation(fp_then, &fp, answer))
-                }
+                // Another request with this key committed meanwhile: read again, and replay what it remembered
+                // against the cart as it is now.
+                Committed::Replay(_) => {}
                 Committed::Conflict => {
                     self.reload_catalog().await?;
                 }
@@ -430,9 +433,10 @@ impl RedisCartStore {
             let version = read.version + 1;
             commit.hset(&key, "v", version);
             commit.hset(&key, "c", to_json(&emptied)?);
+            commit.expire(&key, self.retention.cart_expiry);
             commit.cart = Some((key, read.version));
             let receipt = CheckoutReceipt { order, cart: price(&request.cart, version, &emptied, &catalog) };
-            idem.remember(&mut commit, self.idempotency_per_cart, || {
+            idem.remember(&mut commit, self.retention.idempotency_per_cart, || {
                 Ok(format!("{CHECKOUT_FINGERPRINT}\n{}", to_json(&receipt)?))
             })?;
             let outcome = committed_checkout(&request.cart, receipt, products);
@@ -605,6 +609,16 @@ impl CartStore for RedisCartStore {
 
     fn checkout(&self, request: CheckoutRequest) -> BoxFuture<'_, Result<Checkout, MutationError>> {
         async move { self.turns.run(&request.cart, self.apply_checkout(&request)).await }.boxed()
+    }
+
+    fn touch<'a>(&'a self, cart: &'a CartKey) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let ttl = u64::try_from(self.retention.cart_expiry.as_millis()).unwrap_or(u64::MAX);
+            // PEXPIRE on a missing key does nothing; setting it again is harmless, so the query may retry.
+            let touch = redis::pipe().cmd("PEXPIRE").arg(keys::cart(cart)).arg(ttl).ignore().clone();
+            self.query::<()>(&touch).await
+        }
+        .boxed()
     }
 
     fn probe_write(&self) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -26,7 +26,7 @@ use self::writer::{writer_loop, CatalogState, WriteJob, WriterSettings};
 use super::rules::price;
 use super::{
     CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate, ProductUpdated,
-    StoreError,
+    Retention, StoreError,
 };
 use crate::config::defaults;
 use crate::domain::{CartKey, Catalog, LiveCatalog};
@@ -53,7 +53,7 @@ impl SqliteCartStore {
         path: &Path,
         mut catalog: Catalog,
         limits: CartLimits,
-        idempotency_per_cart: usize,
+        retention: Retention,
         secret: Option<&[u8]>,
     ) -> Result<SqliteCartStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -77,11 +77,13 @@ impl SqliteCartStore {
         let live = Arc::new(LiveCatalog::new(committed.clone()));
         let readers = ReaderPool::open(path, defaults::READ_CONNECTIONS)?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let settings = WriterSettings { limits, idempotency_ttl: defaults::IDEMPOTENCY_TTL, idempotency_per_cart };
+        let settings = WriterSettings { limits, idempotency_ttl: defaults::IDEMPOTENCY_TTL, retention };
         let state = CatalogState::new(live.clone(), committed);
+        // Expired carts are gone before the first request is read (one batch; the writer does the rest).
+        let backlog = writer::prune(&conn, &settings);
         let writer = std::thread::Builder::new()
             .name("cart-writer".into())
-            .spawn(move || writer_loop(conn, rx, settings, state))?;
+            .spawn(move || writer_loop(conn, rx, settings, state, backlog))?;
         Ok(SqliteCartStore {
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
@@ -149,13 +151,20 @@ impl CartStore for SqliteCartStore {
         self.submit(|reply| WriteJob::Checkout { request, reply }).boxed()
     }
 
+    fn touch<'a>(&'a self, cart: &'a CartKey) -> BoxFuture<'a, Result<(), StoreError>> {
+        let cart = cart.clone();
+        async move { self.submit(|reply| WriteJob::Touch { cart, reply }).await.map_err(only_store_errors) }.boxed()
+    }
+
     fn probe_write(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        async move {
-            self.submit(|reply| WriteJob::Probe { reply }).await.map_err(|e| match e {
-                MutationError::Store(e) => e,
-                other => StoreError::Corrupt(other.to_string()),
-            })
-        }
-        .boxed()
+        async move { self.submit(|reply| WriteJob::Probe { reply }).await.map_err(only_store_errors) }.boxed()
+    }
+}
+
+/// A write that cannot be refused fails only in the store.
+fn only_store_errors(e: MutationError) -> StoreError {
+    match e {
+        MutationError::Store(e) => e,
+        other => StoreError::Corrupt(other.to_string()),
     }
 }

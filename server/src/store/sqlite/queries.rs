@@ -73,6 +73,22 @@ pub(super) fn cap_idempotency_keys(conn: &Connection, key: &str, cap: usize) -> 
         .and_then(|mut s| s.execute(params![key, cap]))?)
 }
 
+/// Delete up to `batch` carts neither changed nor touched within `expiry_secs`; returns how many went.
+pub(super) fn expire_carts(conn: &Connection, expiry_secs: i64, batch: usize) -> Result<usize, StoreError> {
+    let cutoff = now_secs().saturating_sub(expiry_secs);
+    let limit = i64::try_from(batch).unwrap_or(i64::MAX);
+    Ok(conn
+        .prepare_cached("DELETE FROM carts WHERE rowid IN (SELECT rowid FROM carts WHERE updated_at < ?1 LIMIT ?2)")
+        .and_then(|mut s| s.execute(params![cutoff, limit]))?)
+}
+
+/// Mark a cart as used now, so it does not expire (nothing if it does not exist).
+pub(super) fn touch_cart(conn: &Connection, key: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE carts SET updated_at = ?2 WHERE cart_key = ?1")
+        .and_then(|mut s| s.execute(params![key, now_secs()]))?;
+    Ok(())
+}
+
 pub(super) fn write_cart(
     conn: &Connection,
     key: &str,
@@ -141,6 +157,26 @@ mod tests {
         assert!(remembered(&conn, "cart", "k0").unwrap().is_none(), "the oldest went first");
         assert!(remembered(&conn, "cart", "k4").unwrap().is_some());
         assert_eq!(count(&conn, "other"), 1);
+    }
+
+    #[test]
+    fn carts_untouched_past_the_expiry_go_in_batches_and_a_touch_keeps_one() {
+        let conn = store();
+        for n in 0..7 {
+            write_cart(&conn, &format!("old{n}"), 3, &CartContents::default()).unwrap();
+        }
+        write_cart(&conn, "fresh", 1, &CartContents::default()).unwrap();
+        conn.execute("UPDATE carts SET updated_at = updated_at - 1000 WHERE cart_key LIKE 'old%'", []).unwrap();
+        touch_cart(&conn, "old0").unwrap();
+        touch_cart(&conn, "never-made").unwrap();
+        let batches: Vec<usize> = (0..3).map(|_| expire_carts(&conn, 999, 4).unwrap()).collect();
+        assert_eq!(batches, [4, 2, 0]);
+        assert_eq!(read_cart(&conn, "old1").unwrap().0, 0, "an expired cart is gone: version 0, empty");
+        assert_eq!(read_cart(&conn, "old0").unwrap().0, 3, "the touched one stays");
+        assert_eq!(read_cart(&conn, "fresh").unwrap().0, 1);
+        assert_eq!(expire_carts(&conn, 1001, 10).unwrap(), 0, "nothing is older than 1001 s");
+        let rows: i64 = conn.query_row("SELECT COUNT(*) FROM carts", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 2, "touching a cart that does not exist made none");
     }
 
     #[test]

@@ -47,6 +47,8 @@ const MIGRATIONS: &[&str] = &[
         created_at  INTEGER NOT NULL
     );
     CREATE INDEX orders_by_cart ON orders (cart_key, created_at);",
+    // 3: carts expire when untouched (the sweep walks them by age).
+    "CREATE INDEX carts_by_age ON carts (updated_at);",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

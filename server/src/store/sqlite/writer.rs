@@ -15,22 +15,23 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::queries::{
-    cap_idempotency_keys, forget_idempotency_keys, insert_order, read_cart, remember, remembered, write_cart,
-    write_probe, write_product,
+    cap_idempotency_keys, expire_carts, forget_idempotency_keys, insert_order, read_cart, remember, remembered,
+    touch_cart, write_cart, write_probe, write_product,
 };
 use crate::clock::now_ms;
 use crate::config::defaults;
-use crate::domain::{Catalog, LiveCatalog};
+use crate::domain::{CartKey, Catalog, LiveCatalog};
 use crate::store::rules::{
     check_expected, check_total, committed_checkout, committed_mutation, committed_product_update, fingerprint,
-    new_order_id, plan_checkout, plan_product_update, price, replay_checkout, replay_mutation, to_json,
-    CHECKOUT_FINGERPRINT,
+    new_order_id, plan_checkout, plan_product_update, price, remembered_answer, replay_checkout, replay_mutation,
+    to_json, CHECKOUT_FINGERPRINT,
 };
 use crate::store::{
-    Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate, ProductUpdated, StoreError,
+    Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate, ProductUpdated, Retention,
+    StoreError,
 };
 
-/// How often the writer forgets expired idempotency keys.
+/// How often the writer forgets expired idempotency keys and deletes expired carts (and once at start).
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// One change for the writer, with where to send its outcome.
@@ -47,6 +48,11 @@ pub(super) enum WriteJob {
         request: CheckoutRequest,
         reply: oneshot::Sender<Result<Checkout, MutationError>>,
     },
+    /// A session renewal: the cart must not expire yet.
+    Touch {
+        cart: CartKey,
+        reply: oneshot::Sender<Result<(), MutationError>>,
+    },
     /// `/healthz`: a tiny write committed like any change, proving the writer runs and the disk takes writes.
     Probe {
         reply: oneshot::Sender<Result<(), MutationError>>,
@@ -58,7 +64,7 @@ enum JobOutcome {
     Cart(Mutation),
     Product(ProductUpdated),
     Checkout(Checkout),
-    Probe,
+    Done,
 }
 
 impl JobOutcome {
@@ -95,9 +101,9 @@ impl WriteJob {
                     _ => Err(mismatch()),
                 }));
             }
-            WriteJob::Probe { reply } => {
+            WriteJob::Probe { reply } | WriteJob::Touch { reply, .. } => {
                 let _ = reply.send(outcome.and_then(|o| match o {
-                    JobOutcome::Probe => Ok(()),
+                    JobOutcome::Done => Ok(()),
                     _ => Err(mismatch()),
                 }));
             }
@@ -109,8 +115,7 @@ impl WriteJob {
 pub(super) struct WriterSettings {
     pub limits: CartLimits,
     pub idempotency_ttl: Duration,
-    /// Idempotency keys kept per cart (session), the newest.
-    pub idempotency_per_cart: usize,
+    pub retention: Retention,
 }
 
 /// The writer's view of the catalog: the committed snapshot, and the copy a batch's product changes are staged
@@ -152,16 +157,16 @@ impl CatalogState {
     }
 }
 
-/// Run until every sender is gone: batch, commit, answer.
+/// Run until every sender is gone: batch, commit, answer. `prune_backlog`: the start-up's [`prune`] left more.
 pub(super) fn writer_loop(
     mut conn: Connection,
     mut jobs: mpsc::Receiver<WriteJob>,
     settings: WriterSettings,
     mut catalog: CatalogState,
+    mut prune_backlog: bool,
 ) {
+    // More expired rows than one prune batch: go on between changes, or at once while there are none.
     let mut last_prune = Instant::now();
-    // More expired keys than one prune batch: go on between changes, or at once while there are none.
-    let mut prune_backlog = false;
     let mut batch = Vec::with_capacity(defaults::MAX_COMMIT_BATCH);
     loop {
         let first = if prune_backlog {
@@ -198,21 +203,27 @@ pub(super) fn writer_loop(
     tracing::debug!("cart writer stopped");
 }
 
-/// One batch of expired idempotency keys; `true` when more may be due.
-fn prune(conn: &Connection, settings: &WriterSettings) -> bool {
-    let ttl = i64::try_from(settings.idempotency_ttl.as_secs()).unwrap_or(i64::MAX);
-    match forget_idempotency_keys(conn, ttl, defaults::PRUNE_BATCH) {
-        Ok(n) => {
-            if n > 0 {
-                tracing::debug!(removed = n, "pruned idempotency keys");
+/// One batch of expired idempotency keys and one of expired carts; `true` when more may be due. Each batch is
+/// its own small transaction (autocommit), between changes.
+pub(super) fn prune(conn: &Connection, settings: &WriterSettings) -> bool {
+    let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    let batches = [
+        ("idempotency keys", forget_idempotency_keys(conn, secs(settings.idempotency_ttl), defaults::PRUNE_BATCH)),
+        ("carts", expire_carts(conn, secs(settings.retention.cart_expiry), defaults::PRUNE_BATCH)),
+    ];
+    let mut more = false;
+    for (what, outcome) in batches {
+        match outcome {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(removed = n, "expired {what} deleted");
+                }
+                more |= n >= defaults::PRUNE_BATCH;
             }
-            n >= defaults::PRUNE_BATCH
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "pruning idempotency keys failed");
-            false
+            Err(e) => tracing::warn!(error = %e, "deleting expired {what} failed"),
         }
     }
+    more
 }
 
 /// Apply every job in one transaction; each job's outcome is final only if the commit succeeds.
@@ -279,9 +290,13 @@ fn apply_job(
         WriteJob::Checkout { request, .. } => {
             apply_checkout(conn, request, settings, catalog).map(JobOutcome::Checkout)
         }
+        WriteJob::Touch { cart, .. } => {
+            touch_cart(conn, cart.as_str())?;
+            Ok(JobOutcome::Done)
+        }
         WriteJob::Probe { .. } => {
             write_probe(conn)?;
-            Ok(JobOutcome::Probe)
+            Ok(JobOutcome::Done)
         }
     }
 }
@@ -297,7 +312,10 @@ fn apply_cart_change(
     let idem = request.idempotency_key.as_ref().map(|k| k.as_str());
     if let Some(idem) = idem {
         if let Some((earlier, answer)) = remembered(conn, key, idem)? {
-            return replay_mutation(&earlier, &fp, &answer);
+            return replay_mutation(&earlier, &fp, &answer, || {
+                let (version, contents) = read_cart(conn, key)?;
+                Ok(price(&request.cart, version, &contents, catalog))
+            });
         }
     }
     let (mut version, mut contents) = read_cart(conn, key)?;
@@ -309,12 +327,12 @@ fn apply_cart_change(
         version += 1;
         write_cart(conn, key, version, &contents)?;
     }
-    let cart = price(&request.cart, version, &contents, catalog);
+    let outcome = committed_mutation(&request.cart, price(&request.cart, version, &contents, catalog), change);
     if let Some(idem) = idem {
-        remember(conn, key, idem, &fp, &to_json(&cart)?)?;
-        cap_idempotency_keys(conn, key, settings.idempotency_per_cart)?;
+        remember(conn, key, idem, &fp, &remembered_answer(&outcome)?)?;
+        cap_idempotency_keys(conn, key, settings.retention.idempotency_per_cart)?;
     }
-    Ok(committed_mutation(&request.cart, cart, change))
+    Ok(outcome)
 }
 
 fn apply_product_update(
@@ -357,7 +375,7 @@ fn apply_checkout(
     let receipt = CheckoutReceipt { order, cart: price(&request.cart, version + 1, &emptied, catalog) };
     if let Some(idem) = idem {
         remember(conn, key, idem, CHECKOUT_FINGERPRINT, &to_json(&receipt)?)?;
-        cap_idempotency_keys(conn, key, settings.idempotency_per_cart)?;
+        cap_idempotency_keys(conn, key, settings.retention.idempotency_per_cart)?;
     }
     Ok(committed_checkout(&request.cart, receipt, products))
 }

@@ -174,6 +174,16 @@ impl Shopper {
         Shopper { http, base: server.base.clone(), addr: server.addr, cookie }
     }
 
+    /// A shopper holding a cookie made by the test (see [`v1_session_cookie`]).
+    pub fn with_cookie(server: &TestServer, cookie: &str) -> Shopper {
+        Shopper {
+            http: reqwest::Client::new(),
+            base: server.base.clone(),
+            addr: server.addr,
+            cookie: cookie.to_owned(),
+        }
+    }
+
     /// The same shopper (same cookie) talking to another instance.
     pub fn on(&self, server: &TestServer) -> Shopper {
         Shopper {
@@ -351,4 +361,22 @@ impl Ws {
             }
         }
     }
+}
+
+/// A version 1 session cookie (16 random bytes and their HMAC-SHA256 tag, no issue time), as releases before
+/// session expiry issued them, signed with `secret`.
+pub fn v1_session_cookie(secret: &str) -> String {
+    use base64::Engine;
+    use hmac::Mac;
+    let nonce: [u8; 16] = std::array::from_fn(|i| u8::try_from(i).unwrap() * 7 + 3);
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(&nonce);
+    let mut raw = nonce.to_vec();
+    raw.extend_from_slice(&mac.finalize().into_bytes()[..16]);
+    format!("cartwheel_session={}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
+}
+
+/// The session cookie (`name=value`) a response sets, if any.
+pub fn set_cookie(headers: &HeaderMap) -> Option<String> {
+    headers.get(SET_COOKIE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next()).map(str::to_owned)
 }
