@@ -130,6 +130,8 @@ pub mod defaults {
     /// A request head must be complete this long after the connection starts waiting for it (also the idle
     /// keep-alive timeout).
     pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// A connection whose peer takes no bytes for this long while the server has some to send is closed.
+    pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
     /// Open WebSockets per session and per client address (IPv6: per /64).
     pub const MAX_SOCKETS_PER_SESSION: usize = 32;
     pub const MAX_SOCKETS_PER_ADDRESS: usize = 512;
@@ -320,6 +322,10 @@ pub struct Config {
     /// also how long an idle kept-alive connection stays open).
     #[arg(long, env = "CARTWHEEL_HEADER_READ_TIMEOUT_SECS", value_parser = parse_duration_secs, default_value = "10")]
     pub header_read_timeout: Duration,
+    /// Seconds a connection may go without the peer taking a byte while the server has some to send (an HTTP
+    /// answer, the WebSocket handshake's `101`, a frame); then it is closed. Bounds slow readers.
+    #[arg(long, env = "CARTWHEEL_SEND_TIMEOUT_SECS", value_parser = parse_duration_secs, default_value = "10")]
+    pub send_timeout: Duration,
     /// Open WebSockets per session; the next upgrade is refused with 429.
     #[arg(long, env = "CARTWHEEL_MAX_SOCKETS_PER_SESSION", default_value_t = defaults::MAX_SOCKETS_PER_SESSION)]
     pub max_sockets_per_session: usize,

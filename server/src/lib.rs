@@ -245,6 +245,7 @@ impl Server {
         let limits = http::serve::ConnectionLimits {
             max_connections: connection_capacity(state.config.max_connections),
             header_read_timeout: state.config.header_read_timeout,
+            send_timeout: state.config.send_timeout,
             send_buffer_bytes: state.config.socket_send_buffer_bytes,
             trusted_proxies: Arc::new(http::client::TrustedProxies::new(state.config.trusted_proxies.clone())),
         };

@@ -11,6 +11,9 @@
 //!   not complete within `--header-read-timeout` is closed. Hyper starts that clock when the connection starts
 //!   waiting for a head — a new connection, or a kept-alive one after its last answer — so it is also the idle
 //!   keep-alive timeout.
+//! - **Send timeout.** Every accepted socket's writes are bounded (`--send-timeout`): a peer that takes no
+//!   bytes for that long while an answer, a WebSocket handshake's `101` or a frame waits is closed, so slow
+//!   readers cannot hold slots. Only writes: an idle socket (a WebSocket between frames) is not a stalled one.
 //! - **Accept errors.** Out of descriptors (`EMFILE`, `ENFILE`) or memory: logged at most once a second, counted
 //!   (`cartwheel_accept_errors_total`), then a short pause so the loop does not spin. Errors of one connection
 //!   that died in the backlog (`ECONNABORTED`, …) are skipped.
@@ -69,6 +72,8 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// A request head must be complete within this long of the connection waiting for it.
     pub header_read_timeout: Duration,
+    /// A write that makes no progress for this long fails, and the connection with it.
+    pub send_timeout: Duration,
     /// `SO_SNDBUF` of every accepted socket (0: the kernel's auto-tuning).
     pub send_buffer_bytes: usize,
     /// Whose forwarding headers name the client (see [`super::client::Client`]).
@@ -125,7 +130,10 @@ pub async fn serve(
             request.extensions_mut().insert(slot.clone());
             request
         });
-        let connection = http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service)).with_upgrades();
+        let mut io = tokio_io_timeout::TimeoutStream::new(tcp);
+        io.set_write_timeout(Some(limits.send_timeout));
+        let connection =
+            http.serve_connection(TokioIo::new(Box::pin(io)), TowerToHyperService::new(service)).with_upgrades();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             let _slot = held;

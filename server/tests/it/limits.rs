@@ -191,3 +191,38 @@ async fn with_256_file_descriptors_the_server_stays_reachable_under_a_connection
     let errors: Vec<&String> = seen.iter().filter(|l| l.contains("ERROR")).collect();
     assert!(errors.is_empty(), "{errors:?}");
 }
+
+/// A client that pipelines requests and never reads its answers (a slow reader) holds its connection only until
+/// the send timeout: with one connection slot, the next shopper — waiting in the backlog for that slot — is
+/// answered once the stalled connection is let go, though the header-read timeout is far away.
+#[tokio::test]
+async fn a_connection_that_stops_reading_is_closed_at_the_send_timeout() {
+    let send_timeout = Duration::from_secs(1);
+    let server = TestServer::start_with(|c| {
+        c.max_connections = 1;
+        c.send_timeout = send_timeout;
+        c.socket_send_buffer_bytes = 4096;
+        c.header_read_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(server.addr).await.unwrap();
+    let started = Instant::now();
+    let pipelined = b"GET /api/products HTTP/1.1\r\nHost: shop\r\n\r\n".repeat(300);
+    slow.write_all(&pipelined).await.unwrap();
+    let shopper = reqwest::Client::new();
+    let answer = tokio::time::timeout(EVENT_TIMEOUT, shopper.get(server.url("/api/products")).send())
+        .await
+        .expect("the stalled connection's slot is freed within the send timeout")
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let waited = started.elapsed();
+    println!("slow reader let go; the next shopper answered after {} ms (send timeout 1 s)", waited.as_millis());
+    assert!(waited >= send_timeout, "answered before the slow reader was let go: {waited:?}");
+    // What the slow reader gets when it finally reads: some answers, then the end.
+    let got = read_to_close(&mut slow).await;
+    assert!(got.starts_with(b"HTTP/1.1 200") && got.len() < 300 * 1000, "{} bytes", got.len());
+    drop(answer);
+    server.stop().await;
+}
