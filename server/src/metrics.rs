@@ -30,6 +30,8 @@ pub struct Metrics {
     pub broadcast_latency: Histogram,
     pub slow_consumer_events: Counter,
     pub broadcast_lagged: Counter,
+    pub notices_unpublished: Counter,
+    pub notices_replayed: Counter,
     pub rate_limited: Counter,
     pub service_requests: Family<Labels, Counter>,
     pub checkouts: Family<Labels, Counter>,
@@ -66,6 +68,8 @@ impl Metrics {
         let broadcast_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         let slow_consumer_events = Counter::default();
         let broadcast_lagged = Counter::default();
+        let notices_unpublished = Counter::default();
+        let notices_replayed = Counter::default();
         let rate_limited = Counter::default();
         let service_requests = Family::<Labels, Counter>::default();
         let checkouts = Family::<Labels, Counter>::default();
@@ -93,6 +97,16 @@ impl Metrics {
             "ws_broadcast_lagged",
             "Times a connection fell a whole broadcast ring behind and was sent every product again",
             broadcast_lagged.clone(),
+        );
+        registry.register(
+            "notices_unpublished",
+            "Stored notices that could not be passed on to the other instances live (sent on their next connect)",
+            notices_unpublished.clone(),
+        );
+        registry.register(
+            "notices_replayed",
+            "Stored notices sent on a (re)connect or after a connection fell behind, not live",
+            notices_replayed.clone(),
         );
         registry.register("http_rate_limited", "Requests refused with 429", rate_limited.clone());
         registry.register("service_requests", "Service API requests by endpoint and outcome", service_requests.clone());
@@ -129,6 +143,8 @@ impl Metrics {
             broadcast_latency,
             slow_consumer_events,
             broadcast_lagged,
+            notices_unpublished,
+            notices_replayed,
             rate_limited,
             service_requests,
             checkouts,

@@ -9,7 +9,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use cartwheel_core::{Cart, Notice, Product};
+use cartwheel_core::protocol::NoticeList;
+use cartwheel_core::version::Epoch;
+use cartwheel_core::{Cart, Notice, PostedNotice, Product};
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::FutureExt;
 
@@ -25,12 +27,14 @@ pub trait Fanout: Send + Sync + 'static {
     /// These events were committed through this instance; deliver each to the connections it concerns.
     fn announce(&self, events: &[Event]);
 
-    /// Deliver `notice` to the connections of `session`, or to every connection. Returns how many connections
-    /// of this instance it reached; fails when the notice could not be passed on to the other instances.
+    /// Deliver a stored notice (of the store's `epoch`) to the connections of `session`, or to every
+    /// connection. Returns how many connections of this instance it reached; fails when the notice could not be
+    /// passed on to the other instances (they send it on their shoppers' next connect).
     fn notify<'a>(
         &'a self,
         session: Option<&'a CartKey>,
-        notice: &'a Notice,
+        epoch: &'a Epoch,
+        notice: &'a PostedNotice,
     ) -> BoxFuture<'a, Result<usize, StoreError>>;
 }
 
@@ -148,14 +152,49 @@ impl Shop {
         .await
     }
 
-    /// Send a notice to one session's connections (on every instance), or to every connection.
+    /// Store a notice for one session (or everyone), then hand it to the connections open now (on every
+    /// instance); the others get it when they connect. Answers it as stored, and how many connections of this
+    /// instance had it at once.
     #[tracing::instrument(name = "shop.notify", skip_all, fields(kind = %notice.kind, targeted = session.is_some()))]
-    pub async fn notify(&self, session: Option<&CartKey>, notice: &Notice) -> Result<usize, StoreError> {
-        // Like a change, a notice once accepted is sent whether or not its caller waits for the answer: the
-        // other instances must not miss one this instance already delivered.
-        let (fanout, session, notice) = (self.fanout.clone(), session.cloned(), notice.clone());
-        let sent = tokio::spawn(async move { fanout.notify(session.as_ref(), &notice).await });
+    pub async fn notify(&self, session: Option<&CartKey>, notice: &Notice) -> Result<(PostedNotice, usize), StoreError> {
+        // Like a change, a notice once accepted is stored and sent whether or not its caller waits for the answer.
+        let (store, fanout, session, notice) =
+            (self.store.clone(), self.fanout.clone(), session.cloned(), notice.clone());
+        let metrics = self.metrics.clone();
+        let sent = tokio::spawn(async move {
+            let posted = store.post_notice(session.as_ref(), &notice).await?;
+            let epoch = store.catalog().epoch().clone();
+            // Stored: a failed hand-over to the other instances is delivered on their shoppers' next connect.
+            let now = match fanout.notify(session.as_ref(), &epoch, &posted).await {
+                Ok(n) => n,
+                Err(e) => {
+                    metrics.notices_unpublished.inc();
+                    tracing::warn!(error = %e, id = posted.id, "stored notice not passed on live; sent on reconnect");
+                    0
+                }
+            };
+            Ok((posted, now))
+        });
         sent.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// The session's stored notices after its cursor, in the store's epoch.
+    pub async fn notices(&self, cart: &CartKey) -> Result<NoticeList, StoreError> {
+        let (cursor, notices) = self.store.notices_after(cart).await?;
+        Ok(NoticeList { epoch: self.store.catalog().epoch().clone(), cursor: cursor.upto, notices })
+    }
+
+    /// The session showed every notice up to `upto` of `epoch`. One of another epoch (the store was reset since
+    /// it was sent) changes nothing. Answers the cursor as it is now.
+    pub async fn ack_notices(&self, cart: &CartKey, epoch: &Epoch, upto: u64) -> Result<u64, StoreError> {
+        if epoch != self.store.catalog().epoch() {
+            return Ok(self.store.notices_after(cart).await?.0.upto);
+        }
+        let store = self.store.clone();
+        let cart = cart.clone();
+        // Detached like a change: an acknowledgement that reached the store is kept.
+        let acked = tokio::spawn(async move { store.ack_notices(&cart, upto).await });
+        Ok(acked.await.unwrap_or(Err(StoreError::Closed))?.upto)
     }
 
     fn parts(&self) -> (Arc<dyn CartStore>, Arc<dyn Fanout>, Arc<Metrics>) {

@@ -14,6 +14,7 @@ pub mod client;
 pub mod error;
 pub mod extract;
 pub mod guards;
+pub mod notices;
 pub mod ops;
 pub mod page;
 pub mod products;
@@ -36,6 +37,7 @@ pub fn router(state: AppState) -> Router {
     let shopper_api = Router::new()
         .merge(products::router())
         .merge(cart::router())
+        .merge(notices::router())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed);
     let shopper_api = guards::shopper(shopper_api, &state);

@@ -22,7 +22,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::routing::{patch, post};
 use axum::{Json, Router};
-use cartwheel_core::protocol::NoticeRequest;
+use cartwheel_core::protocol::{NoticePosted, NoticeRequest};
 use cartwheel_core::{Cents, Product, ProductId, ProductPatch};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -228,31 +228,25 @@ async fn update_product(
     result.map(Json)
 }
 
-/// Answer of `POST /api/service/notify`.
-#[derive(Debug, Serialize)]
-pub struct Delivered {
-    /// Connections of this server instance the notice was handed to.
-    pub connections: usize,
-}
-
-/// `POST /api/service/notify`: 202 with how many connections it reached here.
+/// `POST /api/service/notify`: stored, then handed to the connections open now; 202 with its id and seq and
+/// how many connections had it at once (the others get it when they connect).
 async fn notify(
     State(shop): State<Shop>,
     State(gate): State<ServiceGate>,
     caller: ServiceCaller,
     ApiJson(request): ApiJson<NoticeRequest>,
-) -> Result<(StatusCode, Json<Delivered>), AppError> {
+) -> Result<(StatusCode, Json<NoticePosted>), AppError> {
     caller.require(caller.scopes.notify, "notify")?;
     if let Some(problem) = request.notice.problem() {
         return Err(AppError::InvalidField(problem));
     }
     let session = request.session.as_deref().map(CartKey::parse).transpose()?;
-    let connections = shop.notify(session.as_ref(), &request.notice).await?;
+    let (posted, connections) = shop.notify(session.as_ref(), &request.notice).await?;
     gate.metrics.service_requests.get_or_create(&vec![("outcome", "notice_sent")]).inc();
     gate.metrics.service_changes.get_or_create(&vec![("token", caller.name), ("kind", "notice")]).inc();
     let to = if session.is_some() { "one session" } else { "everyone" };
-    tracing::info!(token = caller.name, to, kind = %request.notice.kind, connections, "service sent a notice");
-    Ok((StatusCode::ACCEPTED, Json(Delivered { connections })))
+    tracing::info!(token = caller.name, to, kind = %request.notice.kind, id = posted.id, connections, "service sent a notice");
+    Ok((StatusCode::ACCEPTED, Json(NoticePosted { id: posted.id, seq: posted.seq, delivered_now: connections })))
 }
 
 #[cfg(test)]

@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
-use cartwheel_core::{Cart, CartVersion, Notice, Product, ServerMessage};
+use cartwheel_core::version::Epoch;
+use cartwheel_core::{Cart, CartVersion, PostedNotice, Product, ServerMessage};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio::sync::{broadcast, Notify};
@@ -91,8 +92,8 @@ impl Frame {
         }
     }
 
-    pub fn notice(notice: &Notice) -> Frame {
-        Frame::new(FrameKind::Notice, &ServerMessage::Notice { data: notice.clone() })
+    pub fn notice(epoch: &Epoch, notice: &PostedNotice) -> Frame {
+        Frame::new(FrameKind::Notice, &ServerMessage::Notice { epoch: epoch.clone(), notice: notice.clone() })
     }
 
     /// The cart's epoch and version, for a cart update.
@@ -277,9 +278,10 @@ impl Fanout for CartHub {
     fn notify<'a>(
         &'a self,
         session: Option<&'a CartKey>,
-        notice: &'a Notice,
+        epoch: &'a Epoch,
+        notice: &'a PostedNotice,
     ) -> BoxFuture<'a, Result<usize, StoreError>> {
-        futures_util::future::ready(Ok(self.deliver_notice(session, Frame::notice(notice)))).boxed()
+        futures_util::future::ready(Ok(self.deliver_notice(session, Frame::notice(epoch, notice)))).boxed()
     }
 }
 
@@ -307,6 +309,7 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cartwheel_core::Notice;
 
     fn cart(v: CartVersion) -> Cart {
         let mut c = Cart::empty("EUR");
@@ -326,8 +329,9 @@ mod tests {
         CartHub::new(capacity, 8, Arc::new(Metrics::new()))
     }
 
-    fn notice(message: &str) -> Notice {
-        Notice { kind: "test".into(), message: message.into(), product_id: None }
+    fn notice(message: &str) -> PostedNotice {
+        let data = Notice { kind: "test".into(), message: message.into(), product_id: None };
+        PostedNotice { id: format!("ntc_{message}"), seq: 1, sent_at_ms: 0, data }
     }
 
     #[tokio::test]
@@ -393,11 +397,11 @@ mod tests {
         let a = key("a");
         let s = hub.subscribe(&a);
         hub.announce(&cart_event(&a, 1));
-        hub.notify(Some(&a), &notice("first")).await.unwrap();
+        hub.notify(Some(&a), &Epoch::default(), &notice("first")).await.unwrap();
         hub.announce(&cart_event(&a, 2));
-        hub.notify(Some(&a), &notice("second")).await.unwrap();
+        hub.notify(Some(&a), &Epoch::default(), &notice("second")).await.unwrap();
         // Full: a notice makes the older snapshot (version 1) go, not a notice.
-        assert_eq!(hub.notify(Some(&a), &notice("third")).await.unwrap(), 1);
+        assert_eq!(hub.notify(Some(&a), &Epoch::default(), &notice("third")).await.unwrap(), 1);
         let kinds: Vec<FrameKind> = s.mailbox.queue.lock().unwrap().iter().map(|f| f.kind).collect();
         assert_eq!(kinds, [FrameKind::Notice, FrameKind::Cart((0, 2)), FrameKind::Notice, FrameKind::Notice]);
         // Full of notices and one snapshot: a newer snapshot replaces the old one.
@@ -407,7 +411,7 @@ mod tests {
         // Notices only: the oldest makes room.
         let only_notices = hub.subscribe(&key("b"));
         for i in 0..5 {
-            hub.notify(Some(&key("b")), &notice(&format!("n{i}"))).await.unwrap();
+            hub.notify(Some(&key("b")), &Epoch::default(), &notice(&format!("n{i}"))).await.unwrap();
         }
         let texts: Vec<String> =
             only_notices.mailbox.queue.lock().unwrap().iter().map(|f| f.text.to_string()).collect();
@@ -420,11 +424,11 @@ mod tests {
         let hub = hub(4);
         let mut one = hub.everyone();
         let mut two = hub.everyone();
-        assert_eq!(hub.notify(None, &notice("hello")).await.unwrap(), 2);
+        assert_eq!(hub.notify(None, &Epoch::default(), &notice("hello")).await.unwrap(), 2);
         assert_eq!(one.recv().await.unwrap().kind, FrameKind::Notice);
         assert_eq!(two.recv().await.unwrap().kind, FrameKind::Notice);
         for i in 0..9 {
-            hub.notify(None, &notice(&format!("{i}"))).await.unwrap();
+            hub.notify(None, &Epoch::default(), &notice(&format!("{i}"))).await.unwrap();
         }
         assert!(matches!(one.recv().await, Err(broadcast::error::RecvError::Lagged(1))), "ring of 8, 9 sent");
     }

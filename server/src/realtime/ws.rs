@@ -88,7 +88,8 @@ pub async fn serve(socket: WebSocket, sockets: Arc<Sockets>, cart: CartKey, peer
     metrics.ws_connections_total.inc();
     metrics.ws_connections_open.inc();
     tracing::info!(cart = cart.short(), peer = %peer, client, "websocket connected");
-    let mut conn = Connection { socket, sockets, cart, last_sent: None, sent: 0, snapshot_due: None };
+    let mut conn =
+        Connection { socket, sockets, cart, last_sent: None, sent: 0, snapshot_due: None, notices_due: None };
     let ending = conn.run().await;
     metrics.ws_connections_open.dec();
     metrics.ws_disconnects.get_or_create(&vec![("reason", ending.label())]).inc();
@@ -111,6 +112,8 @@ struct Connection {
     sent: u64,
     /// When to try again a snapshot the store could not give.
     snapshot_due: Option<TokioInstant>,
+    /// When to try again the stored notices the store could not give.
+    notices_due: Option<TokioInstant>,
 }
 
 /// A write either went out or ended the connection.
@@ -124,6 +127,11 @@ impl Connection {
         let mut everyone = self.sockets.hub.everyone();
         let mut everyone_open = true;
         if let Err(ending) = self.send_snapshot().await {
+            return ending;
+        }
+        // Then every stored notice the session has not acknowledged (live ones may come twice: clients drop a
+        // notice whose id they have shown).
+        if let Err(ending) = self.send_stored_notices().await {
             return ending;
         }
         let limits = self.sockets.limits;
@@ -150,7 +158,11 @@ impl Connection {
                         Err(RecvError::Lagged(missed)) => {
                             tracing::warn!(cart = self.cart.short(), missed, "fell behind the broadcast ring");
                             self.sockets.metrics.broadcast_lagged.inc();
-                            self.send_catalog().await
+                            // General notices in the gap are stored: send what is not acknowledged again.
+                            match self.send_catalog().await {
+                                Ok(()) => self.send_stored_notices().await,
+                                ended => ended,
+                            }
                         }
                         // Only when the hub is gone, i.e. the server is stopping.
                         Err(RecvError::Closed) => {
@@ -217,6 +229,11 @@ impl Connection {
                         return ending;
                     }
                 }
+                () = sleep_until(self.notices_due.unwrap_or(far_future)), if self.notices_due.is_some() => {
+                    if let Err(ending) = self.send_stored_notices().await {
+                        return ending;
+                    }
+                }
                 () = sleep_until(pong_deadline.unwrap_or(far_future)), if pong_deadline.is_some() => {
                     self.close(close::GOING_AWAY, "heartbeat timeout").await;
                     return Ending::HeartbeatTimeout;
@@ -231,9 +248,17 @@ impl Connection {
                 self.send_message(&ServerMessage::Pong { id, server_time_ms: now_ms() }).await
             }
             Ok(ClientMessage::Resync) => self.send_snapshot().await,
+            Ok(ClientMessage::Ack { upto, epoch }) => {
+                // Lost, it only means the notices come again on the next connect (and are dropped by id).
+                if let Err(e) = self.sockets.shop.ack_notices(&self.cart, &epoch, upto).await {
+                    tracing::warn!(cart = self.cart.short(), error = %e, "cannot record a notice acknowledgement");
+                }
+                Ok(())
+            }
             Err(e) => {
                 let message = format!(
-                    "not a known message: {e}; expected {{\"type\":\"PING\",\"id\":n}} or {{\"type\":\"RESYNC\"}}"
+                    "not a known message: {e}; expected {{\"type\":\"PING\",\"id\":n}}, {{\"type\":\"RESYNC\"}} \
+                     or {{\"type\":\"ACK\",\"upto\":n,\"epoch\":\"…\"}}"
                 );
                 self.send_error(ErrorCode::InvalidMessage, &message).await
             }
@@ -259,6 +284,26 @@ impl Connection {
                 }
                 let message = "the cart cannot be read right now; it will be sent as soon as it can";
                 self.send_error(ErrorCode::ServiceUnavailable, message).await
+            }
+        }
+    }
+
+    /// The session's stored notices after its cursor, oldest first; retried later if the store cannot say.
+    async fn send_stored_notices(&mut self) -> Sent {
+        match self.sockets.shop.notices(&self.cart).await {
+            Ok(list) => {
+                self.notices_due = None;
+                let count = list.notices.len();
+                for notice in &list.notices {
+                    self.send(Message::Text(Frame::notice(&list.epoch, notice).text)).await?;
+                }
+                self.sockets.metrics.notices_replayed.inc_by(u64::try_from(count).unwrap_or(u64::MAX));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(cart = self.cart.short(), error = %e, "cannot read stored notices");
+                self.notices_due = Some(TokioInstant::now() + defaults::SNAPSHOT_RETRY);
+                Ok(())
             }
         }
     }

@@ -20,6 +20,9 @@
 //! - a cart neither changed nor touched for [`Retention::cart_expiry`] is deleted (and reads as empty at
 //!   version 0 again: start-up makes that expiry no shorter than a session's maximum age, and every session
 //!   renewal touches its cart, so no valid cookie names an expired cart);
+//! - a notice is stored (numbered by one sequence per store epoch, never reused) before anyone hears of it;
+//!   a session is given its own and the general ones after its cursor, unexpired, oldest first, and the cursor
+//!   only moves up;
 //! - a change whose caller went away is still committed (or not) as a whole: no future of a store is
 //!   cancelled half-way through a commit by the HTTP layer (the shop runs each change on its own task).
 
@@ -30,7 +33,9 @@ pub mod sqlite;
 use std::sync::Arc;
 
 use cartwheel_core::version::Stamp;
-use cartwheel_core::{Cart, CartError, CartOp, Cents, Change, CheckoutReceipt, Product, ProductId, Shortfall};
+use cartwheel_core::{
+    Cart, CartError, CartOp, Cents, Change, CheckoutReceipt, Notice, PostedNotice, Product, ProductId, Shortfall,
+};
 use futures_util::future::BoxFuture;
 use thiserror::Error;
 
@@ -41,8 +46,31 @@ use crate::domain::{CartKey, Catalog, Event, IdempotencyKey};
 pub struct Retention {
     /// Idempotency records kept per cart (session): the newest.
     pub idempotency_per_cart: usize,
-    /// A cart neither changed nor [touched](CartStore::touch) for this long is deleted.
+    /// A cart neither changed nor [touched](CartStore::touch) for this long is deleted (and so is the session's
+    /// notice cursor).
     pub cart_expiry: std::time::Duration,
+    /// A stored notice is delivered (and kept) this long after it was sent.
+    pub notice_ttl: std::time::Duration,
+    /// Targeted notices kept per session, the newest.
+    pub inbox_cap: usize,
+    /// General notices kept, the newest.
+    pub shop_notices_cap: usize,
+}
+
+impl Retention {
+    /// The most notices one session can be sent on a (re)connect: its inbox and the shop's list.
+    pub fn notices_per_session(&self) -> usize {
+        self.inbox_cap + self.shop_notices_cap
+    }
+}
+
+/// Where a session is in the notice sequence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoticeCursor {
+    /// Every notice up to this `seq` was acknowledged.
+    pub upto: u64,
+    /// General notices start after this `seq` for this session: the sequence when it was first seen.
+    pub general_from: u64,
 }
 
 /// A change to apply to one cart.
@@ -173,6 +201,23 @@ pub trait CartStore: Send + Sync + 'static {
     /// Keep `cart` from expiring for another [`Retention::cart_expiry`] (a session renewal calls it); nothing
     /// when the cart does not exist. Durable like a change.
     fn touch<'a>(&'a self, cart: &'a CartKey) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Store a notice for `to`'s session (or everyone), durably, numbered after every notice before it.
+    fn post_notice<'a>(
+        &'a self,
+        to: Option<&'a CartKey>,
+        notice: &'a Notice,
+    ) -> BoxFuture<'a, Result<PostedNotice, StoreError>>;
+
+    /// `cart`'s cursor and the stored notices after it (see [`NoticeCursor`]), oldest first; a session seen for
+    /// the first time gets a cursor (general notices from now on).
+    fn notices_after<'a>(
+        &'a self,
+        cart: &'a CartKey,
+    ) -> BoxFuture<'a, Result<(NoticeCursor, Vec<PostedNotice>), StoreError>>;
+
+    /// Every notice up to `upto` was shown to `cart`'s session: move its cursor there (never down).
+    fn ack_notices<'a>(&'a self, cart: &'a CartKey, upto: u64) -> BoxFuture<'a, Result<NoticeCursor, StoreError>>;
 
     /// Commit a tiny write the way changes commit (`/healthz`): `Ok` proves the write path — the SQLite
     /// writer thread and its disk, or Redis accepting writes — works now, not only that reads do.

@@ -82,6 +82,11 @@ pub fn plan_product_update(update: &ProductUpdate, catalog: &Catalog) -> Result<
     Ok((next, Change::Changed))
 }
 
+/// A new notice's id: `ntc_` and 20 random hex digits.
+pub fn new_notice_id() -> String {
+    format!("ntc_{}", hex::encode(rand::random::<[u8; 10]>()))
+}
+
 /// A new order's id: `ord_` and 20 random hex digits.
 pub fn new_order_id() -> String {
     format!("ord_{}", hex::encode(rand::random::<[u8; 10]>()))

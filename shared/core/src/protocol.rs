@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cart::{Cart, Shortfall};
 use crate::catalog::{Product, ProductId};
-use crate::version::CartVersion;
+use crate::version::{CartVersion, Epoch};
 
 /// Path of the WebSocket endpoint.
 pub const WS_PATH: &str = "/ws";
@@ -46,8 +46,51 @@ pub enum ServerMessage {
     /// A product's stock or price changed (sent to every connection). Keep it if its `revision` is newer than
     /// the state you hold.
     ProductUpdate { data: Product },
-    /// A message from a backend service for the shopper (sent to one session's connections, or to all).
-    Notice { data: Notice },
+    /// A message from a backend service for the shopper (for one session, or for everyone), as stored: sent
+    /// live, and again after each (re)connect until acknowledged ([`ClientMessage::Ack`]). `seq` counts within
+    /// the store's `epoch`; a client drops one whose `id` it has shown.
+    Notice {
+        epoch: Epoch,
+        #[serde(flatten)]
+        notice: PostedNotice,
+    },
+}
+
+/// A notice as the store keeps it: an id, its place in the store's one notice sequence (shared by targeted and
+/// general notices, so a session's notices are ordered by it and one cursor covers both) and when it was sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostedNotice {
+    /// `ntc_` and 20 hex digits.
+    pub id: String,
+    pub seq: u64,
+    pub sent_at_ms: u64,
+    pub data: Notice,
+}
+
+/// Answer of `GET /api/notices`: the session's stored notices after its acknowledged cursor, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeList {
+    pub epoch: Epoch,
+    /// The highest `seq` acknowledged (0: none).
+    pub cursor: u64,
+    pub notices: Vec<PostedNotice>,
+}
+
+/// Body of `POST /api/notices/ack` (and the fields of [`ClientMessage::Ack`]): every notice up to `seq` `upto`
+/// of `epoch` has been shown. One of another epoch (the store was reset since) changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeAck {
+    pub upto: u64,
+    pub epoch: Epoch,
+}
+
+/// Answer of `POST /api/service/notify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticePosted {
+    pub id: String,
+    pub seq: u64,
+    /// Connections it was handed to at once (the rest get it when they connect).
+    pub delivered_now: usize,
 }
 
 /// A message for shoppers from a backend service, e.g. "price dropped on an item in your cart".
@@ -119,6 +162,8 @@ pub enum ClientMessage {
     Ping { id: u64 },
     /// Ask for a fresh `CART_UPDATE` snapshot.
     Resync,
+    /// Every notice up to `seq` `upto` of `epoch` has been shown: not sent again.
+    Ack { upto: u64, epoch: Epoch },
 }
 
 /// Machine-readable error codes, shared by REST error bodies and WebSocket `ERROR` frames.
@@ -275,11 +320,24 @@ mod tests {
 
     #[test]
     fn product_updates_and_notices_have_the_documented_shape() {
-        let v = serde_json::to_value(ServerMessage::Notice {
-            data: Notice { kind: "price_drop".into(), message: "Cheaper now".into(), product_id: Some("mug".into()) },
-        })
-        .unwrap();
-        assert_eq!(v, json!({"type":"NOTICE","data":{"kind":"price_drop","message":"Cheaper now","product_id":"mug"}}));
+        let frame = ServerMessage::Notice {
+            epoch: Epoch::from_bits(7),
+            notice: PostedNotice {
+                id: "ntc_1".into(),
+                seq: 12,
+                sent_at_ms: 5,
+                data: Notice { kind: "price_drop".into(), message: "Cheaper now".into(), product_id: Some("mug".into()) },
+            },
+        };
+        let v = serde_json::to_value(&frame).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"NOTICE","epoch":"0000000000000007","id":"ntc_1","seq":12,"sent_at_ms":5,
+                   "data":{"kind":"price_drop","message":"Cheaper now","product_id":"mug"}})
+        );
+        assert_eq!(serde_json::from_value::<ServerMessage>(v).unwrap(), frame);
+        let ack: ClientMessage = serde_json::from_str(r#"{"type":"ACK","upto":12,"epoch":"0000000000000007"}"#).unwrap();
+        assert_eq!(ack, ClientMessage::Ack { upto: 12, epoch: Epoch::from_bits(7) });
         let r: NoticeRequest = serde_json::from_value(json!({"kind":"k","message":"m","session":"abc"})).unwrap();
         assert_eq!(r.session.as_deref(), Some("abc"));
         assert_eq!(r.notice.product_id, None);

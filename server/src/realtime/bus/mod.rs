@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use cartwheel_core::{Notice, ReconnectPolicy, ServerMessage};
+use cartwheel_core::version::Epoch;
+use cartwheel_core::{PostedNotice, ReconnectPolicy, ServerMessage};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -182,10 +183,11 @@ impl Fanout for Bus {
     fn notify<'a>(
         &'a self,
         session: Option<&'a CartKey>,
-        notice: &'a Notice,
+        epoch: &'a Epoch,
+        notice: &'a PostedNotice,
     ) -> BoxFuture<'a, Result<usize, StoreError>> {
         async move {
-            let frame = Frame::notice(notice);
+            let frame = Frame::notice(epoch, notice);
             let envelope =
                 Envelope::new(Audience::Notice(session.cloned()), self.format.origin(), frame.text.to_string());
             self.store.publish(envelope.encode()).await?;

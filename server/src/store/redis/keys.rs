@@ -1,7 +1,8 @@
 //! Every Redis key and value layout the store uses, in one place (all under `cartwheel:`):
 //! `cart:<key>` (hash `v` version, `c` contents), `idem:<cart key>:<Idempotency-Key>` (expires),
 //! `products` (hash id → `stock price revision`, overriding the catalog file), `epoch`,
-//! `order:<id>`, `session-secret`, `health-probe`, and the pub/sub channel every instance of one shop shares.
+//! `order:<id>`, `session-secret`, `health-probe`, notices (`notice-seq`, `notices`, `inbox:<cart key>`,
+//! `notice-cursor:<cart key>`), and the pub/sub channel every instance of one shop shares.
 
 use cartwheel_core::Product;
 
@@ -34,6 +35,21 @@ pub fn idempotency_index(cart: &CartKey) -> String {
 /// The key a change without a client key commits with, so a commit whose answer was lost can be asked again.
 pub fn internal_idempotency(cart: &CartKey) -> String {
     format!("cartwheel:idem:{cart}:internal:{}", hex::encode(rand::random::<[u8; 12]>()))
+}
+
+/// The one notice sequence (`INCR`), shared by targeted and general notices.
+pub const NOTICE_SEQ: &str = "cartwheel:notice-seq";
+/// General notices: a sorted set, score = seq, member = the notice's JSON.
+pub const NOTICES: &str = "cartwheel:notices";
+
+/// A session's targeted notices, like [`NOTICES`].
+pub fn inbox(cart: &CartKey) -> String {
+    format!("cartwheel:inbox:{cart}")
+}
+
+/// A session's notice cursor: `<upto> <general_from>`.
+pub fn notice_cursor(cart: &CartKey) -> String {
+    format!("cartwheel:notice-cursor:{cart}")
 }
 
 pub fn order(id: &str) -> String {

@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use cartwheel_core::version::Epoch;
 use cartwheel_core::{
-    Cart, CartContents, CartLimits, CartOp, Cents, Change, CheckoutReceipt, Order, Product, ProductId,
+    Cart, CartContents, CartLimits, CartOp, Cents, Change, CheckoutReceipt, Notice, Order, PostedNotice, Product,
+    ProductId,
 };
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -38,12 +39,12 @@ use self::commit::{Commit, Committed};
 use self::turns::CartTurns;
 use super::rules::{
     check_expected, check_total, committed_checkout, committed_mutation, committed_product_update, fingerprint,
-    new_order_id, parse_contents, plan_checkout, plan_product_update, price, remembered_answer, replay_checkout,
+    new_notice_id, new_order_id, parse_contents, plan_checkout, plan_product_update, price, remembered_answer, replay_checkout,
     replay_mutation, to_json, CHECKOUT_FINGERPRINT,
 };
 use super::{
     CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate, ProductUpdated,
-    Retention, StoreError,
+    NoticeCursor, Retention, StoreError,
 };
 use crate::clock::now_ms;
 use crate::config::defaults;
@@ -75,6 +76,8 @@ pub struct RedisCartStore {
     limits: CartLimits,
     retention: Retention,
     commit: Script,
+    notice: Script,
+    cursor: Script,
     turns: CartTurns,
     format: Arc<dyn EventFormat>,
     metrics: Arc<Metrics>,
@@ -114,6 +117,8 @@ impl RedisCartStore {
             limits,
             retention,
             commit: Script::new(commit::SCRIPT),
+            notice: Script::new(include_str!("notice.lua")),
+            cursor: Script::new(include_str!("cursor.lua")),
             turns: CartTurns::default(),
             format,
             metrics,
@@ -257,6 +262,16 @@ impl RedisCartStore {
             products.push(product);
         }
         Ok(self.catalog.merge(&products))
+    }
+
+    /// Run `cursor.lua`: open `cart`'s cursor if it has none, and move it up to `ack`.
+    async fn run_cursor(&self, cart: &CartKey, ack: Option<u64>) -> Result<NoticeCursor, StoreError> {
+        let mut c = self.connection.clone();
+        let mut invocation = self.cursor.key(keys::notice_cursor(cart));
+        invocation.key(keys::NOTICE_SEQ);
+        invocation.arg(ack.map(|n| n.to_string()).unwrap_or_default()).arg(millis(self.retention.cart_expiry));
+        let (upto, general_from): (u64, u64) = self.call(invocation.invoke_async(&mut c)).await?;
+        Ok(NoticeCursor { upto, general_from })
     }
 
     /// The cart, and what a client's Idempotency-Key remembers (a key made for the request cannot have been
@@ -613,12 +628,98 @@ impl CartStore for RedisCartStore {
 
     fn touch<'a>(&'a self, cart: &'a CartKey) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
-            let ttl = u64::try_from(self.retention.cart_expiry.as_millis()).unwrap_or(u64::MAX);
+            let ttl = millis(self.retention.cart_expiry);
             // PEXPIRE on a missing key does nothing; setting it again is harmless, so the query may retry.
-            let touch = redis::pipe().cmd("PEXPIRE").arg(keys::cart(cart)).arg(ttl).ignore().clone();
+            let touch = redis::pipe()
+                .cmd("PEXPIRE")
+                .arg(keys::cart(cart))
+                .arg(ttl)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(keys::notice_cursor(cart))
+                .arg(ttl)
+                .ignore()
+                .clone();
             self.query::<()>(&touch).await
         }
         .boxed()
+    }
+
+    fn post_notice<'a>(
+        &'a self,
+        to: Option<&'a CartKey>,
+        notice: &'a Notice,
+    ) -> BoxFuture<'a, Result<PostedNotice, StoreError>> {
+        async move {
+            let (audience, cap) = match to {
+                Some(cart) => (keys::inbox(cart), self.retention.inbox_cap),
+                None => (keys::NOTICES.to_owned(), self.retention.shop_notices_cap),
+            };
+            let id = new_notice_id();
+            let sent_at_ms = now_ms();
+            // The member is the notice's JSON; the script puts the seq it draws in the middle.
+            let before = format!("{{\"id\":{},\"seq\":", to_json(&id)?);
+            let after = format!(",\"sent_at_ms\":{sent_at_ms},\"data\":{}}}", to_json(notice)?);
+            for _ in 0..2 {
+                let mut c = self.connection.clone();
+                let mut invocation = self.notice.key(keys::EPOCH);
+                invocation.key(keys::NOTICE_SEQ).key(&audience);
+                invocation
+                    .arg(self.catalog.current().epoch().as_str())
+                    .arg(&before)
+                    .arg(&after)
+                    .arg(cap.max(1))
+                    .arg(millis(self.retention.notice_ttl));
+                // Not asked again when the answer is lost: a second ask would store it twice (under two seqs).
+                let seq: i64 = self.call(invocation.invoke_async(&mut c)).await?;
+                match u64::try_from(seq) {
+                    Ok(seq) => return Ok(PostedNotice { id, seq, sent_at_ms, data: notice.clone() }),
+                    Err(_) => self.adopt_epoch().await?,
+                }
+            }
+            Err(StoreError::Corrupt("the store's epoch kept moving while a notice was stored".into()))
+        }
+        .boxed()
+    }
+
+    fn notices_after<'a>(
+        &'a self,
+        cart: &'a CartKey,
+    ) -> BoxFuture<'a, Result<(NoticeCursor, Vec<PostedNotice>), StoreError>> {
+        async move {
+            let cursor = self.run_cursor(cart, None).await?;
+            let after = |seq: u64| format!("({seq}");
+            let (own, general): (Vec<String>, Vec<String>) = self
+                .query(
+                    redis::pipe()
+                        .cmd("ZRANGEBYSCORE")
+                        .arg(keys::inbox(cart))
+                        .arg(after(cursor.upto))
+                        .arg("+inf")
+                        .cmd("ZRANGEBYSCORE")
+                        .arg(keys::NOTICES)
+                        .arg(after(cursor.upto.max(cursor.general_from)))
+                        .arg("+inf"),
+                )
+                .await?;
+            let since = now_ms().saturating_sub(millis(self.retention.notice_ttl));
+            let mut list = Vec::with_capacity(own.len() + general.len());
+            for member in own.iter().chain(&general) {
+                let notice: PostedNotice = serde_json::from_str(member)
+                    .map_err(|e| StoreError::Corrupt(format!("stored notice: {e}")))?;
+                if notice.sent_at_ms >= since {
+                    list.push(notice);
+                }
+            }
+            list.sort_by_key(|n| n.seq);
+            list.truncate(self.retention.notices_per_session());
+            Ok((cursor, list))
+        }
+        .boxed()
+    }
+
+    fn ack_notices<'a>(&'a self, cart: &'a CartKey, upto: u64) -> BoxFuture<'a, Result<NoticeCursor, StoreError>> {
+        async move { self.run_cursor(cart, Some(upto)).await }.boxed()
     }
 
     fn probe_write(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -629,6 +730,11 @@ impl CartStore for RedisCartStore {
         }
         .boxed()
     }
+}
+
+/// A duration as whole milliseconds, for `PX` and `PEXPIRE`.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// Bound a Redis call by [`defaults::REDIS_COMMAND_TIMEOUT`].

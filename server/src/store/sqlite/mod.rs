@@ -5,6 +5,7 @@
 //! Stock and prices that changed at run time are rows of `products`, which override the catalog file's values
 //! at start-up.
 
+mod notices;
 mod queries;
 mod readers;
 mod schema;
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use cartwheel_core::{Cart, CartLimits};
+use cartwheel_core::{Cart, CartLimits, Notice, PostedNotice};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use rusqlite::Connection;
@@ -26,7 +27,7 @@ use self::writer::{writer_loop, CatalogState, WriteJob, WriterSettings};
 use super::rules::price;
 use super::{
     CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate, ProductUpdated,
-    Retention, StoreError,
+    NoticeCursor, Retention, StoreError,
 };
 use crate::config::defaults;
 use crate::domain::{CartKey, Catalog, LiveCatalog};
@@ -43,6 +44,7 @@ pub struct SqliteCartStore {
     readers: ReaderPool,
     catalog: Arc<LiveCatalog>,
     secret: Vec<u8>,
+    retention: Retention,
 }
 
 impl SqliteCartStore {
@@ -90,6 +92,7 @@ impl SqliteCartStore {
             readers,
             catalog: live,
             secret,
+            retention,
         })
     }
 
@@ -149,6 +152,46 @@ impl CartStore for SqliteCartStore {
 
     fn checkout(&self, request: CheckoutRequest) -> BoxFuture<'_, Result<Checkout, MutationError>> {
         self.submit(|reply| WriteJob::Checkout { request, reply }).boxed()
+    }
+
+    fn post_notice<'a>(
+        &'a self,
+        to: Option<&'a CartKey>,
+        notice: &'a Notice,
+    ) -> BoxFuture<'a, Result<PostedNotice, StoreError>> {
+        let (to, notice) = (to.cloned(), notice.clone());
+        async move { self.submit(|reply| WriteJob::PostNotice { to, notice, reply }).await.map_err(only_store_errors) }
+            .boxed()
+    }
+
+    fn notices_after<'a>(
+        &'a self,
+        cart: &'a CartKey,
+    ) -> BoxFuture<'a, Result<(NoticeCursor, Vec<PostedNotice>), StoreError>> {
+        async move {
+            let key = cart.as_str().to_owned();
+            let stored = self.readers.run(move |conn| notices::cursor(conn, &key)).await??;
+            let cursor = match stored {
+                Some(cursor) => cursor,
+                None => {
+                    let cart = cart.clone();
+                    self.submit(|reply| WriteJob::Cursor { cart, ack: None, reply }).await.map_err(only_store_errors)?
+                }
+            };
+            let (key, ttl, limit) = (cart.as_str().to_owned(), self.retention.notice_ttl, self.retention.notices_per_session());
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            let list = self.readers.run(move |conn| notices::after(conn, &key, cursor, ttl_ms, limit)).await??;
+            Ok((cursor, list))
+        }
+        .boxed()
+    }
+
+    fn ack_notices<'a>(&'a self, cart: &'a CartKey, upto: u64) -> BoxFuture<'a, Result<NoticeCursor, StoreError>> {
+        let cart = cart.clone();
+        async move {
+            self.submit(|reply| WriteJob::Cursor { cart, ack: Some(upto), reply }).await.map_err(only_store_errors)
+        }
+        .boxed()
     }
 
     fn touch<'a>(&'a self, cart: &'a CartKey) -> BoxFuture<'a, Result<(), StoreError>> {

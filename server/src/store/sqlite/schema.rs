@@ -49,6 +49,23 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX orders_by_cart ON orders (cart_key, created_at);",
     // 3: carts expire when untouched (the sweep walks them by age).
     "CREATE INDEX carts_by_age ON carts (updated_at);",
+    // 4: stored notices (targeted: `cart_key`; general: NULL) and each session's cursor.
+    "CREATE TABLE notices (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        id         TEXT NOT NULL UNIQUE,
+        cart_key   TEXT,
+        body       TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE INDEX notices_by_audience ON notices (cart_key, seq);
+    CREATE INDEX notices_by_age ON notices (created_ms);
+    CREATE TABLE notice_cursors (
+        cart_key     TEXT PRIMARY KEY,
+        upto         INTEGER NOT NULL,
+        general_from INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL
+    );
+    CREATE INDEX notice_cursors_by_age ON notice_cursors (updated_at);",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -10,10 +10,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cartwheel_core::{CartContents, CartLimits, Change, CheckoutReceipt, Order, Product};
+use cartwheel_core::{CartContents, CartLimits, Change, CheckoutReceipt, Notice, Order, PostedNotice, Product};
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+use super::notices;
 use super::queries::{
     cap_idempotency_keys, expire_carts, forget_idempotency_keys, insert_order, read_cart, remember, remembered,
     touch_cart, write_cart, write_probe, write_product,
@@ -23,12 +24,12 @@ use crate::config::defaults;
 use crate::domain::{CartKey, Catalog, LiveCatalog};
 use crate::store::rules::{
     check_expected, check_total, committed_checkout, committed_mutation, committed_product_update, fingerprint,
-    new_order_id, plan_checkout, plan_product_update, price, remembered_answer, replay_checkout, replay_mutation,
+    new_notice_id, new_order_id, plan_checkout, plan_product_update, price, remembered_answer, replay_checkout, replay_mutation,
     to_json, CHECKOUT_FINGERPRINT,
 };
 use crate::store::{
-    Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate, ProductUpdated, Retention,
-    StoreError,
+    Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, NoticeCursor, ProductUpdate, ProductUpdated,
+    Retention, StoreError,
 };
 
 /// How often the writer forgets expired idempotency keys and deletes expired carts (and once at start).
@@ -48,6 +49,18 @@ pub(super) enum WriteJob {
         request: CheckoutRequest,
         reply: oneshot::Sender<Result<Checkout, MutationError>>,
     },
+    /// Store a notice (see [`super::notices`]).
+    PostNotice {
+        to: Option<CartKey>,
+        notice: Notice,
+        reply: oneshot::Sender<Result<PostedNotice, MutationError>>,
+    },
+    /// Open a session's notice cursor if it has none, and move it up to `ack` if given.
+    Cursor {
+        cart: CartKey,
+        ack: Option<u64>,
+        reply: oneshot::Sender<Result<NoticeCursor, MutationError>>,
+    },
     /// A session renewal: the cart must not expire yet.
     Touch {
         cart: CartKey,
@@ -64,6 +77,8 @@ enum JobOutcome {
     Cart(Mutation),
     Product(ProductUpdated),
     Checkout(Checkout),
+    Notice(PostedNotice),
+    Cursor(NoticeCursor),
     Done,
 }
 
@@ -98,6 +113,18 @@ impl WriteJob {
             WriteJob::Checkout { reply, .. } => {
                 let _ = reply.send(outcome.and_then(|o| match o {
                     JobOutcome::Checkout(c) => Ok(c),
+                    _ => Err(mismatch()),
+                }));
+            }
+            WriteJob::PostNotice { reply, .. } => {
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    JobOutcome::Notice(n) => Ok(n),
+                    _ => Err(mismatch()),
+                }));
+            }
+            WriteJob::Cursor { reply, .. } => {
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    JobOutcome::Cursor(c) => Ok(c),
                     _ => Err(mismatch()),
                 }));
             }
@@ -210,6 +237,15 @@ pub(super) fn prune(conn: &Connection, settings: &WriterSettings) -> bool {
     let batches = [
         ("idempotency keys", forget_idempotency_keys(conn, secs(settings.idempotency_ttl), defaults::PRUNE_BATCH)),
         ("carts", expire_carts(conn, secs(settings.retention.cart_expiry), defaults::PRUNE_BATCH)),
+        (
+            "notices and notice cursors",
+            notices::expire(
+                conn,
+                u64::try_from(settings.retention.notice_ttl.as_millis()).unwrap_or(u64::MAX),
+                secs(settings.retention.cart_expiry),
+                defaults::PRUNE_BATCH,
+            ),
+        ),
     ];
     let mut more = false;
     for (what, outcome) in batches {
@@ -292,8 +328,18 @@ fn apply_job(
         }
         WriteJob::Touch { cart, .. } => {
             touch_cart(conn, cart.as_str())?;
+            notices::touch_cursor(conn, cart.as_str())?;
             Ok(JobOutcome::Done)
         }
+        WriteJob::PostNotice { to, notice, .. } => {
+            let cap = if to.is_some() { settings.retention.inbox_cap } else { settings.retention.shop_notices_cap };
+            let to = to.as_ref().map(CartKey::as_str);
+            Ok(JobOutcome::Notice(notices::post_notice(conn, &new_notice_id(), to, notice, cap)?))
+        }
+        WriteJob::Cursor { cart, ack, .. } => Ok(JobOutcome::Cursor(match ack {
+            Some(upto) => notices::ack(conn, cart.as_str(), *upto)?,
+            None => notices::open_cursor(conn, cart.as_str())?,
+        })),
         WriteJob::Probe { .. } => {
             write_probe(conn)?;
             Ok(JobOutcome::Done)
