@@ -173,7 +173,6 @@ fn root(state: PageState, link: Link) -> impl IntoView {
                 }
             });
         })),
-        on_notice: None,
     });
     view! { <ProductList products cart report link /> }
 }

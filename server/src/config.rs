@@ -149,6 +149,11 @@ pub mod defaults {
     /// session's maximum age: every session renewal touches its cart, so a cart only expires once no valid cookie
     /// names it (a cart that came back would start its versions again in the same epoch).
     pub const CART_TTL_DAYS: u32 = 90;
+    /// A stored notice is delivered (on every reconnect, until acknowledged) for this many days after it was sent.
+    pub const NOTICE_TTL_DAYS: u32 = 7;
+    /// Targeted notices kept per session, and general notices kept for the shop: the newest.
+    pub const NOTICE_INBOX_CAP: usize = 100;
+    pub const SHOP_NOTICES_CAP: usize = 1_000;
     /// Extra time an untouched cart is kept past its TTL, for clocks of several instances that disagree.
     pub const CART_EXPIRY_SLACK: Duration = Duration::from_secs(60 * 60);
     /// Mutations committed together in one SQLite transaction at most (group commit).
@@ -261,6 +266,15 @@ pub struct Config {
     /// `--session-max-age-days`.
     #[arg(long, env = "CARTWHEEL_CART_TTL_DAYS", default_value_t = defaults::CART_TTL_DAYS)]
     pub cart_ttl_days: u32,
+    /// Days a stored notice is delivered (on each connect, until acknowledged) after it was sent.
+    #[arg(long, env = "CARTWHEEL_NOTICE_TTL_DAYS", default_value_t = defaults::NOTICE_TTL_DAYS)]
+    pub notice_ttl_days: u32,
+    /// Targeted notices kept per session (its inbox); beyond it the oldest go.
+    #[arg(long, env = "CARTWHEEL_NOTICE_INBOX_CAP", default_value_t = defaults::NOTICE_INBOX_CAP)]
+    pub notice_inbox_cap: usize,
+    /// General notices kept for the shop; beyond it the oldest go.
+    #[arg(long, env = "CARTWHEEL_SHOP_NOTICES_CAP", default_value_t = defaults::SHOP_NOTICES_CAP)]
+    pub shop_notices_cap: usize,
 
     /// Switch every request rate limit off (for load benchmarks only).
     #[arg(long, env = "CARTWHEEL_NO_RATE_LIMIT")]

@@ -107,8 +107,13 @@ impl Backend {
         // The store keeps (or, in Redis, shares) the signing secret when none is given.
         let secret = config.session_secret.first().map(String::as_bytes);
         let ring: Vec<Vec<u8>> = config.session_secret.iter().map(|s| s.as_bytes().to_vec()).collect();
-        let retention =
-            Retention { idempotency_per_cart: config.idempotency_keys_per_session, cart_expiry: config.cart_expiry() };
+        let retention = Retention {
+            idempotency_per_cart: config.idempotency_keys_per_session,
+            cart_expiry: config.cart_expiry(),
+            notice_ttl: std::time::Duration::from_secs(u64::from(config.notice_ttl_days.max(1)) * 86_400),
+            inbox_cap: config.notice_inbox_cap.max(1),
+            shop_notices_cap: config.shop_notices_cap.max(1),
+        };
         match &config.redis_url {
             Some(url) => {
                 let format = Arc::new(EnvelopeFormat::new());

@@ -156,7 +156,11 @@ impl Shop {
     /// instance); the others get it when they connect. Answers it as stored, and how many connections of this
     /// instance had it at once.
     #[tracing::instrument(name = "shop.notify", skip_all, fields(kind = %notice.kind, targeted = session.is_some()))]
-    pub async fn notify(&self, session: Option<&CartKey>, notice: &Notice) -> Result<(PostedNotice, usize), StoreError> {
+    pub async fn notify(
+        &self,
+        session: Option<&CartKey>,
+        notice: &Notice,
+    ) -> Result<(PostedNotice, usize), StoreError> {
         // Like a change, a notice once accepted is stored and sent whether or not its caller waits for the answer.
         let (store, fanout, session, notice) =
             (self.store.clone(), self.fanout.clone(), session.cloned(), notice.clone());

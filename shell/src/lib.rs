@@ -3,11 +3,16 @@
 //!
 //! The shell never imports another micro-frontend: the server passes their rendered HTML in as opaque strings
 //! (`inner_html`), and in the browser their own bundles hydrate those elements. The shell keeps its own
-//! WebSocket for the badge and the notices backend services send (shown as dismissible toasts), and listens to
-//! every bundle's [`cartwheel_core::link::LINK_EVENT`] for the indicator (through its [`Link`]).
+//! WebSocket for the badge and the notices backend services send (shown as dismissible toasts and listed in the
+//! header's notices panel, with an unread count), and listens to every bundle's
+//! [`cartwheel_core::link::LINK_EVENT`] for the indicator and [`cartwheel_core::protocol::NOTICE_EVENT`] for the
+//! notices any bundle's socket brought (through its [`Link`]).
 
 use cartwheel_core::page::{mount, PageState};
-use cartwheel_core::{Cart, Handlers, LinkReport, LinkState, Notice};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use cartwheel_core::{Cart, Handlers, LinkReport, LinkState, Notice, NoticeInbox};
 use cartwheel_mfe::Link;
 use leptos::prelude::*;
 
@@ -28,18 +33,34 @@ pub struct Slots {
 /// Toasts shown at once; a newer notice pushes the oldest out.
 pub const MAX_TOASTS: usize = 3;
 
-/// A notice on screen, with an id to dismiss it by.
+/// Notices the panel lists: the newest.
+pub const MAX_LISTED: usize = 20;
+
+/// A notice on screen (a toast, or a line of the panel), with an id to dismiss it by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Toast {
     pub id: u64,
     pub notice: Notice,
+    /// Seen in the open panel.
+    pub read: bool,
 }
 
 /// Show `notice` (as toast `id`), keeping at most [`MAX_TOASTS`].
 pub fn push_toast(toasts: &mut Vec<Toast>, id: u64, notice: Notice) {
-    toasts.push(Toast { id, notice });
+    toasts.push(Toast { id, notice, read: false });
     let excess = toasts.len().saturating_sub(MAX_TOASTS);
     toasts.drain(..excess);
+}
+
+/// List `notice` in the panel, newest first, keeping at most [`MAX_LISTED`].
+pub fn list_notice(listed: &mut Vec<Toast>, id: u64, notice: Notice) {
+    listed.insert(0, Toast { id, notice, read: false });
+    listed.truncate(MAX_LISTED);
+}
+
+/// Notices listed and not read yet.
+pub fn unread(listed: &[Toast]) -> usize {
+    listed.iter().filter(|t| !t.read).count()
 }
 
 /// The connection reports of every bundle, in [`BUNDLES`] order.
@@ -52,6 +73,7 @@ pub fn Shell(
     cart: RwSignal<Cart>,
     links: RwSignal<Vec<LinkReport>>,
     toasts: RwSignal<Vec<Toast>>,
+    listed: RwSignal<Vec<Toast>>,
     slots: Slots,
     link: Link,
 ) -> impl IntoView {
@@ -69,6 +91,7 @@ pub fn Shell(
                 </a>
                 <span class="tagline">"Goods for a calm desk"</span>
                 <ConnectionIndicator links link />
+                <NoticesPanel listed />
                 <a class="cart-badge" href=format!("#{}", mount::SHOPPING_CART) aria-label=badge_label>
                     <span class="cart-badge-label" aria-hidden="true">"Cart"</span>
                     <span class="cart-count" aria-live="polite" aria-atomic="true" data-count=move || count().to_string()>
@@ -85,7 +108,7 @@ pub fn Shell(
                     toasts
                         .get()
                         .into_iter()
-                        .map(|Toast { id, notice }| {
+                        .map(|Toast { id, notice, .. }| {
                             view! {
                                 <div class="toast" data-kind=notice.kind>
                                     <p class="toast-message">{notice.message}</p>
@@ -107,6 +130,42 @@ pub fn Shell(
                 <p>"Prices include VAT. Carts are kept for you on this device."</p>
             </footer>
         </div>
+    }
+}
+
+/// The notices this page received, newest first; opening it marks them read.
+#[component]
+fn NoticesPanel(listed: RwSignal<Vec<Toast>>) -> impl IntoView {
+    let count = move || listed.with(|l| unread(l));
+    view! {
+        <details
+            class="notices"
+            on:toggle=move |ev| {
+                if event_target::<leptos::web_sys::Element>(&ev).has_attribute("open") {
+                    listed.update(|l| l.iter_mut().for_each(|t| t.read = true));
+                }
+            }
+        >
+            <summary>
+                <span class="notices-label">"Notices"</span>
+                <span class="notices-unread" data-count=move || count().to_string() hidden=move || count() == 0>
+                    {count}
+                    <span class="visually-hidden">" unread"</span>
+                </span>
+            </summary>
+            <div class="notices-panel">
+                <p class="notices-empty" hidden=move || listed.with(|l| !l.is_empty())>"No notices yet."</p>
+                <ul class="notices-list">
+                    {move || {
+                        listed
+                            .get()
+                            .into_iter()
+                            .map(|t| view! { <li data-kind=t.notice.kind>{t.notice.message}</li> })
+                            .collect_view()
+                    }}
+                </ul>
+            </div>
+        </details>
     }
 }
 
@@ -189,7 +248,30 @@ fn compose(cart: Cart, slots: Slots, link: Link) -> impl IntoView {
     let cart = RwSignal::new(cart);
     let links = RwSignal::new(initial_reports());
     let toasts = RwSignal::new(Vec::new());
+    let listed = RwSignal::new(Vec::new());
     let next_toast = std::cell::Cell::new(0);
+    let inbox = Rc::new(RefCell::new(NoticeInbox::default()));
+    link.on_notices(move |epoch, posted| {
+        let (new, due) = {
+            let mut inbox = inbox.borrow_mut();
+            let new = inbox.offer(&epoch, &posted);
+            // Also after a repeat: an acknowledgement that was lost is asked again then.
+            (new, inbox.ack_due())
+        };
+        if new {
+            next_toast.set(next_toast.get() + 1);
+            toasts.try_update(|t| push_toast(t, next_toast.get(), posted.data.clone()));
+            listed.try_update(|l| list_notice(l, next_toast.get(), posted.data));
+        }
+        if let Some((epoch, upto)) = due {
+            let inbox = inbox.clone();
+            leptos::task::spawn_local(async move {
+                if !link.ack_notices(epoch, upto).await {
+                    inbox.borrow_mut().retry_ack(upto);
+                }
+            });
+        }
+    });
     link.follow(Handlers {
         on_cart: Box::new(move |c| {
             cart.try_set(c);
@@ -197,15 +279,11 @@ fn compose(cart: Cart, slots: Slots, link: Link) -> impl IntoView {
         // The shell's own report also arrives through the page event, like every other bundle's.
         on_report: Box::new(|_| {}),
         on_product: None,
-        on_notice: Some(Box::new(move |notice| {
-            next_toast.set(next_toast.get() + 1);
-            toasts.try_update(|t| push_toast(t, next_toast.get(), notice));
-        })),
     });
     link.on_link_reports(move |report| {
         links.try_update(|l| record(l, report));
     });
-    view! { <Shell cart links toasts slots link /> }
+    view! { <Shell cart links toasts listed slots link /> }
 }
 
 /// Server side: the shell as HTML, with the other micro-frontends' HTML in their mount points.
@@ -237,6 +315,20 @@ mod tests {
         assert_eq!(toasts.len(), MAX_TOASTS);
         assert_eq!(toasts.first().map(|t| t.id), Some(3));
         assert_eq!(toasts.last().map(|t| t.notice.message.as_str()), Some("n5"));
+    }
+
+    #[test]
+    fn the_panel_lists_the_newest_first_and_counts_what_is_unread() {
+        let notice = |m: &str| Notice { kind: "k".into(), message: m.into(), product_id: None };
+        let mut listed = Vec::new();
+        for id in 1..=MAX_LISTED as u64 + 1 {
+            list_notice(&mut listed, id, notice(&format!("n{id}")));
+        }
+        assert_eq!(listed.len(), MAX_LISTED);
+        assert_eq!(listed[0].notice.message, format!("n{}", MAX_LISTED + 1));
+        assert_eq!(unread(&listed), MAX_LISTED);
+        listed.iter_mut().take(5).for_each(|t| t.read = true);
+        assert_eq!(unread(&listed), MAX_LISTED - 5);
     }
 
     #[test]

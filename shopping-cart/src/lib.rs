@@ -322,7 +322,6 @@ fn root(state: PageState, link: Link) -> impl IntoView {
         }),
         // The link re-prices the cart with each newer product state and hands over the result as a cart.
         on_product: Some(Box::new(|_| {})),
-        on_notice: None,
     });
     view! { <ShoppingCart cart report link /> }
 }

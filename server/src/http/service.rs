@@ -24,7 +24,7 @@ use axum::routing::{patch, post};
 use axum::{Json, Router};
 use cartwheel_core::protocol::{NoticePosted, NoticeRequest};
 use cartwheel_core::{Cents, Product, ProductId, ProductPatch};
-use serde::Serialize;
+
 use sha2::{Digest, Sha256};
 
 use super::client::Client;

@@ -40,8 +40,8 @@ pub enum FrameKind {
     Cart(CartPosition),
     /// A `PRODUCT_UPDATE`.
     Product,
-    /// A `NOTICE`.
-    Notice,
+    /// A `NOTICE`, with its seq.
+    Notice(u64),
 }
 
 /// Where a cart update is in its cart's history: `(epoch bits, version)`.
@@ -93,7 +93,10 @@ impl Frame {
     }
 
     pub fn notice(epoch: &Epoch, notice: &PostedNotice) -> Frame {
-        Frame::new(FrameKind::Notice, &ServerMessage::Notice { epoch: epoch.clone(), notice: notice.clone() })
+        Frame::new(
+            FrameKind::Notice(notice.seq),
+            &ServerMessage::Notice { epoch: epoch.clone(), notice: notice.clone() },
+        )
     }
 
     /// The cart's epoch and version, for a cart update.
@@ -403,11 +406,11 @@ mod tests {
         // Full: a notice makes the older snapshot (version 1) go, not a notice.
         assert_eq!(hub.notify(Some(&a), &Epoch::default(), &notice("third")).await.unwrap(), 1);
         let kinds: Vec<FrameKind> = s.mailbox.queue.lock().unwrap().iter().map(|f| f.kind).collect();
-        assert_eq!(kinds, [FrameKind::Notice, FrameKind::Cart((0, 2)), FrameKind::Notice, FrameKind::Notice]);
+        assert_eq!(kinds, [FrameKind::Notice(1), FrameKind::Cart((0, 2)), FrameKind::Notice(1), FrameKind::Notice(1)]);
         // Full of notices and one snapshot: a newer snapshot replaces the old one.
         hub.announce(&cart_event(&a, 3));
         let kinds: Vec<FrameKind> = s.mailbox.queue.lock().unwrap().iter().map(|f| f.kind).collect();
-        assert_eq!(kinds, [FrameKind::Notice, FrameKind::Notice, FrameKind::Notice, FrameKind::Cart((0, 3))]);
+        assert_eq!(kinds, [FrameKind::Notice(1), FrameKind::Notice(1), FrameKind::Notice(1), FrameKind::Cart((0, 3))]);
         // Notices only: the oldest makes room.
         let only_notices = hub.subscribe(&key("b"));
         for i in 0..5 {
@@ -425,8 +428,8 @@ mod tests {
         let mut one = hub.everyone();
         let mut two = hub.everyone();
         assert_eq!(hub.notify(None, &Epoch::default(), &notice("hello")).await.unwrap(), 2);
-        assert_eq!(one.recv().await.unwrap().kind, FrameKind::Notice);
-        assert_eq!(two.recv().await.unwrap().kind, FrameKind::Notice);
+        assert_eq!(one.recv().await.unwrap().kind, FrameKind::Notice(1));
+        assert_eq!(two.recv().await.unwrap().kind, FrameKind::Notice(1));
         for i in 0..9 {
             hub.notify(None, &Epoch::default(), &notice(&format!("{i}"))).await.unwrap();
         }

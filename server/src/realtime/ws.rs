@@ -9,6 +9,7 @@
 //! frames, 1001 when the server shuts down or the peer stops answering heartbeats — and it drops a peer that
 //! stops reading rather than buffer for it without bound.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{sleep_until, timeout, Instant as TokioInstant};
 use tokio_util::sync::CancellationToken;
 
-use super::hub::{supersedes, CartHub, CartPosition, Frame};
+use super::hub::{supersedes, CartHub, CartPosition, Frame, FrameKind};
 use crate::clock::now_ms;
 use crate::config::defaults;
 use crate::domain::CartKey;
@@ -88,8 +89,16 @@ pub async fn serve(socket: WebSocket, sockets: Arc<Sockets>, cart: CartKey, peer
     metrics.ws_connections_total.inc();
     metrics.ws_connections_open.inc();
     tracing::info!(cart = cart.short(), peer = %peer, client, "websocket connected");
-    let mut conn =
-        Connection { socket, sockets, cart, last_sent: None, sent: 0, snapshot_due: None, notices_due: None };
+    let mut conn = Connection {
+        socket,
+        sockets,
+        cart,
+        last_sent: None,
+        sent: 0,
+        snapshot_due: None,
+        notices_due: None,
+        replayed: HashSet::new(),
+    };
     let ending = conn.run().await;
     metrics.ws_connections_open.dec();
     metrics.ws_disconnects.get_or_create(&vec![("reason", ending.label())]).inc();
@@ -114,6 +123,9 @@ struct Connection {
     snapshot_due: Option<TokioInstant>,
     /// When to try again the stored notices the store could not give.
     notices_due: Option<TokioInstant>,
+    /// The seqs the last replay of stored notices sent: the same notice arriving live afterwards (it was posted
+    /// while the replay read the store) is not sent twice.
+    replayed: HashSet<u64>,
 }
 
 /// A write either went out or ended the connection.
@@ -294,6 +306,7 @@ impl Connection {
             Ok(list) => {
                 self.notices_due = None;
                 let count = list.notices.len();
+                self.replayed = list.notices.iter().map(|n| n.seq).collect();
                 for notice in &list.notices {
                     self.send(Message::Text(Frame::notice(&list.epoch, notice).text)).await?;
                 }
@@ -319,6 +332,11 @@ impl Connection {
 
     /// Forward a hub frame; a cart update only if this connection has not shown that version or a newer one.
     async fn send_frame(&mut self, frame: Frame) -> Sent {
+        if let FrameKind::Notice(seq) = frame.kind {
+            if self.replayed.remove(&seq) {
+                return Ok(());
+            }
+        }
         if let Some(position) = frame.position() {
             if !supersedes(position, self.last_sent) {
                 return Ok(());

@@ -8,6 +8,7 @@ mod api;
 mod durability;
 mod faults;
 mod limits;
+mod notices;
 mod page;
 mod proxy;
 mod realtime;

@@ -196,7 +196,7 @@ async fn a_targeted_notice_reaches_one_sessions_connections_only() {
         "product_id": "glass-carafe"});
     let a = notify(&server, notice).await;
     assert_eq!(a.status, 202, "{}", a.body);
-    assert_eq!(a.body["connections"], 2);
+    assert_eq!(a.body["delivered_now"], 2);
     for ws in [&mut alice_tab1, &mut alice_tab2] {
         let frame = next_of(ws, "NOTICE").await;
         assert_eq!(
@@ -213,7 +213,7 @@ async fn a_targeted_notice_reaches_one_sessions_connections_only() {
 
     // Without a session: everyone.
     let a = notify(&server, json!({"kind": "maintenance", "message": "Back in 5 minutes"})).await;
-    assert_eq!(a.body["connections"], 3);
+    assert_eq!(a.body["delivered_now"], 3);
     for ws in [&mut alice_tab1, &mut alice_tab2, &mut bob_ws] {
         assert_eq!(next_of(ws, "NOTICE").await["data"]["kind"], "maintenance");
     }

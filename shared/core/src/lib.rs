@@ -23,8 +23,10 @@ pub use cart::{Cart, CartContents, CartError, CartLimits, CartLine, CartOp, Chan
 pub use catalog::{Product, ProductId};
 pub use link::{Handlers, LinkReport, LinkState};
 pub use money::Cents;
-pub use order::{CheckoutReceipt, Order};
 pub use notices::NoticeInbox;
-pub use protocol::{ClientMessage, ErrorBody, ErrorCode, ErrorDetail, Notice, PostedNotice, ProductPatch, ServerMessage};
+pub use order::{CheckoutReceipt, Order};
+pub use protocol::{
+    ClientMessage, ErrorBody, ErrorCode, ErrorDetail, Notice, PostedNotice, ProductPatch, ServerMessage,
+};
 pub use reconnect::{ReconnectPolicy, ReconnectSchedule};
 pub use version::{CartVersion, VersionedCart};

@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::cart::Cart;
 use crate::catalog::Product;
-use crate::protocol::Notice;
 
 /// Name of the `window` `CustomEvent` each micro-frontend dispatches when its connection changes; its
 /// `detail` is a [`LinkReport`]. The shell listens to it to show every MFE's state in one place.
@@ -281,8 +280,6 @@ pub struct Handlers {
     /// fetches every product after each (re)connect and while polling, because product updates sent while the
     /// socket was down are not replayed.
     pub on_product: Option<Box<dyn Fn(Product)>>,
-    /// Every `NOTICE` for this session.
-    pub on_notice: Option<Box<dyn Fn(Notice)>>,
 }
 
 #[cfg(test)]

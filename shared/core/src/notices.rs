@@ -1,7 +1,7 @@
 //! The browser's side of notice delivery, without I/O. The server sends every stored notice after the session's
 //! acknowledged cursor on each (re)connect, then the live ones, on every part's socket (and `GET /api/notices`
 //! answers the same): so one notice may arrive several times, and out of order between parts. [`NoticeInbox`]
-//! shows each once, says what to acknowledge, and counts what has not been read.
+//! shows each once and says what to acknowledge.
 
 use std::collections::VecDeque;
 
@@ -21,16 +21,14 @@ pub struct NoticeInbox {
     shown_upto: u64,
     /// The highest `seq` acknowledged (or asked to be).
     acked_upto: u64,
-    unread: usize,
 }
 
 impl NoticeInbox {
-    /// Take a notice as it arrived: `true` if it is new here and is to be shown (it then counts as unread);
-    /// `false` for one already shown. A notice of another epoch than the one held starts over (the store was
+    /// Take a notice as it arrived: `true` if it is new here and is to be shown; `false` for one already shown. A notice of another epoch than the one held starts over (the store was
     /// reset: its sequence starts again).
     pub fn offer(&mut self, epoch: &Epoch, notice: &PostedNotice) -> bool {
         if self.epoch.as_ref() != Some(epoch) {
-            *self = NoticeInbox { epoch: Some(epoch.clone()), unread: self.unread, ..NoticeInbox::default() };
+            *self = NoticeInbox { epoch: Some(epoch.clone()), ..NoticeInbox::default() };
         }
         if self.seen.iter().any(|id| *id == notice.id) {
             return false;
@@ -40,7 +38,6 @@ impl NoticeInbox {
         }
         self.seen.push_back(notice.id.clone());
         self.shown_upto = self.shown_upto.max(notice.seq);
-        self.unread += 1;
         true
     }
 
@@ -59,16 +56,6 @@ impl NoticeInbox {
         if self.acked_upto == upto {
             self.acked_upto = 0;
         }
-    }
-
-    /// Notices shown but not read yet (the badge on the notices button).
-    pub fn unread(&self) -> usize {
-        self.unread
-    }
-
-    /// The shopper opened the notices: all read.
-    pub fn mark_read(&mut self) {
-        self.unread = 0;
     }
 }
 
@@ -94,13 +81,10 @@ mod tests {
         assert!(inbox.offer(&e, &posted("c", 9)));
         assert!(!inbox.offer(&e, &posted("a", 4)), "the same notice from another part's socket");
         assert!(inbox.offer(&e, &posted("b", 6)), "an older one arriving late is still shown");
-        assert_eq!(inbox.unread(), 3);
         assert_eq!(inbox.ack_due(), Some((e.clone(), 9)));
         assert_eq!(inbox.ack_due(), None, "asked once");
         inbox.retry_ack(9);
         assert_eq!(inbox.ack_due(), Some((e, 9)), "a lost acknowledgement is asked again");
-        inbox.mark_read();
-        assert_eq!(inbox.unread(), 0);
     }
 
     #[test]
@@ -111,7 +95,6 @@ mod tests {
         let fresh = Epoch::from_bits(2);
         assert!(inbox.offer(&fresh, &posted("x", 1)), "seq 1 of the new store is new");
         assert_eq!(inbox.ack_due(), Some((fresh, 1)), "acknowledged in the new epoch, not held back by 40");
-        assert_eq!(inbox.unread(), 2);
     }
 
     #[test]

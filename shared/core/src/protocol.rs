@@ -17,6 +17,10 @@ pub const WS_PATH: &str = "/ws";
 /// `detail` is the [`Cart`] JSON (with its version), so every other micro-frontend on the page can apply it.
 pub const CART_EVENT: &str = "cartwheel:cart";
 
+/// Name of the `window` `CustomEvent` every bundle's link dispatches for each `NOTICE` its socket brings; its
+/// `detail` is the frame's JSON text. The shell shows each notice once, whichever socket brought it.
+pub const NOTICE_EVENT: &str = "cartwheel:notice";
+
 /// Largest WebSocket message the server reads; a larger one closes the socket with [`close::MESSAGE_TOO_BIG`].
 pub const MAX_WS_MESSAGE_BYTES: usize = 64 * 1024;
 
@@ -326,7 +330,11 @@ mod tests {
                 id: "ntc_1".into(),
                 seq: 12,
                 sent_at_ms: 5,
-                data: Notice { kind: "price_drop".into(), message: "Cheaper now".into(), product_id: Some("mug".into()) },
+                data: Notice {
+                    kind: "price_drop".into(),
+                    message: "Cheaper now".into(),
+                    product_id: Some("mug".into()),
+                },
             },
         };
         let v = serde_json::to_value(&frame).unwrap();
@@ -336,7 +344,8 @@ mod tests {
                    "data":{"kind":"price_drop","message":"Cheaper now","product_id":"mug"}})
         );
         assert_eq!(serde_json::from_value::<ServerMessage>(v).unwrap(), frame);
-        let ack: ClientMessage = serde_json::from_str(r#"{"type":"ACK","upto":12,"epoch":"0000000000000007"}"#).unwrap();
+        let ack: ClientMessage =
+            serde_json::from_str(r#"{"type":"ACK","upto":12,"epoch":"0000000000000007"}"#).unwrap();
         assert_eq!(ack, ClientMessage::Ack { upto: 12, epoch: Epoch::from_bits(7) });
         let r: NoticeRequest = serde_json::from_value(json!({"kind":"k","message":"m","session":"abc"})).unwrap();
         assert_eq!(r.session.as_deref(), Some("abc"));

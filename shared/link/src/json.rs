@@ -17,7 +17,7 @@ use serde::ser;
 use serde::Serialize;
 use wasm_bindgen::{JsCast, JsValue};
 
-use cartwheel_core::protocol::ServerMessage;
+use cartwheel_core::protocol::{PostedNotice, ServerMessage};
 
 /// Parse JSON text into `T`.
 pub fn parse<T: DeserializeOwned>(text: &str) -> Option<T> {
@@ -47,7 +47,15 @@ pub fn parse_server_message(text: &str) -> Option<ServerMessage> {
         }
         "ERROR" => ServerMessage::Error { code: from_js(field("code")?)?, message: field("message")?.as_string()? },
         "PRODUCT_UPDATE" => ServerMessage::ProductUpdate { data: from_js(field("data")?)? },
-        "NOTICE" => ServerMessage::Notice { data: from_js(field("data")?)? },
+        "NOTICE" => ServerMessage::Notice {
+            epoch: from_js(field("epoch")?)?,
+            notice: PostedNotice {
+                id: field("id")?.as_string()?,
+                seq: from_js(field("seq")?)?,
+                sent_at_ms: from_js(field("sent_at_ms")?)?,
+                data: from_js(field("data")?)?,
+            },
+        },
         _ => return None,
     };
     Some(message)

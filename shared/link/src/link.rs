@@ -16,8 +16,9 @@ use cartwheel_core::catalog::Product;
 pub use cartwheel_core::link::Handlers;
 use cartwheel_core::link::{LinkReport, LinkState, LinkTimings, Liveness, LivenessCheck, LINK_EVENT, LINK_QUERY_EVENT};
 use cartwheel_core::order::CheckoutReceipt;
-use cartwheel_core::protocol::{ClientMessage, ServerMessage, CART_EVENT, WS_PATH};
+use cartwheel_core::protocol::{ClientMessage, PostedNotice, ServerMessage, CART_EVENT, NOTICE_EVENT, WS_PATH};
 use cartwheel_core::reconnect::{ReconnectPolicy, ReconnectSchedule};
+use cartwheel_core::version::Epoch;
 use cartwheel_core::version::VersionedCart;
 
 use crate::api::{self, ApiError, CartRequest};
@@ -401,11 +402,8 @@ impl Inner {
                 }
             }
             Some(ServerMessage::ProductUpdate { data }) => self.offer_product(data),
-            Some(ServerMessage::Notice { data }) => {
-                if let Some(on_notice) = &self.handlers.on_notice {
-                    on_notice(data);
-                }
-            }
+            // For the shell, whichever bundle's socket brought it (it drops repeats by id).
+            Some(ServerMessage::Notice { .. }) => dispatch_text(NOTICE_EVENT, &text),
             Some(ServerMessage::Error { code, message }) => {
                 // The code's name is not printed: `Debug` of every code would be linked into each bundle.
                 let _ = code;
@@ -659,6 +657,59 @@ pub fn on_link_reports(f: impl Fn(LinkReport) + 'static) -> Option<EventListener
     });
     query_reports();
     Some(listener)
+}
+
+/// Hear every notice any bundle's socket brings (the shell), and while this bundle's own link is not live, the
+/// stored ones from `GET /api/notices` each poll interval. Repeats are the listener's to drop (by id).
+pub fn on_notices(
+    f: impl Fn(Epoch, PostedNotice) + 'static,
+) -> Option<(EventListener, gloo_timers::callback::Interval)> {
+    let window = web_sys::window()?;
+    let f = Rc::new(f);
+    let heard = f.clone();
+    let listener = EventListener::new(&window, NOTICE_EVENT, move |event| {
+        let text = event.dyn_ref::<CustomEvent>().and_then(|e| e.detail().as_string());
+        if let Some(ServerMessage::Notice { epoch, notice }) = text.as_deref().and_then(json::parse_server_message) {
+            heard(epoch, notice);
+        }
+    });
+    let every = LinkTimings::DEFAULT_POLL_MS as u32;
+    let poll = gloo_timers::callback::Interval::new(every, move || {
+        let live = CartLink::installed().is_some_and(|l| l.report().state == LinkState::Live);
+        if live {
+            return;
+        }
+        let f = f.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            if let Ok(list) = api::fetch_notices().await {
+                for notice in list.notices {
+                    f(list.epoch.clone(), notice);
+                }
+            }
+        });
+    });
+    Some((listener, poll))
+}
+
+/// Tell the server every notice up to `upto` of `epoch` was shown: on this bundle's socket if it is open, else
+/// over REST. `false` when it could not be sent (ask again later).
+pub async fn ack_notices(epoch: Epoch, upto: u64) -> bool {
+    let sent = CartLink::installed().is_some_and(|link| {
+        let s = link.0.state.borrow();
+        let frame = json::stringify(&ClientMessage::Ack { upto, epoch: epoch.clone() }).unwrap_or_default();
+        s.report.state == LinkState::Live
+            && s.socket.as_ref().is_some_and(|socket| socket.open && socket.ws.send_with_str(&frame).is_ok())
+    });
+    sent || api::ack_notices(epoch, upto).await.is_ok()
+}
+
+fn dispatch_text(name: &str, text: &str) {
+    let Some(window) = web_sys::window() else { return };
+    let init = CustomEventInit::new();
+    init.set_detail(&JsValue::from_str(text));
+    if let Ok(event) = CustomEvent::new_with_event_init_dict(name, &init) {
+        let _ = window.dispatch_event(&event);
+    }
 }
 
 fn dispatch_json<T: serde::Serialize>(name: &str, value: &T) {

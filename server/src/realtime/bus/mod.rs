@@ -162,7 +162,14 @@ impl Bus {
             // Its own notices were delivered here when they were sent.
             Audience::Notice(_) if envelope.origin == self.format.origin() => {}
             Audience::Notice(session) => {
-                self.hub.deliver_notice(session.as_ref(), Frame::from_text(FrameKind::Notice, envelope.frame));
+                let seq = match serde_json::from_str(&envelope.frame) {
+                    Ok(ServerMessage::Notice { notice, .. }) => notice.seq,
+                    _ => {
+                        tracing::warn!("ignored a notice envelope whose frame is not a NOTICE");
+                        return;
+                    }
+                };
+                self.hub.deliver_notice(session.as_ref(), Frame::from_text(FrameKind::Notice(seq), envelope.frame));
             }
         }
     }

@@ -39,12 +39,12 @@ use self::commit::{Commit, Committed};
 use self::turns::CartTurns;
 use super::rules::{
     check_expected, check_total, committed_checkout, committed_mutation, committed_product_update, fingerprint,
-    new_notice_id, new_order_id, parse_contents, plan_checkout, plan_product_update, price, remembered_answer, replay_checkout,
-    replay_mutation, to_json, CHECKOUT_FINGERPRINT,
+    new_notice_id, new_order_id, parse_contents, plan_checkout, plan_product_update, price, remembered_answer,
+    replay_checkout, replay_mutation, to_json, CHECKOUT_FINGERPRINT,
 };
 use super::{
-    CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate, ProductUpdated,
-    NoticeCursor, Retention, StoreError,
+    CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, NoticeCursor, ProductUpdate,
+    ProductUpdated, Retention, StoreError,
 };
 use crate::clock::now_ms;
 use crate::config::defaults;
@@ -705,8 +705,8 @@ impl CartStore for RedisCartStore {
             let since = now_ms().saturating_sub(millis(self.retention.notice_ttl));
             let mut list = Vec::with_capacity(own.len() + general.len());
             for member in own.iter().chain(&general) {
-                let notice: PostedNotice = serde_json::from_str(member)
-                    .map_err(|e| StoreError::Corrupt(format!("stored notice: {e}")))?;
+                let notice: PostedNotice =
+                    serde_json::from_str(member).map_err(|e| StoreError::Corrupt(format!("stored notice: {e}")))?;
                 if notice.sent_at_ms >= since {
                     list.push(notice);
                 }

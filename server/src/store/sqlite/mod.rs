@@ -26,8 +26,8 @@ use self::readers::ReaderPool;
 use self::writer::{writer_loop, CatalogState, WriteJob, WriterSettings};
 use super::rules::price;
 use super::{
-    CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, ProductUpdate, ProductUpdated,
-    NoticeCursor, Retention, StoreError,
+    CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, NoticeCursor, ProductUpdate,
+    ProductUpdated, Retention, StoreError,
 };
 use crate::config::defaults;
 use crate::domain::{CartKey, Catalog, LiveCatalog};
@@ -178,7 +178,8 @@ impl CartStore for SqliteCartStore {
                     self.submit(|reply| WriteJob::Cursor { cart, ack: None, reply }).await.map_err(only_store_errors)?
                 }
             };
-            let (key, ttl, limit) = (cart.as_str().to_owned(), self.retention.notice_ttl, self.retention.notices_per_session());
+            let (key, ttl, limit) =
+                (cart.as_str().to_owned(), self.retention.notice_ttl, self.retention.notices_per_session());
             let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
             let list = self.readers.run(move |conn| notices::after(conn, &key, cursor, ttl_ms, limit)).await??;
             Ok((cursor, list))

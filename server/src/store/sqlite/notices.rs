@@ -34,9 +34,8 @@ pub(super) fn post_notice(
     cap: usize,
 ) -> Result<PostedNotice, StoreError> {
     let sent_at_ms = now_ms();
-    conn.prepare_cached("INSERT INTO notices (id, cart_key, body, created_ms) VALUES (?1, ?2, ?3, ?4)")?.execute(
-        params![id, to, to_json(notice)?, to_sql(sent_at_ms)],
-    )?;
+    conn.prepare_cached("INSERT INTO notices (id, cart_key, body, created_ms) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![id, to, to_json(notice)?, to_sql(sent_at_ms)])?;
     let seq = from_sql(conn.last_insert_rowid());
     conn.prepare_cached(
         "DELETE FROM notices WHERE cart_key IS ?1 AND seq NOT IN \
@@ -67,10 +66,8 @@ pub(super) fn open_cursor(conn: &Connection, key: &str) -> Result<NoticeCursor, 
 pub(super) fn ack(conn: &Connection, key: &str, upto: u64) -> Result<NoticeCursor, StoreError> {
     let upto = upto.min(last_seq(conn)?);
     open_cursor(conn, key)?;
-    conn.prepare_cached(
-        "UPDATE notice_cursors SET upto = MAX(upto, ?2), updated_at = ?3 WHERE cart_key = ?1",
-    )?
-    .execute(params![key, to_sql(upto), now_secs()])?;
+    conn.prepare_cached("UPDATE notice_cursors SET upto = MAX(upto, ?2), updated_at = ?3 WHERE cart_key = ?1")?
+        .execute(params![key, to_sql(upto), now_secs()])?;
     cursor(conn, key)?.ok_or_else(|| StoreError::Corrupt("a notice cursor just written is missing".into()))
 }
 

@@ -24,8 +24,8 @@ use crate::config::defaults;
 use crate::domain::{CartKey, Catalog, LiveCatalog};
 use crate::store::rules::{
     check_expected, check_total, committed_checkout, committed_mutation, committed_product_update, fingerprint,
-    new_notice_id, new_order_id, plan_checkout, plan_product_update, price, remembered_answer, replay_checkout, replay_mutation,
-    to_json, CHECKOUT_FINGERPRINT,
+    new_notice_id, new_order_id, plan_checkout, plan_product_update, price, remembered_answer, replay_checkout,
+    replay_mutation, to_json, CHECKOUT_FINGERPRINT,
 };
 use crate::store::{
     Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, NoticeCursor, ProductUpdate, ProductUpdated,

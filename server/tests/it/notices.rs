@@ -1,0 +1,211 @@
+//! Notices that wait for the shopper: stored, sent after the snapshot on every (re)connect until acknowledged
+//! (`ACK` frame or `POST /api/notices/ack`), bounded per session and for the shop, in both stores.
+
+use crate::support::redis::RedisServer;
+use crate::support::{Answer, Shopper, TestServer, Ws};
+use futures_util::StreamExt;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "service-token-for-tests-0001";
+
+async fn start(adjust: impl FnOnce(&mut cartwheel_server::config::Config)) -> TestServer {
+    TestServer::start_with(|c| {
+        c.service_tokens = vec![TOKEN.to_owned()];
+        adjust(c);
+    })
+    .await
+}
+
+async fn notify(server: &TestServer, body: Value) -> Answer {
+    let response = reqwest::Client::new()
+        .post(server.url("/api/service/notify"))
+        .header(CONTENT_TYPE, "application/json")
+        .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (response.status(), response.headers().clone());
+    Answer { status, headers, body: response.json().await.unwrap() }
+}
+
+async fn session_id(shopper: &Shopper) -> String {
+    shopper.send(Method::GET, "/api/session", None, &[]).await.body["session"].as_str().unwrap().to_owned()
+}
+
+/// Connect, take the snapshot, and the `NOTICE` frames that follow it (the stored ones), up to a `PONG`.
+async fn connect_and_collect(shopper: &Shopper) -> (Ws, Vec<Value>) {
+    let (mut ws, _) = Ws::connect_synced(shopper).await;
+    ws.send_text(r#"{"type":"PING","id":1}"#).await;
+    let mut notices = Vec::new();
+    loop {
+        let v = ws.next_json().await;
+        match v["type"].as_str() {
+            Some("NOTICE") => notices.push(v),
+            Some("PONG") => return (ws, notices),
+            _ => panic!("unexpected {v}"),
+        }
+    }
+}
+
+fn messages(frames: &[Value]) -> Vec<&str> {
+    frames.iter().map(|f| f["data"]["message"].as_str().unwrap()).collect()
+}
+
+async fn ack(ws: &mut Ws, frame: &Value) {
+    ws.send_text(&json!({"type": "ACK", "upto": frame["seq"], "epoch": frame["epoch"]}).to_string()).await;
+    // A PING after it: once its PONG is back, the ACK before it was handled.
+    ws.assert_quiet().await;
+}
+
+#[tokio::test]
+async fn a_notice_for_a_shopper_who_is_away_is_sent_on_every_connect_until_acknowledged() {
+    let server = start(|_| {}).await;
+    let shopper = server.shopper().await;
+    let id = session_id(&shopper).await;
+    let sent = notify(&server, json!({"session": id, "kind": "restock", "message": "Back in stock"})).await;
+    assert_eq!(sent.status, 202, "{}", sent.body);
+    assert_eq!(sent.body["delivered_now"], 0, "nobody was connected");
+    assert!(sent.body["id"].as_str().is_some_and(|i| i.starts_with("ntc_")));
+
+    let (ws, first) = connect_and_collect(&shopper).await;
+    assert_eq!(messages(&first), ["Back in stock"]);
+    assert_eq!(first[0]["id"], sent.body["id"]);
+    assert_eq!(first[0]["seq"], sent.body["seq"]);
+    assert_eq!(first[0]["epoch"].as_str().map(str::len), Some(16));
+    drop(ws);
+    // Not acknowledged: sent again.
+    let (mut ws, again) = connect_and_collect(&shopper).await;
+    assert_eq!(again, first);
+    ack(&mut ws, &again[0]).await;
+    drop(ws);
+    let (_ws, after_ack) = connect_and_collect(&shopper).await;
+    assert!(after_ack.is_empty(), "acknowledged: not sent again, {after_ack:?}");
+    let listed = shopper.send(Method::GET, "/api/notices", None, &[]).await;
+    assert_eq!((listed.body["cursor"].clone(), listed.body["notices"].clone()), (sent.body["seq"].clone(), json!([])));
+    server.await_metric("cartwheel_notices_replayed_total 2").await;
+}
+
+#[tokio::test]
+async fn a_general_notice_waits_for_shoppers_already_seen_but_not_for_new_ones() {
+    let server = start(|_| {}).await;
+    let regular = server.shopper().await;
+    drop(connect_and_collect(&regular).await);
+    let sent = notify(&server, json!({"kind": "maintenance", "message": "Back in 5 minutes"})).await;
+    assert_eq!(sent.body["delivered_now"], 0);
+    let (_ws, got) = connect_and_collect(&regular).await;
+    assert_eq!(messages(&got), ["Back in 5 minutes"], "sent while the shopper was away");
+    let newcomer = server.shopper().await;
+    let (_ws, none) = connect_and_collect(&newcomer).await;
+    assert!(none.is_empty(), "a session first seen after it is not handed old announcements: {none:?}");
+}
+
+#[tokio::test]
+async fn a_session_keeps_its_newest_notices_up_to_the_inbox_cap_in_order() {
+    let server = start(|c| c.notice_inbox_cap = 3).await;
+    let shopper = server.shopper().await;
+    let id = session_id(&shopper).await;
+    for n in 1..=5 {
+        notify(&server, json!({"session": id, "kind": "k", "message": format!("n{n}")})).await;
+    }
+    let (_ws, got) = connect_and_collect(&shopper).await;
+    assert_eq!(messages(&got), ["n3", "n4", "n5"]);
+    let seqs: Vec<u64> = got.iter().map(|f| f["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "oldest first: {seqs:?}");
+}
+
+#[tokio::test]
+async fn rest_lists_and_acknowledges_and_an_acknowledgement_of_another_epoch_changes_nothing() {
+    let server = start(|_| {}).await;
+    let shopper = server.shopper().await;
+    let id = session_id(&shopper).await;
+    for m in ["one", "two"] {
+        notify(&server, json!({"session": id, "kind": "k", "message": m})).await;
+    }
+    let listed = shopper.send(Method::GET, "/api/notices", None, &[]).await;
+    assert_eq!(listed.status, 200);
+    let notices = listed.body["notices"].as_array().unwrap().clone();
+    assert_eq!(notices.iter().map(|n| n["data"]["message"].as_str().unwrap()).collect::<Vec<_>>(), ["one", "two"]);
+    let epoch = listed.body["epoch"].as_str().unwrap().to_owned();
+    let ack = |upto: Value, epoch: &str| {
+        let body = json!({"upto": upto, "epoch": epoch}).to_string();
+        let shopper = &shopper;
+        async move { shopper.send(Method::POST, "/api/notices/ack", Some(&body), &[]).await }
+    };
+    let foreign = ack(notices[1]["seq"].clone(), "00000000000000aa").await;
+    assert_eq!((foreign.status.as_u16(), foreign.body["cursor"].as_u64()), (200, Some(0)), "another epoch: ignored");
+    let first = ack(notices[0]["seq"].clone(), &epoch).await;
+    assert_eq!(first.body["cursor"], notices[0]["seq"]);
+    let left = shopper.send(Method::GET, "/api/notices", None, &[]).await;
+    assert_eq!(left.body["notices"].as_array().map(Vec::len), Some(1));
+    let beyond = ack(json!(1_000_000), &epoch).await;
+    assert_eq!(beyond.body["cursor"], notices[1]["seq"], "never past the last notice given");
+    ack(json!(-1), &epoch).await.expect_error(400, "invalid_json");
+}
+
+#[tokio::test]
+async fn a_connection_that_falls_behind_the_ring_still_gets_the_general_notices_it_missed() {
+    const RING: usize = 8;
+    let server = start(|c| {
+        c.broadcast_capacity = RING;
+        c.no_rate_limit = true;
+    })
+    .await;
+    let shopper = server.shopper().await;
+    let mut ws = shopper.ws_with_small_receive_buffer().await;
+    // 2-byte characters, the longest message: ~1 KB a frame. Sixteen at a time (they share group commits), so
+    // the flood is over well within the send timeout the stalled reader is closed after.
+    let long = "é".repeat(cartwheel_core::Notice::MAX_MESSAGE_CHARS - 8);
+    const FLOOD: usize = 600;
+    futures_util::stream::iter(0..FLOOD)
+        .for_each_concurrent(16, |n| {
+            let (server, long) = (&server, &long);
+            async move {
+                let sent = notify(server, json!({"kind": "flood", "message": format!("{n} {long}")})).await;
+                assert_eq!(sent.status, 202);
+            }
+        })
+        .await;
+    // Reading again: whatever fell out of the ring comes again from the store, so every one arrives.
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < FLOOD {
+        let v = ws.next_json().await;
+        if v["type"] == "NOTICE" {
+            seen.insert(v["seq"].as_u64().unwrap());
+        }
+    }
+    // It did fall behind (the ring holds 8), and found out once it could write again.
+    server.await_metric("cartwheel_ws_broadcast_lagged_total 1").await;
+}
+
+#[tokio::test]
+async fn in_redis_mode_notices_and_cursors_outlive_an_instance_and_a_reset_store_starts_over() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let with = |url: String| move |c: &mut cartwheel_server::config::Config| c.redis_url = Some(url);
+    let one = start(with(url.clone())).await;
+    let two = start(with(url.clone())).await;
+    let shopper = one.shopper().await;
+    let id = session_id(&shopper).await;
+    let sent = notify(&one, json!({"session": id, "kind": "k", "message": "stored in Redis"})).await;
+    one.stop().await;
+    let on_two = shopper.on(&two);
+    let (mut ws, got) = connect_and_collect(&on_two).await;
+    assert_eq!(messages(&got), ["stored in Redis"]);
+    assert_eq!(got[0]["id"], sent.body["id"]);
+    ack(&mut ws, &got[0]).await;
+    drop(ws);
+    assert!(connect_and_collect(&on_two).await.1.is_empty(), "the cursor is in Redis");
+    let old_epoch = got[0]["epoch"].clone();
+
+    let mut cli = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut cli).await.unwrap();
+    let fresh = notify(&two, json!({"session": id, "kind": "k", "message": "after the reset"})).await;
+    assert_eq!(fresh.body["seq"], 1, "a new store's sequence starts again");
+    let (_ws, got) = connect_and_collect(&on_two).await;
+    assert_eq!(messages(&got), ["after the reset"], "an old cursor does not hold back the new sequence");
+    assert_ne!(got[0]["epoch"], old_epoch);
+    two.stop().await;
+}
