@@ -104,11 +104,49 @@ test("a service's notice to this session appears as a toast that can be dismisse
     data: { session, kind: 'price_drop', message: 'The walnut desk lamp is cheaper today.' },
   });
   expect(sent.status()).toBe(202);
-  expect((await sent.json()).connections).toBe(3); // one socket per bundle of this page
-  const toast = page.locator('.toast');
+  expect((await sent.json()).delivered_now).toBe(3); // one socket per bundle of this page
+  const toast = page.locator('.toasts .toast');
+  // Three sockets brought it; it is shown once.
+  await expect(toast).toHaveCount(1);
   await expect(toast).toHaveText(/The walnut desk lamp is cheaper today\./);
   await expect(toast).toHaveAttribute('data-kind', 'price_drop');
   await page.screenshot({ path: test.info().outputPath('notice.png') });
   await toast.getByRole('button', { name: 'Dismiss notice' }).click();
-  await expect(page.locator('.toast')).toHaveCount(0);
+  await expect(page.locator('.toasts .toast')).toHaveCount(0);
+});
+
+test('a notice sent while the page is offline appears when it is back, once, and is not shown again after a reload', async ({ browser, request, server }) => {
+  const context = await browser.newContext({ baseURL: server.url });
+  const page = await context.newPage();
+  await page.goto('/');
+  await expectLive(page);
+  const session = (await (await page.request.get('/api/session')).json()).session;
+  await context.setOffline(true);
+  await expect(page.locator('.connection')).toHaveAttribute('data-state', 'offline');
+  const sent = await request.post(`${server.url}/api/service/notify`, {
+    headers: auth,
+    data: { session, kind: 'restock', message: 'The brass pen is back in stock.' },
+  });
+  expect((await sent.json()).delivered_now).toBe(0);
+  await expect(page.locator('.toasts .toast')).toHaveCount(0);
+  const back = Date.now();
+  await context.setOffline(false);
+  await expect(page.locator('.toasts .toast')).toHaveText(/The brass pen is back in stock\./);
+  console.log(`notice sent while offline: shown ${Date.now() - back} ms after the network came back`);
+  await expect(page.locator('.toasts .toast')).toHaveCount(1);
+  // The unread count, cleared by opening the panel, which lists it.
+  const unread = page.locator('.notices-unread');
+  await expect(unread).toHaveAttribute('data-count', '1');
+  await page.locator('.notices summary').click();
+  await expect(page.locator('.notices-list .toast-message')).toHaveText(['The brass pen is back in stock.']);
+  await expect(unread).toBeHidden();
+  await page.screenshot({ path: test.info().outputPath('notices-panel.png') });
+  // Shown, so acknowledged: a reload does not bring it back.
+  await expect
+    .poll(async () => (await (await page.request.get('/api/notices')).json()).notices.length)
+    .toBe(0);
+  await page.reload();
+  await expectLive(page);
+  await expect(page.locator('.toasts .toast')).toHaveCount(0);
+  await context.close();
 });

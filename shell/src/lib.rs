@@ -9,10 +9,7 @@
 //! notices any bundle's socket brought (through its [`Link`]).
 
 use cartwheel_core::page::{mount, PageState};
-use std::cell::RefCell;
-use std::rc::Rc;
-
-use cartwheel_core::{Cart, Handlers, LinkReport, LinkState, Notice, NoticeInbox};
+use cartwheel_core::{Cart, Handlers, LinkReport, LinkState, Notice};
 use cartwheel_mfe::Link;
 use leptos::prelude::*;
 
@@ -58,9 +55,9 @@ pub fn list_notice(listed: &mut Vec<Toast>, id: u64, notice: Notice) {
     listed.truncate(MAX_LISTED);
 }
 
-/// Notices listed and not read yet.
-pub fn unread(listed: &[Toast]) -> usize {
-    listed.iter().filter(|t| !t.read).count()
+/// Notices listed and not read yet (the badge's number type: its text node's code is the cart badge's).
+pub fn unread(listed: &[Toast]) -> u64 {
+    listed.iter().filter(|t| !t.read).count() as u64
 }
 
 /// The connection reports of every bundle, in [`BUNDLES`] order.
@@ -104,31 +101,29 @@ pub fn Shell(
                 <aside id=mount::SHOPPING_CART class="mfe mfe-cart" inner_html=slots.shopping_cart></aside>
             </main>
             <div class="toasts" role="region" aria-label="Notices" aria-live="polite">
-                {move || {
-                    toasts
-                        .get()
-                        .into_iter()
-                        .map(|Toast { id, notice, .. }| {
-                            view! {
-                                <div class="toast" data-kind=notice.kind>
-                                    <p class="toast-message">{notice.message}</p>
-                                    <button
-                                        type="button"
-                                        class="toast-close"
-                                        aria-label="Dismiss notice"
-                                        on:click=move |_| toasts.update(|t| t.retain(|t| t.id != id))
-                                    >
-                                        "×"
-                                    </button>
-                                </div>
-                            }
-                        })
-                        .collect_view()
-                }}
+                {move || toasts.get().into_iter().map(|t| notice_item(t, toasts)).collect_view()}
             </div>
             <footer class="site-footer">
                 <p>"Prices include VAT. Carts are kept for you on this device."</p>
             </footer>
+        </div>
+    }
+}
+
+/// One notice, with a button that takes it out of `list`: the same view for a toast and for a line of the
+/// panel (one view type, so the bundle carries its code once).
+fn notice_item(Toast { id, notice, .. }: Toast, list: RwSignal<Vec<Toast>>) -> impl IntoView {
+    view! {
+        <div class="toast" data-kind=notice.kind>
+            <p class="toast-message">{notice.message}</p>
+            <button
+                type="button"
+                class="toast-close"
+                aria-label="Dismiss notice"
+                on:click=move |_| list.update(|l| l.retain(|t| t.id != id))
+            >
+                "×"
+            </button>
         </div>
     }
 }
@@ -148,22 +143,16 @@ fn NoticesPanel(listed: RwSignal<Vec<Toast>>) -> impl IntoView {
         >
             <summary>
                 <span class="notices-label">"Notices"</span>
-                <span class="notices-unread" data-count=move || count().to_string() hidden=move || count() == 0>
+                <span class="notices-unread" data-count=move || count().to_string()>
                     {count}
                     <span class="visually-hidden">" unread"</span>
                 </span>
             </summary>
             <div class="notices-panel">
-                <p class="notices-empty" hidden=move || listed.with(|l| !l.is_empty())>"No notices yet."</p>
-                <ul class="notices-list">
-                    {move || {
-                        listed
-                            .get()
-                            .into_iter()
-                            .map(|t| view! { <li data-kind=t.notice.kind>{t.notice.message}</li> })
-                            .collect_view()
-                    }}
-                </ul>
+                <p class="notices-empty">"No notices yet."</p>
+                <div class="notices-list">
+                    {move || listed.get().into_iter().map(|t| notice_item(t, listed)).collect_view()}
+                </div>
             </div>
         </details>
     }
@@ -250,27 +239,10 @@ fn compose(cart: Cart, slots: Slots, link: Link) -> impl IntoView {
     let toasts = RwSignal::new(Vec::new());
     let listed = RwSignal::new(Vec::new());
     let next_toast = std::cell::Cell::new(0);
-    let inbox = Rc::new(RefCell::new(NoticeInbox::default()));
-    link.on_notices(move |epoch, posted| {
-        let (new, due) = {
-            let mut inbox = inbox.borrow_mut();
-            let new = inbox.offer(&epoch, &posted);
-            // Also after a repeat: an acknowledgement that was lost is asked again then.
-            (new, inbox.ack_due())
-        };
-        if new {
-            next_toast.set(next_toast.get() + 1);
-            toasts.try_update(|t| push_toast(t, next_toast.get(), posted.data.clone()));
-            listed.try_update(|l| list_notice(l, next_toast.get(), posted.data));
-        }
-        if let Some((epoch, upto)) = due {
-            let inbox = inbox.clone();
-            leptos::task::spawn_local(async move {
-                if !link.ack_notices(epoch, upto).await {
-                    inbox.borrow_mut().retry_ack(upto);
-                }
-            });
-        }
+    link.on_notices(move |notice| {
+        next_toast.set(next_toast.get() + 1);
+        toasts.try_update(|t| push_toast(t, next_toast.get(), notice.clone()));
+        listed.try_update(|l| list_notice(l, next_toast.get(), notice));
     });
     link.follow(Handlers {
         on_cart: Box::new(move |c| {
@@ -326,9 +298,9 @@ mod tests {
         }
         assert_eq!(listed.len(), MAX_LISTED);
         assert_eq!(listed[0].notice.message, format!("n{}", MAX_LISTED + 1));
-        assert_eq!(unread(&listed), MAX_LISTED);
+        assert_eq!(unread(&listed), MAX_LISTED as u64);
         listed.iter_mut().take(5).for_each(|t| t.read = true);
-        assert_eq!(unread(&listed), MAX_LISTED - 5);
+        assert_eq!(unread(&listed), MAX_LISTED as u64 - 5);
     }
 
     #[test]

@@ -1,22 +1,22 @@
 //! The browser's side of notice delivery, without I/O. The server sends every stored notice after the session's
 //! acknowledged cursor on each (re)connect, then the live ones, on every part's socket (and `GET /api/notices`
 //! answers the same): so one notice may arrive several times, and out of order between parts. [`NoticeInbox`]
-//! shows each once and says what to acknowledge.
+//! shows each once — by its `seq`, unique within the store's epoch, so nothing else of it need be read — and
+//! says what to acknowledge.
 
 use std::collections::VecDeque;
 
-use crate::protocol::PostedNotice;
 use crate::version::Epoch;
 
-/// Ids remembered to drop repeats: more than a session's inbox and the shop's list can re-send at once.
-pub const REMEMBERED_IDS: usize = 1_200;
+/// Seqs remembered to drop repeats: more than a session's inbox and the shop's list can re-send at once.
+pub const REMEMBERED: usize = 1_200;
 
 /// The notices one page has shown, for one store epoch.
 #[derive(Debug, Default)]
 pub struct NoticeInbox {
     epoch: Option<Epoch>,
-    /// Ids shown, oldest first (bounded by [`REMEMBERED_IDS`]).
-    seen: VecDeque<String>,
+    /// Seqs shown, oldest first (bounded by [`REMEMBERED`]).
+    seen: VecDeque<u64>,
     /// The highest `seq` shown in this epoch: what to acknowledge.
     shown_upto: u64,
     /// The highest `seq` acknowledged (or asked to be).
@@ -26,18 +26,18 @@ pub struct NoticeInbox {
 impl NoticeInbox {
     /// Take a notice as it arrived: `true` if it is new here and is to be shown; `false` for one already shown. A notice of another epoch than the one held starts over (the store was
     /// reset: its sequence starts again).
-    pub fn offer(&mut self, epoch: &Epoch, notice: &PostedNotice) -> bool {
+    pub fn offer(&mut self, epoch: &Epoch, seq: u64) -> bool {
         if self.epoch.as_ref() != Some(epoch) {
             *self = NoticeInbox { epoch: Some(epoch.clone()), ..NoticeInbox::default() };
         }
-        if self.seen.iter().any(|id| *id == notice.id) {
+        if self.seen.contains(&seq) {
             return false;
         }
-        if self.seen.len() == REMEMBERED_IDS {
+        if self.seen.len() == REMEMBERED {
             self.seen.pop_front();
         }
-        self.seen.push_back(notice.id.clone());
-        self.shown_upto = self.shown_upto.max(notice.seq);
+        self.seen.push_back(seq);
+        self.shown_upto = self.shown_upto.max(seq);
         true
     }
 
@@ -62,25 +62,15 @@ impl NoticeInbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Notice;
-
-    fn posted(id: &str, seq: u64) -> PostedNotice {
-        PostedNotice {
-            id: id.into(),
-            seq,
-            sent_at_ms: 0,
-            data: Notice { kind: "k".into(), message: "m".into(), product_id: None },
-        }
-    }
 
     #[test]
     fn each_notice_is_shown_once_whichever_socket_brings_it_and_the_highest_seq_is_acknowledged() {
         let (mut inbox, e) = (NoticeInbox::default(), Epoch::from_bits(1));
         assert_eq!(inbox.ack_due(), None, "nothing shown, nothing to acknowledge");
-        assert!(inbox.offer(&e, &posted("a", 4)));
-        assert!(inbox.offer(&e, &posted("c", 9)));
-        assert!(!inbox.offer(&e, &posted("a", 4)), "the same notice from another part's socket");
-        assert!(inbox.offer(&e, &posted("b", 6)), "an older one arriving late is still shown");
+        assert!(inbox.offer(&e, 4));
+        assert!(inbox.offer(&e, 9));
+        assert!(!inbox.offer(&e, 4), "the same notice from another part's socket");
+        assert!(inbox.offer(&e, 6), "an older one arriving late is still shown");
         assert_eq!(inbox.ack_due(), Some((e.clone(), 9)));
         assert_eq!(inbox.ack_due(), None, "asked once");
         inbox.retry_ack(9);
@@ -90,20 +80,20 @@ mod tests {
     #[test]
     fn another_epoch_starts_the_sequence_over() {
         let mut inbox = NoticeInbox::default();
-        assert!(inbox.offer(&Epoch::from_bits(1), &posted("a", 40)));
+        assert!(inbox.offer(&Epoch::from_bits(1), 40));
         assert_eq!(inbox.ack_due().map(|(_, n)| n), Some(40));
         let fresh = Epoch::from_bits(2);
-        assert!(inbox.offer(&fresh, &posted("x", 1)), "seq 1 of the new store is new");
+        assert!(inbox.offer(&fresh, 1), "seq 1 of the new store is new");
         assert_eq!(inbox.ack_due(), Some((fresh, 1)), "acknowledged in the new epoch, not held back by 40");
     }
 
     #[test]
-    fn the_remembered_ids_are_bounded() {
+    fn the_remembered_seqs_are_bounded() {
         let (mut inbox, e) = (NoticeInbox::default(), Epoch::from_bits(1));
-        for n in 0..=REMEMBERED_IDS as u64 {
-            assert!(inbox.offer(&e, &posted(&format!("n{n}"), n + 1)));
+        for n in 0..=REMEMBERED as u64 {
+            assert!(inbox.offer(&e, n + 1));
         }
-        assert_eq!(inbox.seen.len(), REMEMBERED_IDS);
-        assert!(inbox.offer(&e, &posted("n0", 1)), "the oldest was forgotten");
+        assert_eq!(inbox.seen.len(), REMEMBERED);
+        assert!(inbox.offer(&e, 1), "the oldest was forgotten");
     }
 }

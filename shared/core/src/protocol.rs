@@ -21,6 +21,10 @@ pub const CART_EVENT: &str = "cartwheel:cart";
 /// `detail` is the frame's JSON text. The shell shows each notice once, whichever socket brought it.
 pub const NOTICE_EVENT: &str = "cartwheel:notice";
 
+/// How every `NOTICE` frame's text begins (serde writes the `type` tag first): bundles that only pass notices on
+/// recognise them by it without parsing.
+pub const NOTICE_FRAME_PREFIX: &str = r#"{"type":"NOTICE""#;
+
 /// Largest WebSocket message the server reads; a larger one closes the socket with [`close::MESSAGE_TOO_BIG`].
 pub const MAX_WS_MESSAGE_BYTES: usize = 64 * 1024;
 
@@ -344,6 +348,7 @@ mod tests {
                    "data":{"kind":"price_drop","message":"Cheaper now","product_id":"mug"}})
         );
         assert_eq!(serde_json::from_value::<ServerMessage>(v).unwrap(), frame);
+        assert!(serde_json::to_string(&frame).unwrap().starts_with(NOTICE_FRAME_PREFIX), "the tag comes first");
         let ack: ClientMessage =
             serde_json::from_str(r#"{"type":"ACK","upto":12,"epoch":"0000000000000007"}"#).unwrap();
         assert_eq!(ack, ClientMessage::Ack { upto: 12, epoch: Epoch::from_bits(7) });

@@ -14,9 +14,7 @@ use cartwheel_core::cart::Cart;
 use cartwheel_core::catalog::Product;
 use cartwheel_core::link::{parse_retry_after, retry_wait_ms, LinkTimings, MUTATION_RETRIES};
 use cartwheel_core::order::CheckoutReceipt;
-use cartwheel_core::protocol::{
-    AddToCart, AdjustQuantity, CheckoutRequest, ErrorBody, ErrorCode, NoticeAck, NoticeList, SetQuantity,
-};
+use cartwheel_core::protocol::{AddToCart, AdjustQuantity, CheckoutRequest, ErrorBody, ErrorCode, Notice, SetQuantity};
 use cartwheel_core::version::{Epoch, Stamp};
 
 use crate::json;
@@ -45,20 +43,15 @@ pub async fn fetch_products() -> Result<Vec<Product>, ApiError> {
     call("GET", "/api/products", None, None, None).await?.read()
 }
 
-/// `GET /api/notices`: the stored notices not acknowledged yet.
-pub async fn fetch_notices() -> Result<NoticeList, ApiError> {
-    call("GET", "/api/notices", None, None, None).await?.read()
+/// `GET /api/notices`: the stored notices not acknowledged yet, and their epoch.
+pub async fn fetch_notices() -> Option<(Epoch, Vec<(u64, Notice)>)> {
+    let answer = call("GET", "/api/notices", None, None, None).await.ok()?;
+    answer.succeeded().then(|| json::notice_list(&answer.body)).flatten()
 }
 
-/// `POST /api/notices/ack`.
-pub async fn ack_notices(epoch: Epoch, upto: u64) -> Result<(), ApiError> {
-    let body = json::stringify(&NoticeAck { upto, epoch });
-    let answer = call("POST", "/api/notices/ack", body.as_deref(), None, None).await?;
-    if answer.succeeded() {
-        Ok(())
-    } else {
-        Err(answer.error())
-    }
+/// `POST /api/notices/ack` with `body` (see [`cartwheel_core::protocol::NoticeAck`]); whether it was taken.
+pub async fn ack_notices(body: &str) -> bool {
+    call("POST", "/api/notices/ack", Some(body), None, None).await.is_ok_and(|a| a.succeeded())
 }
 
 /// `POST /api/cart/checkout` of the cart shown (`shown`: its `If-Match` stamp and total), retried like a cart

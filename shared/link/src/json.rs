@@ -17,7 +17,8 @@ use serde::ser;
 use serde::Serialize;
 use wasm_bindgen::{JsCast, JsValue};
 
-use cartwheel_core::protocol::{PostedNotice, ServerMessage};
+use cartwheel_core::protocol::{Notice, ServerMessage};
+use cartwheel_core::version::Epoch;
 
 /// Parse JSON text into `T`.
 pub fn parse<T: DeserializeOwned>(text: &str) -> Option<T> {
@@ -34,7 +35,7 @@ pub fn from_js<T: DeserializeOwned>(value: JsValue) -> Option<T> {
 /// enum made serde buffer every frame into its `Content` tree first, which put a second deserializer for every
 /// payload type into each bundle (~10 KB gzip apiece). The shapes are the same types the server serializes, and
 /// the server's tests pin them; a new [`ServerMessage`] variant must be added here too (unknown types are
-/// ignored by clients, so an old bundle survives a newer server).
+/// ignored by clients, so an old bundle survives a newer server). `NOTICE` is left out: see [`parse_notice`].
 pub fn parse_server_message(text: &str) -> Option<ServerMessage> {
     let frame = js_sys::JSON::parse(text).ok()?;
     let field = |name: &str| Reflect::get(&frame, &JsValue::from_str(name)).ok();
@@ -47,18 +48,31 @@ pub fn parse_server_message(text: &str) -> Option<ServerMessage> {
         }
         "ERROR" => ServerMessage::Error { code: from_js(field("code")?)?, message: field("message")?.as_string()? },
         "PRODUCT_UPDATE" => ServerMessage::ProductUpdate { data: from_js(field("data")?)? },
-        "NOTICE" => ServerMessage::Notice {
-            epoch: from_js(field("epoch")?)?,
-            notice: PostedNotice {
-                id: field("id")?.as_string()?,
-                seq: from_js(field("seq")?)?,
-                sent_at_ms: from_js(field("sent_at_ms")?)?,
-                data: from_js(field("data")?)?,
-            },
-        },
+        // Read by `parse_notice`, where it is needed (see there).
         _ => return None,
     };
     Some(message)
+}
+
+/// A `NOTICE` frame's epoch, seq and notice (what the shell needs of it). Apart from [`parse_server_message`]
+/// (which leaves `NOTICE` out), so only a bundle that reads notices links it; the others pass the frame on.
+pub fn parse_notice(text: &str) -> Option<(Epoch, (u64, Notice))> {
+    let frame = js_sys::JSON::parse(text).ok()?;
+    let epoch = Reflect::get(&frame, &JsValue::from_str("epoch")).ok()?.as_string()?;
+    Some((Epoch::parse(&epoch)?, posted(&frame)?))
+}
+
+/// A stored notice's `seq` and `data`, from a `NOTICE` frame or an entry of `GET /api/notices`.
+fn posted(object: &JsValue) -> Option<(u64, Notice)> {
+    let field = |name: &str| Reflect::get(object, &JsValue::from_str(name)).ok();
+    Some((from_js(field("seq")?)?, from_js(field("data")?)?))
+}
+
+/// The answer of `GET /api/notices`: its epoch and notices (unreadable entries are left out).
+pub fn notice_list(body: &JsValue) -> Option<(Epoch, Vec<(u64, Notice)>)> {
+    let epoch = Epoch::parse(&Reflect::get(body, &JsValue::from_str("epoch")).ok()?.as_string()?)?;
+    let list = Reflect::get(body, &JsValue::from_str("notices")).ok()?.dyn_into::<Array>().ok()?;
+    Some((epoch, list.iter().filter_map(|n| posted(&n)).collect()))
 }
 
 /// `T` as a plain JS object (objects for maps, numbers for integers), e.g. an event's `detail`.

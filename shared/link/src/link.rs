@@ -15,8 +15,11 @@ use cartwheel_core::cart::Cart;
 use cartwheel_core::catalog::Product;
 pub use cartwheel_core::link::Handlers;
 use cartwheel_core::link::{LinkReport, LinkState, LinkTimings, Liveness, LivenessCheck, LINK_EVENT, LINK_QUERY_EVENT};
+use cartwheel_core::notices::NoticeInbox;
 use cartwheel_core::order::CheckoutReceipt;
-use cartwheel_core::protocol::{ClientMessage, PostedNotice, ServerMessage, CART_EVENT, NOTICE_EVENT, WS_PATH};
+use cartwheel_core::protocol::{
+    ClientMessage, Notice, ServerMessage, CART_EVENT, NOTICE_EVENT, NOTICE_FRAME_PREFIX, WS_PATH,
+};
 use cartwheel_core::reconnect::{ReconnectPolicy, ReconnectSchedule};
 use cartwheel_core::version::Epoch;
 use cartwheel_core::version::VersionedCart;
@@ -196,6 +199,11 @@ impl CartLink {
         });
     }
 
+    /// Whether the socket is live (the server's first frame arrived and nothing since says it is gone).
+    pub fn is_live(&self) -> bool {
+        self.0.state.borrow().report.state == LinkState::Live
+    }
+
     /// The connection's current report.
     pub fn report(&self) -> LinkReport {
         self.0.state.borrow().report.clone()
@@ -372,6 +380,11 @@ impl Inner {
         if first {
             self.heard_first();
         }
+        // Passed on as text, unread: only the shell reads notices (see `json::parse_notice`).
+        if is_notice(&text) {
+            dispatch_text(NOTICE_EVENT, &text);
+            return;
+        }
         match json::parse_server_message(&text) {
             Some(ServerMessage::CartUpdate { version, mut data }) => {
                 let skipped = cartwheel_core::version::skips_versions(
@@ -402,8 +415,7 @@ impl Inner {
                 }
             }
             Some(ServerMessage::ProductUpdate { data }) => self.offer_product(data),
-            // For the shell, whichever bundle's socket brought it (it drops repeats by id).
-            Some(ServerMessage::Notice { .. }) => dispatch_text(NOTICE_EVENT, &text),
+            Some(ServerMessage::Notice { .. }) => {}
             Some(ServerMessage::Error { code, message }) => {
                 // The code's name is not printed: `Debug` of every code would be linked into each bundle.
                 let _ = code;
@@ -659,48 +671,69 @@ pub fn on_link_reports(f: impl Fn(LinkReport) + 'static) -> Option<EventListener
     Some(listener)
 }
 
-/// Hear every notice any bundle's socket brings (the shell), and while this bundle's own link is not live, the
-/// stored ones from `GET /api/notices` each poll interval. Repeats are the listener's to drop (by id).
-pub fn on_notices(
-    f: impl Fn(Epoch, PostedNotice) + 'static,
-) -> Option<(EventListener, gloo_timers::callback::Interval)> {
+/// Call `f` with every new notice that reaches the page (the shell): from any bundle's socket, and while this
+/// bundle's own link is not live, from `GET /api/notices` each poll interval. Each is passed on once (by id,
+/// [`NoticeInbox`]) and acknowledged once shown: on this bundle's socket when it is live, else over REST; a lost
+/// acknowledgement is sent again with the next notice that arrives (the server re-sends unacknowledged ones on
+/// every connect).
+pub fn on_notices(f: impl Fn(Notice) + 'static) -> Option<(EventListener, gloo_timers::callback::Interval)> {
     let window = web_sys::window()?;
-    let f = Rc::new(f);
-    let heard = f.clone();
+    let inbox = Rc::new(RefCell::new(NoticeInbox::default()));
+    let take = Rc::new(move |epoch: Epoch, (seq, notice): (u64, Notice)| {
+        let (new, due) = {
+            let mut inbox = inbox.borrow_mut();
+            let new = inbox.offer(&epoch, seq);
+            (new, inbox.ack_due())
+        };
+        if new {
+            f(notice);
+        }
+        if let Some((epoch, upto)) = due {
+            let inbox = inbox.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                if !acknowledge(&epoch, upto).await {
+                    inbox.borrow_mut().retry_ack(upto);
+                }
+            });
+        }
+    });
+    let heard = take.clone();
     let listener = EventListener::new(&window, NOTICE_EVENT, move |event| {
         let text = event.dyn_ref::<CustomEvent>().and_then(|e| e.detail().as_string());
-        if let Some(ServerMessage::Notice { epoch, notice }) = text.as_deref().and_then(json::parse_server_message) {
+        if let Some((epoch, notice)) = text.as_deref().and_then(json::parse_notice) {
             heard(epoch, notice);
         }
     });
-    let every = LinkTimings::DEFAULT_POLL_MS as u32;
-    let poll = gloo_timers::callback::Interval::new(every, move || {
-        let live = CartLink::installed().is_some_and(|l| l.report().state == LinkState::Live);
-        if live {
+    let poll = gloo_timers::callback::Interval::new(LinkTimings::DEFAULT_POLL_MS as u32, move || {
+        if CartLink::installed().is_some_and(|l| l.is_live()) {
             return;
         }
-        let f = f.clone();
+        let take = take.clone();
         wasm_bindgen_futures::spawn_local(async move {
-            if let Ok(list) = api::fetch_notices().await {
-                for notice in list.notices {
-                    f(list.epoch.clone(), notice);
-                }
+            if let Some((epoch, notices)) = api::fetch_notices().await {
+                notices.into_iter().for_each(|n| take(epoch.clone(), n));
             }
         });
     });
     Some((listener, poll))
 }
 
-/// Tell the server every notice up to `upto` of `epoch` was shown: on this bundle's socket if it is open, else
-/// over REST. `false` when it could not be sent (ask again later).
-pub async fn ack_notices(epoch: Epoch, upto: u64) -> bool {
+/// `ACK` every notice up to `upto` of `epoch`: on this bundle's socket if it is live, else over REST. Written
+/// by hand (the same JSON for both): no serializer is linked for it.
+async fn acknowledge(epoch: &Epoch, upto: u64) -> bool {
+    let body = format!(r#"{{"upto":{upto},"epoch":"{epoch}"}}"#);
+    let frame = format!(r#"{{"type":"ACK",{}"#, &body[1..]);
     let sent = CartLink::installed().is_some_and(|link| {
         let s = link.0.state.borrow();
-        let frame = json::stringify(&ClientMessage::Ack { upto, epoch: epoch.clone() }).unwrap_or_default();
         s.report.state == LinkState::Live
             && s.socket.as_ref().is_some_and(|socket| socket.open && socket.ws.send_with_str(&frame).is_ok())
     });
-    sent || api::ack_notices(epoch, upto).await.is_ok()
+    sent || api::ack_notices(&body).await
+}
+
+/// A `NOTICE` frame, by its first bytes: the server writes the `type` tag first.
+fn is_notice(text: &str) -> bool {
+    text.starts_with(NOTICE_FRAME_PREFIX)
 }
 
 fn dispatch_text(name: &str, text: &str) {

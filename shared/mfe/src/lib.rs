@@ -16,8 +16,7 @@ use cartwheel_core::link::{Handlers, LinkReport};
 use cartwheel_core::order::CheckoutReceipt;
 #[cfg(any(feature = "ssr", feature = "hydrate"))]
 use cartwheel_core::page::PageState;
-use cartwheel_core::protocol::{ErrorCode, PostedNotice};
-use cartwheel_core::version::Epoch;
+use cartwheel_core::protocol::{ErrorCode, Notice};
 #[cfg(any(feature = "ssr", feature = "hydrate"))]
 use leptos::prelude::IntoView;
 
@@ -64,10 +63,10 @@ impl Link {
         drop(f);
     }
 
-    /// Hear every notice that reaches this page (any bundle's socket, or `GET /api/notices` while this
-    /// bundle's own link is not live), from when hydration is over. One notice may come more than once (drop it
-    /// by id: `cartwheel_core::NoticeInbox`). Call it while the view is built.
-    pub fn on_notices(&self, f: impl Fn(Epoch, PostedNotice) + 'static) {
+    /// Hear every new notice that reaches this page (any bundle's socket, or `GET /api/notices` while this
+    /// bundle's own link is not live), from when hydration is over: each once, acknowledged to the server as
+    /// shown. Call it while the view is built.
+    pub fn on_notices(&self, f: impl Fn(Notice) + 'static) {
         #[cfg(feature = "hydrate")]
         if self.live {
             let start = move || -> Box<dyn std::any::Any> { Box::new(cartwheel_link::on_notices(f)) };
@@ -75,17 +74,6 @@ impl Link {
             return;
         }
         drop(f);
-    }
-
-    /// Acknowledge every notice up to `upto` of `epoch` (shown): `false` if it could not be sent now.
-    pub async fn ack_notices(&self, epoch: Epoch, upto: u64) -> bool {
-        #[cfg(feature = "hydrate")]
-        if self.live {
-            return cartwheel_link::ack_notices(epoch, upto).await;
-        }
-        drop(epoch);
-        let _ = upto;
-        false
     }
 
     /// While `on`, every bundle on the page reports again each second (for a view that shows how long ago
