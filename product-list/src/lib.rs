@@ -6,6 +6,7 @@
 //! through its [`Link`]).
 
 use cartwheel_core::page::{mount, PageState};
+use cartwheel_core::presence::Presence;
 use cartwheel_core::{Cart, CartRequest, Cents, Handlers, LinkReport, Product};
 use cartwheel_mfe::Link;
 use leptos::prelude::*;
@@ -20,6 +21,7 @@ pub fn ProductList(
     products: RwSignal<Vec<Product>>,
     cart: RwSignal<Cart>,
     report: RwSignal<LinkReport>,
+    presence: Presence,
     link: Link,
 ) -> impl IntoView {
     // The catalog's products are fixed at start-up; only their stock and price change, so the cards are made
@@ -42,7 +44,10 @@ pub fn ProductList(
                 {initial
                     .into_iter()
                     .enumerate()
-                    .map(|(index, product)| view! { <ProductCard product index products cart link /> })
+                    .map(|(index, product)| {
+                        let in_carts = presence.in_carts_label(&product.id).unwrap_or_default();
+                        view! { <ProductCard product index products cart in_carts link /> }
+                    })
                     .collect_view()}
             </ul>
         </section>
@@ -56,6 +61,8 @@ fn ProductCard(
     index: usize,
     products: RwSignal<Vec<Product>>,
     cart: RwSignal<Cart>,
+    /// "in N carts" as the server counted it; the link keeps it current (`Link::show_presence`).
+    in_carts: String,
     link: Link,
 ) -> impl IntoView {
     let Product { id, name, description, currency, image, .. } = product;
@@ -140,6 +147,9 @@ fn ProductCard(
                         {move || if busy.get() { "Adding…" } else if sold_out() { "Sold out" } else { "Add to cart" }}
                     </button>
                 </form>
+                // The count as text only in the server's rendering: hydration leaves that text alone, and the
+                // link keeps it current (an empty label rendered on both sides would not hydrate).
+                <p class="in-carts" data-in-carts-of=id.clone()>{cartwheel_mfe::server_only(in_carts)}</p>
                 <p class="in-cart" aria-live="polite">
                     {move || match in_cart() {
                         0 => String::new(),
@@ -174,7 +184,9 @@ fn root(state: PageState, link: Link) -> impl IntoView {
             });
         })),
     });
-    view! { <ProductList products cart report link /> }
+    link.show_presence();
+    let presence = state.presence;
+    view! { <ProductList products cart report presence link /> }
 }
 
 cartwheel_mfe::bundle!(MFE, mount::PRODUCT_LIST, root);

@@ -154,6 +154,12 @@ pub mod defaults {
     /// Targeted notices kept per session, and general notices kept for the shop: the newest.
     pub const NOTICE_INBOX_CAP: usize = 100;
     pub const SHOP_NOTICES_CAP: usize = 1_000;
+    /// Presence (shoppers here, carts holding each product) is read and pushed this often: at most one
+    /// `PRESENCE` frame per connection per interval.
+    pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(2);
+    /// One instance's report of its online sessions counts this long (Redis mode): a killed instance's
+    /// shoppers drop out of the count within it.
+    pub const PRESENCE_TTL: Duration = Duration::from_secs(15);
     /// Extra time an untouched cart is kept past its TTL, for clocks of several instances that disagree.
     pub const CART_EXPIRY_SLACK: Duration = Duration::from_secs(60 * 60);
     /// Mutations committed together in one SQLite transaction at most (group commit).
@@ -275,6 +281,12 @@ pub struct Config {
     /// General notices kept for the shop; beyond it the oldest go.
     #[arg(long, env = "CARTWHEEL_SHOP_NOTICES_CAP", default_value_t = defaults::SHOP_NOTICES_CAP)]
     pub shop_notices_cap: usize,
+    /// Milliseconds between presence reads and pushes (at most one `PRESENCE` frame per connection each).
+    #[arg(long, env = "CARTWHEEL_PRESENCE_INTERVAL_MS", value_parser = parse_duration_ms, default_value = "2000")]
+    pub presence_interval: Duration,
+    /// Milliseconds one report of an instance's online sessions counts (Redis mode; refreshed every interval).
+    #[arg(long, env = "CARTWHEEL_PRESENCE_TTL_MS", value_parser = parse_duration_ms, default_value = "15000")]
+    pub presence_ttl: Duration,
 
     /// Switch every request rate limit off (for load benchmarks only).
     #[arg(long, env = "CARTWHEEL_NO_RATE_LIMIT")]
@@ -390,6 +402,13 @@ pub fn parse_network(text: &str) -> Result<IpNet, String> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
         .map_err(|_| format!("'{text}' is neither a network (10.0.0.0/8) nor an address"))
+}
+
+fn parse_duration_ms(s: &str) -> Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+        _ => Err("must be a positive whole number of milliseconds".into()),
+    }
 }
 
 fn parse_duration_secs(s: &str) -> Result<Duration, String> {

@@ -198,6 +198,7 @@ impl Server {
                 heartbeat_timeout: config.heartbeat_timeout,
                 frames: Rate { per_sec: config.ws_frames_per_sec, burst: config.ws_frame_burst },
             },
+            presence: Arc::default(),
         });
         // Listen last: the kernel would accept (and queue) connections on a bound socket while the assets and
         // the store load, then they would all be answered at once, cancelling the clients' reconnect jitter.
@@ -242,6 +243,21 @@ impl Server {
         let token = state.shutdown.clone();
         if let BackendKind::Redis(bus) = &backend {
             tokio::spawn(bus.clone().run(token.clone()));
+        }
+        {
+            let sockets = &state.sockets;
+            let timing = realtime::presence::PresenceTiming {
+                interval: state.config.presence_interval,
+                ttl: state.config.presence_ttl,
+            };
+            let presence = realtime::presence::run(
+                sockets.presence.clone(),
+                sockets.shop.clone(),
+                sockets.hub.clone(),
+                timing,
+                token.clone(),
+            );
+            tokio::spawn(presence);
         }
         if state.config.watch_assets {
             state.assets.watch(token.clone());

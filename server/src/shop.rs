@@ -9,6 +9,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use cartwheel_core::presence::Presence;
 use cartwheel_core::protocol::NoticeList;
 use cartwheel_core::version::Epoch;
 use cartwheel_core::{Cart, Notice, PostedNotice, Product};
@@ -180,6 +181,13 @@ impl Shop {
             Ok((posted, now))
         });
         sent.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Report this instance's sessions with an open connection (counted for `ttl`) and read the counts:
+    /// shoppers online on every instance, carts holding each product.
+    pub async fn presence(&self, sessions: &[CartKey], ttl: std::time::Duration) -> Result<Presence, StoreError> {
+        let online = self.store.report_online(sessions, ttl).await?;
+        Ok(Presence { online, in_carts: self.store.holds().await? })
     }
 
     /// The session's stored notices after its cursor, in the store's epoch.

@@ -9,6 +9,7 @@
 //! notices any bundle's socket brought (through its [`Link`]).
 
 use cartwheel_core::page::{mount, PageState};
+use cartwheel_core::presence::Presence;
 use cartwheel_core::{Cart, Handlers, LinkReport, LinkState, Notice};
 use cartwheel_mfe::Link;
 use leptos::prelude::*;
@@ -72,6 +73,8 @@ pub fn Shell(
     toasts: RwSignal<Vec<Toast>>,
     listed: RwSignal<Vec<Toast>>,
     slots: Slots,
+    /// "N shoppers here" as the server counted it; the link keeps it current (`Link::show_presence`).
+    online: String,
     link: Link,
 ) -> impl IntoView {
     let count = move || cart.with(|c| c.item_count);
@@ -87,6 +90,7 @@ pub fn Shell(
                     <span class="brand-name">"Cartwheel"</span>
                 </a>
                 <span class="tagline">"Goods for a calm desk"</span>
+                <span class="online" data-online="">{cartwheel_mfe::server_only(online)}</span>
                 <ConnectionIndicator links link />
                 <NoticesPanel listed />
                 <a class="cart-badge" href=format!("#{}", mount::SHOPPING_CART) aria-label=badge_label>
@@ -233,7 +237,7 @@ pub fn record(links: &mut [LinkReport], report: LinkReport) {
 
 /// The shell from `cart`, with `slots` in the mount points. Through `link` (in the browser) the badge follows
 /// the cart, notices become toasts and the indicator hears every bundle's report; on the server it is static.
-fn compose(cart: Cart, slots: Slots, link: Link) -> impl IntoView {
+fn compose(cart: Cart, slots: Slots, presence: &Presence, link: Link) -> impl IntoView {
     let cart = RwSignal::new(cart);
     let links = RwSignal::new(initial_reports());
     let toasts = RwSignal::new(Vec::new());
@@ -255,19 +259,21 @@ fn compose(cart: Cart, slots: Slots, link: Link) -> impl IntoView {
     link.on_link_reports(move |report| {
         links.try_update(|l| record(l, report));
     });
-    view! { <Shell cart links toasts listed slots link /> }
+    link.show_presence();
+    let online = presence.online_label().unwrap_or_default();
+    view! { <Shell cart links toasts listed slots online link /> }
 }
 
 /// Server side: the shell as HTML, with the other micro-frontends' HTML in their mount points.
 #[cfg(feature = "ssr")]
-pub fn view_for_server(cart: Cart, slots: Slots) -> impl IntoView {
-    compose(cart, slots, Link::server())
+pub fn view_for_server(cart: Cart, slots: Slots, presence: &Presence) -> impl IntoView {
+    compose(cart, slots, presence, Link::server())
 }
 
 /// The bundle's view: the mount points stay empty, hydration leaves the server's markup in them for the other
 /// bundles.
 fn root(state: PageState, link: Link) -> impl IntoView {
-    compose(state.cart, Slots::default(), link)
+    compose(state.cart, Slots::default(), &state.presence, link)
 }
 
 // The server renders the shell with `view_for_server` inside its document, so no `render_to_html`.

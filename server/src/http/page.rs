@@ -43,7 +43,8 @@ async fn shop(State(app): State<AppState>, session: Session, request: Request<Bo
         poll_ms: c.link_poll_ms,
         request_timeout_ms: c.link_request_timeout_ms,
     };
-    let state = PageState { products: app.shop.catalog().products().to_vec(), cart, reconnect, timings };
+    let presence = app.sockets.presence.current();
+    let state = PageState { products: app.shop.catalog().products().to_vec(), cart, reconnect, timings, presence };
     let slots = shell::Slots {
         product_list: Some(product_list::render_to_html(&state)),
         shopping_cart: Some(shopping_cart::render_to_html(&state)),
@@ -52,6 +53,7 @@ async fn shop(State(app): State<AppState>, session: Session, request: Request<Bo
     let document = Document {
         state_json: state.to_script_json(),
         cart: state.cart,
+        presence: state.presence,
         slots,
         stylesheet: assets.stylesheet().map(str::to_owned),
         icon: assets.icon().map(str::to_owned),
@@ -68,6 +70,7 @@ async fn shop(State(app): State<AppState>, session: Session, request: Request<Bo
 struct Document {
     state_json: String,
     cart: cartwheel_core::Cart,
+    presence: cartwheel_core::presence::Presence,
     slots: shell::Slots,
     stylesheet: Option<String>,
     icon: Option<String>,
@@ -101,7 +104,7 @@ impl Document {
                     <script type="module" inner_html=loader></script>
                 </head>
                 <body>
-                    <div id=mount::SHELL>{shell::view_for_server(self.cart, self.slots)}</div>
+                    <div id=mount::SHELL>{shell::view_for_server(self.cart, self.slots, &self.presence)}</div>
                     <script type="application/json" id=STATE_SCRIPT_ID inner_html=self.state_json></script>
                 </body>
             </html>

@@ -42,6 +42,8 @@ pub enum FrameKind {
     Product,
     /// A `NOTICE`, with its seq.
     Notice(u64),
+    /// A `PRESENCE` (counts).
+    Presence,
 }
 
 /// Where a cart update is in its cart's history: `(epoch bits, version)`.
@@ -97,6 +99,10 @@ impl Frame {
             FrameKind::Notice(notice.seq),
             &ServerMessage::Notice { epoch: epoch.clone(), notice: notice.clone() },
         )
+    }
+
+    pub fn presence(counts: &cartwheel_core::presence::Presence) -> Frame {
+        Frame::new(FrameKind::Presence, &ServerMessage::Presence { counts: counts.clone() })
     }
 
     /// The cart's epoch and version, for a cart update.

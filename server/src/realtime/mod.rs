@@ -5,5 +5,6 @@
 
 pub mod bus;
 pub mod hub;
+pub mod presence;
 pub mod quota;
 pub mod ws;

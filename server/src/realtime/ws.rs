@@ -22,6 +22,7 @@ use tokio::time::{sleep_until, timeout, Instant as TokioInstant};
 use tokio_util::sync::CancellationToken;
 
 use super::hub::{supersedes, CartHub, CartPosition, Frame, FrameKind};
+use super::presence::PresenceBoard;
 use crate::clock::now_ms;
 use crate::config::defaults;
 use crate::domain::CartKey;
@@ -46,6 +47,8 @@ pub struct Sockets {
     /// Cancelled when the server shuts down: every connection closes with 1001.
     pub shutdown: CancellationToken,
     pub limits: SocketLimits,
+    /// The presence counts as last read, sent to each connection after its snapshot.
+    pub presence: Arc<PresenceBoard>,
 }
 
 /// Why a connection ended (a metric label and a log field).
@@ -144,6 +147,11 @@ impl Connection {
         // Then every stored notice the session has not acknowledged (live ones may come twice: clients drop a
         // notice whose id they have shown).
         if let Err(ending) = self.send_stored_notices().await {
+            return ending;
+        }
+        // All the counts now; then what changes, with everyone (at most one frame per presence interval).
+        let presence = Frame::presence(&self.sockets.presence.current());
+        if let Err(ending) = self.send(Message::Text(presence.text)).await {
             return ending;
         }
         let limits = self.sockets.limits;

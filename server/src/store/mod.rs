@@ -30,6 +30,7 @@ pub mod redis;
 pub mod rules;
 pub mod sqlite;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cartwheel_core::version::Stamp;
@@ -218,6 +219,19 @@ pub trait CartStore: Send + Sync + 'static {
 
     /// Every notice up to `upto` was shown to `cart`'s session: move its cursor there (never down).
     fn ack_notices<'a>(&'a self, cart: &'a CartKey, upto: u64) -> BoxFuture<'a, Result<NoticeCursor, StoreError>>;
+
+    /// How many carts hold each product now (only products some cart holds), as kept on commit — never by
+    /// scanning the carts.
+    fn holds(&self) -> BoxFuture<'_, Result<BTreeMap<ProductId, u64>, StoreError>>;
+
+    /// Report the sessions with an open connection on this instance (replacing what it reported before; kept
+    /// for `ttl`, so the sessions of an instance that stops reporting drop out by themselves) and answer how many
+    /// distinct sessions have one on any live instance.
+    fn report_online<'a>(
+        &'a self,
+        sessions: &'a [CartKey],
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
 
     /// Commit a tiny write the way changes commit (`/healthz`): `Ok` proves the write path — the SQLite
     /// writer thread and its disk, or Redis accepting writes — works now, not only that reads do.

@@ -9,6 +9,7 @@ mod durability;
 mod faults;
 mod limits;
 mod notices;
+mod presence;
 mod page;
 mod proxy;
 mod realtime;

@@ -14,6 +14,7 @@ pub mod money;
 pub mod notices;
 pub mod order;
 pub mod page;
+pub mod presence;
 pub mod protocol;
 pub mod reconnect;
 pub mod version;

@@ -33,6 +33,11 @@ pub struct PageState {
     /// How the bundles notice a dead one and poll meanwhile.
     #[serde(default)]
     pub timings: crate::link::LinkTimings,
+    /// Shoppers here and carts holding each product, as the server last counted: for the server's rendering
+    /// only (not embedded: the bundles keep the rendered labels current from `PRESENCE` frames, and reading it
+    /// would link a map deserializer into each).
+    #[serde(skip)]
+    pub presence: crate::presence::Presence,
 }
 
 /// The tunable part of [`crate::ReconnectPolicy`], in milliseconds.
@@ -114,6 +119,7 @@ mod tests {
             cart: Cart::empty("EUR"),
             reconnect: ReconnectSettings::default(),
             timings: Default::default(),
+            presence: Default::default(),
         };
         let json = state.to_script_json();
         assert!(!json.contains('<') && !json.contains('>') && !json.contains('&'), "{json}");

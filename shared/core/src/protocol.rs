@@ -25,6 +25,13 @@ pub const NOTICE_EVENT: &str = "cartwheel:notice";
 /// recognise them by it without parsing.
 pub const NOTICE_FRAME_PREFIX: &str = r#"{"type":"NOTICE""#;
 
+/// Name of the `window` `CustomEvent` every bundle's link dispatches for each `PRESENCE` frame; its `detail` is
+/// the frame's JSON text (for the bundles that show presence).
+pub const PRESENCE_EVENT: &str = "cartwheel:presence";
+
+/// How every `PRESENCE` frame's text begins (see [`NOTICE_FRAME_PREFIX`]).
+pub const PRESENCE_FRAME_PREFIX: &str = r#"{"type":"PRESENCE""#;
+
 /// Largest WebSocket message the server reads; a larger one closes the socket with [`close::MESSAGE_TOO_BIG`].
 pub const MAX_WS_MESSAGE_BYTES: usize = 64 * 1024;
 
@@ -61,6 +68,12 @@ pub enum ServerMessage {
         epoch: Epoch,
         #[serde(flatten)]
         notice: PostedNotice,
+    },
+    /// How many shoppers are here and how many carts hold each product: everything after connecting, then
+    /// what changed, at most once per presence interval.
+    Presence {
+        #[serde(flatten)]
+        counts: crate::presence::Presence,
     },
 }
 
@@ -349,6 +362,11 @@ mod tests {
         );
         assert_eq!(serde_json::from_value::<ServerMessage>(v).unwrap(), frame);
         assert!(serde_json::to_string(&frame).unwrap().starts_with(NOTICE_FRAME_PREFIX), "the tag comes first");
+        let mut counts = crate::presence::Presence { online: 3, ..Default::default() };
+        counts.in_carts.insert("mug".into(), 2);
+        let presence = serde_json::to_string(&ServerMessage::Presence { counts }).unwrap();
+        assert_eq!(presence, r#"{"type":"PRESENCE","online":3,"in_carts":{"mug":2}}"#);
+        assert!(presence.starts_with(PRESENCE_FRAME_PREFIX));
         let ack: ClientMessage =
             serde_json::from_str(r#"{"type":"ACK","upto":12,"epoch":"0000000000000007"}"#).unwrap();
         assert_eq!(ack, ClientMessage::Ack { upto: 12, epoch: Epoch::from_bits(7) });

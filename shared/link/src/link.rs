@@ -15,10 +15,13 @@ use cartwheel_core::cart::Cart;
 use cartwheel_core::catalog::Product;
 pub use cartwheel_core::link::Handlers;
 use cartwheel_core::link::{LinkReport, LinkState, LinkTimings, Liveness, LivenessCheck, LINK_EVENT, LINK_QUERY_EVENT};
+use cartwheel_core::catalog::ProductId;
 use cartwheel_core::notices::NoticeInbox;
+use cartwheel_core::presence::{Presence, IN_CARTS_ATTR, ONLINE_ATTR};
 use cartwheel_core::order::CheckoutReceipt;
 use cartwheel_core::protocol::{
-    ClientMessage, Notice, ServerMessage, CART_EVENT, NOTICE_EVENT, NOTICE_FRAME_PREFIX, WS_PATH,
+    ClientMessage, Notice, ServerMessage, CART_EVENT, NOTICE_EVENT, NOTICE_FRAME_PREFIX, PRESENCE_EVENT,
+    PRESENCE_FRAME_PREFIX, WS_PATH,
 };
 use cartwheel_core::reconnect::{ReconnectPolicy, ReconnectSchedule};
 use cartwheel_core::version::Epoch;
@@ -385,6 +388,11 @@ impl Inner {
             dispatch_text(NOTICE_EVENT, &text);
             return;
         }
+        // Likewise for the bundles that show presence (see `show_presence`).
+        if text.starts_with(PRESENCE_FRAME_PREFIX) {
+            dispatch_text(PRESENCE_EVENT, &text);
+            return;
+        }
         match json::parse_server_message(&text) {
             Some(ServerMessage::CartUpdate { version, mut data }) => {
                 let skipped = cartwheel_core::version::skips_versions(
@@ -415,7 +423,7 @@ impl Inner {
                 }
             }
             Some(ServerMessage::ProductUpdate { data }) => self.offer_product(data),
-            Some(ServerMessage::Notice { .. }) => {}
+            Some(ServerMessage::Notice { .. } | ServerMessage::Presence { .. }) => {}
             Some(ServerMessage::Error { code, message }) => {
                 // The code's name is not printed: `Debug` of every code would be linked into each bundle.
                 let _ = code;
@@ -716,6 +724,35 @@ pub fn on_notices(f: impl Fn(Notice) + 'static) -> Option<(EventListener, gloo_t
         });
     });
     Some((listener, poll))
+}
+
+/// Keep the presence labels inside the element `mount` current, from every bundle's `PRESENCE` frames: the text
+/// of each `[data-in-carts-of=<product>]` ("in N carts") and `[data-online]` ("N shoppers here"). Plain text the
+/// view rendered once (the server counted it into the page): no reactive state, so a bundle pays a few hundred
+/// bytes for it, not a signal type.
+pub fn show_presence(mount: String) -> Option<EventListener> {
+    let window = web_sys::window()?;
+    let held = RefCell::new(Presence::default());
+    Some(EventListener::new(&window, PRESENCE_EVENT, move |event| {
+        let text = event.dyn_ref::<CustomEvent>().and_then(|e| e.detail().as_string());
+        let Some(frame) = text.as_deref().and_then(json::parse_presence) else { return };
+        let mut held = held.borrow_mut();
+        held.apply(&frame);
+        let Some(root) = web_sys::window().and_then(|w| w.document()).and_then(|d| d.get_element_by_id(&mount)) else {
+            return;
+        };
+        if let Ok(labels) = root.query_selector_all(&format!("[{IN_CARTS_ATTR}]")) {
+            for node in (0..labels.length()).filter_map(|i| labels.item(i)) {
+                let Some(element) = node.dyn_ref::<web_sys::Element>() else { continue };
+                if let Some(id) = element.get_attribute(IN_CARTS_ATTR) {
+                    element.set_text_content(held.in_carts_label(&ProductId(id)).as_deref());
+                }
+            }
+        }
+        if let Ok(Some(online)) = root.query_selector(&format!("[{ONLINE_ATTR}]")) {
+            online.set_text_content(held.online_label().as_deref());
+        }
+    }))
 }
 
 /// `ACK` every notice up to `upto` of `epoch`: on this bundle's socket if it is live, else over REST. Written

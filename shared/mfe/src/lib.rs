@@ -76,6 +76,19 @@ impl Link {
         drop(f);
     }
 
+    /// Keep this bundle's presence labels current (elements with `data-in-carts-of` / `data-online` inside
+    /// its mount element; see `cartwheel_link::show_presence`). Call it while the view is built.
+    pub fn show_presence(&self) {
+        #[cfg(feature = "hydrate")]
+        if self.live {
+            browser::collect(|wanted| {
+                let mount = wanted.mount.clone();
+                let start = move || -> Box<dyn std::any::Any> { Box::new(cartwheel_link::show_presence(mount)) };
+                wanted.reports.push(Box::new(start));
+            });
+        }
+    }
+
     /// While `on`, every bundle on the page reports again each second (for a view that shows how long ago
     /// each last heard from the server). Call it from an event handler.
     pub fn refresh_reports(&self, on: bool) {
@@ -109,6 +122,18 @@ impl Link {
         Err(not_connected())
     }
 }
+
+/// `text` in the server's rendering, nothing in the bundle's: for a label the bundle's link keeps current by
+/// itself (presence). Hydration leaves the server's text node alone; an empty text rendered on both sides
+/// would leave no node to hydrate.
+#[cfg(feature = "ssr")]
+pub fn server_only(text: String) -> String {
+    text
+}
+
+/// `text` in the server's rendering, nothing in the bundle's (see the `ssr` build's).
+#[cfg(not(feature = "ssr"))]
+pub fn server_only(_: String) {}
 
 /// What a call through a server-side [`Link`] answers.
 fn not_connected() -> ApiError {
@@ -145,7 +170,7 @@ where
     let timings = state.timings;
     let initial = state.cart.clone();
     let products = state.products.clone();
-    browser::start_collecting();
+    browser::start_collecting(mount_id);
     let handle = leptos::mount::hydrate_from(element, move || root(state, Link { live: true }));
     let wanted = browser::take();
     if let Some(handlers) = wanted.handlers {
@@ -175,6 +200,8 @@ mod browser {
         pub(crate) handlers: Option<Handlers>,
         /// Each starts one listener to the page's link reports (kept for as long as the bundle is mounted).
         pub(crate) reports: Vec<Box<dyn FnOnce() -> Box<dyn std::any::Any>>>,
+        /// The bundle's mount element's id.
+        pub(crate) mount: String,
     }
 
     thread_local! {
@@ -182,8 +209,8 @@ mod browser {
         static WANTED: RefCell<Option<Wanted>> = const { RefCell::new(None) };
     }
 
-    pub(crate) fn start_collecting() {
-        WANTED.with(|w| *w.borrow_mut() = Some(Wanted::default()));
+    pub(crate) fn start_collecting(mount: &str) {
+        WANTED.with(|w| *w.borrow_mut() = Some(Wanted { mount: mount.to_owned(), ..Wanted::default() }));
     }
 
     pub(crate) fn take() -> Wanted {

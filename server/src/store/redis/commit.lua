@@ -38,6 +38,8 @@ while i <= #ARGV do
   local op = ARGV[i]
   if op == 'hset' then redis.call('HSET', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]); i = i + 4
   elseif op == 'set' then redis.call('SET', ARGV[i + 1], ARGV[i + 2]); i = i + 3
+  elseif op == 'zadd' then redis.call('ZADD', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]); i = i + 4
+  elseif op == 'zrem' then redis.call('ZREM', ARGV[i + 1], ARGV[i + 2]); i = i + 3
   elseif op == 'expire' then redis.call('EXPIRE', ARGV[i + 1], ARGV[i + 2]); i = i + 3
   elseif op == 'setex' then redis.call('SET', ARGV[i + 1], ARGV[i + 2], 'EX', ARGV[i + 3]); i = i + 4
   elseif op == 'setex-capped' then

@@ -14,14 +14,14 @@
 //! 3 cart hash key or '', 4 expected cart version, 5 number of product guards, then per guard five fields:
 //! `id rev <expected revision> <revision without a stored entry> ''` or
 //! `id take <units> <expected price> <state without a stored entry>`; then operations: `hset key field value`,
-//! `set key value`, `setex key value secs`, `expire key secs`, `setex-capped key value secs index cap`, `publish channel message`, `publish-taken channel message id`.
+//! `set key value`, `setex key value secs`, `expire key secs`, `zadd key score member`, `zrem key member`, `setex-capped key value secs index cap`, `publish channel message`, `publish-taken channel message id`.
 //! Answers `{'ok', (id, new state)…}`, `{'conflict'}`, `{'epoch'}` or `{'replay', <remembered answer>}`.
 
 use std::time::Duration;
 
-use cartwheel_core::Product;
+use cartwheel_core::{Product, ProductId};
 
-use super::keys::{product_state, CHANNEL};
+use super::keys::{holders, product_state, CHANNEL};
 
 pub(super) const SCRIPT: &str = include_str!("commit.lua");
 
@@ -76,6 +76,14 @@ impl Commit {
     /// `key` expires `ttl` from now (the cart hash: each change keeps it another cart expiry).
     pub(super) fn expire(&mut self, key: &str, ttl: Duration) {
         self.ops.extend(["expire".into(), key.into(), ttl.as_secs().max(1).to_string()]);
+    }
+
+    /// The cart `cart` holds `product` until `expires_at_ms` (see `keys::holders`), or no longer.
+    pub(super) fn hold(&mut self, product: &ProductId, cart: &str, expires_at_ms: Option<u64>) {
+        match expires_at_ms {
+            Some(at) => self.ops.extend(["zadd".into(), holders(product), at.to_string(), cart.into()]),
+            None => self.ops.extend(["zrem".into(), holders(product), cart.into()]),
+        }
     }
 
     pub(super) fn set(&mut self, key: &str, value: String) {

@@ -4,7 +4,7 @@
 //! `order:<id>`, `session-secret`, `health-probe`, notices (`notice-seq`, `notices`, `inbox:<cart key>`,
 //! `notice-cursor:<cart key>`), and the pub/sub channel every instance of one shop shares.
 
-use cartwheel_core::Product;
+use cartwheel_core::{Product, ProductId};
 
 use crate::domain::{CartKey, IdempotencyKey};
 
@@ -45,6 +45,20 @@ pub const NOTICES: &str = "cartwheel:notices";
 /// A session's targeted notices, like [`NOTICES`].
 pub fn inbox(cart: &CartKey) -> String {
     format!("cartwheel:inbox:{cart}")
+}
+
+/// The carts holding a product: a sorted set of cart keys, score = when that cart expires (ms), so an expired
+/// cart stops counting without anyone deleting it.
+pub fn holders(product: &ProductId) -> String {
+    format!("cartwheel:holders:{}", product.as_str())
+}
+
+/// Instances reporting presence: a sorted set of their session sets' keys, score = when the report expires.
+pub const PRESENCE: &str = "cartwheel:presence";
+
+/// One instance's sessions with an open connection (a set, expiring unless reported again).
+pub fn presence_of(instance: &str) -> String {
+    format!("cartwheel:presence:{instance}")
 }
 
 /// A session's notice cursor: `<upto> <general_from>`.

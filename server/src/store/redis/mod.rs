@@ -21,7 +21,7 @@ mod commit;
 pub mod keys;
 mod turns;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -77,6 +77,9 @@ pub struct RedisCartStore {
     retention: Retention,
     commit: Script,
     notice: Script,
+    presence: Script,
+    /// This instance's name in the presence registry.
+    instance: String,
     cursor: Script,
     turns: CartTurns,
     format: Arc<dyn EventFormat>,
@@ -118,6 +121,8 @@ impl RedisCartStore {
             retention,
             commit: Script::new(commit::SCRIPT),
             notice: Script::new(include_str!("notice.lua")),
+            presence: Script::new(include_str!("presence.lua")),
+            instance: hex::encode(rand::random::<[u8; 8]>()),
             cursor: Script::new(include_str!("cursor.lua")),
             turns: CartTurns::default(),
             format,
@@ -264,6 +269,20 @@ impl RedisCartStore {
         Ok(self.catalog.merge(&products))
     }
 
+    /// The cart now holds the products of `after` (each until the cart would expire) and no longer those only
+    /// in `before`.
+    fn hold_lines(&self, commit: &mut Commit, cart: &CartKey, before: &CartContents, after: &CartContents) {
+        let until = now_ms().saturating_add(millis(self.retention.cart_expiry));
+        for line in &after.lines {
+            commit.hold(&line.product_id, cart.as_str(), Some(until));
+        }
+        for line in &before.lines {
+            if !after.lines.iter().any(|l| l.product_id == line.product_id) {
+                commit.hold(&line.product_id, cart.as_str(), None);
+            }
+        }
+    }
+
     /// Run `cursor.lua`: open `cart`'s cursor if it has none, and move it up to `ack`.
     async fn run_cursor(&self, cart: &CartKey, ack: Option<u64>) -> Result<NoticeCursor, StoreError> {
         let mut c = self.connection.clone();
@@ -366,7 +385,7 @@ impl RedisCartStore {
                 continue;
             }
             let catalog = self.catalog.current();
-            let mut contents = read.contents;
+            let mut contents = read.contents.clone();
             if request.expected.is_some() {
                 let current = price(&request.cart, read.version, &contents, &catalog);
                 check_expected(&current, request.expected.as_ref())?;
@@ -383,6 +402,7 @@ impl RedisCartStore {
                 commit.hset(&key, "v", version);
                 commit.hset(&key, "c", to_json(&contents)?);
                 commit.expire(&key, self.retention.cart_expiry);
+                self.hold_lines(&mut commit, &request.cart, &read.contents, &contents);
             }
             if let Some(product) = op_product(&request.op).and_then(|id| catalog.get(id)) {
                 commit.guard(product, self.base.get(&product.id));
@@ -449,6 +469,7 @@ impl RedisCartStore {
             commit.hset(&key, "v", version);
             commit.hset(&key, "c", to_json(&emptied)?);
             commit.expire(&key, self.retention.cart_expiry);
+            self.hold_lines(&mut commit, &request.cart, &read.contents, &emptied);
             commit.cart = Some((key, read.version));
             let receipt = CheckoutReceipt { order, cart: price(&request.cart, version, &emptied, &catalog) };
             idem.remember(&mut commit, self.retention.idempotency_per_cart, || {
@@ -640,7 +661,51 @@ impl CartStore for RedisCartStore {
                 .arg(ttl)
                 .ignore()
                 .clone();
-            self.query::<()>(&touch).await
+            self.query::<()>(&touch).await?;
+            // The products it holds count for as long again (only those still held: `XX`).
+            let (contents,): (Option<String>,) = self.query(redis::pipe().hget(keys::cart(cart), "c")).await?;
+            if let Some(text) = contents {
+                let until = now_ms().saturating_add(ttl);
+                let mut pipe = redis::pipe();
+                for line in parse_contents(cart.as_str(), &text)?.lines {
+                    pipe.cmd("ZADD").arg(keys::holders(&line.product_id)).arg("XX").arg(until).arg(cart.as_str()).ignore();
+                }
+                self.query::<()>(&pipe).await?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn holds(&self) -> BoxFuture<'_, Result<BTreeMap<ProductId, u64>, StoreError>> {
+        async move {
+            let now = now_ms();
+            let mut pipe = redis::pipe();
+            let products = self.base.products();
+            for p in products {
+                let key = keys::holders(&p.id);
+                pipe.cmd("ZREMRANGEBYSCORE").arg(&key).arg("-inf").arg(now).ignore().cmd("ZCARD").arg(&key);
+            }
+            let counts: Vec<u64> = self.query(&pipe).await?;
+            Ok(products.iter().zip(counts).filter(|(_, n)| *n > 0).map(|(p, n)| (p.id.clone(), n)).collect())
+        }
+        .boxed()
+    }
+
+    fn report_online<'a>(
+        &'a self,
+        sessions: &'a [CartKey],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        async move {
+            let mine = keys::presence_of(&self.instance);
+            let mut c = self.connection.clone();
+            let mut invocation = self.presence.key(keys::PRESENCE);
+            invocation.key(&mine).arg(now_ms()).arg(millis(ttl)).arg(&mine);
+            for session in sessions {
+                invocation.arg(session.as_str());
+            }
+            self.call(invocation.invoke_async(&mut c)).await
         }
         .boxed()
     }

@@ -5,6 +5,7 @@
 //! Stock and prices that changed at run time are rows of `products`, which override the catalog file's values
 //! at start-up.
 
+mod holds;
 mod notices;
 mod queries;
 mod readers;
@@ -16,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use cartwheel_core::{Cart, CartLimits, Notice, PostedNotice};
+use std::collections::BTreeMap;
+
+use cartwheel_core::{Cart, CartLimits, Notice, PostedNotice, ProductId};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use rusqlite::Connection;
@@ -68,6 +71,7 @@ impl SqliteCartStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         schema::migrate(&mut conn)?;
+        holds::count_once(&mut conn)?;
         let secret = match secret {
             Some(s) => s.to_vec(),
             None => schema::stored_secret(&conn)?,
@@ -193,6 +197,19 @@ impl CartStore for SqliteCartStore {
             self.submit(|reply| WriteJob::Cursor { cart, ack: Some(upto), reply }).await.map_err(only_store_errors)
         }
         .boxed()
+    }
+
+    fn holds(&self) -> BoxFuture<'_, Result<BTreeMap<ProductId, u64>, StoreError>> {
+        async move { self.readers.run(holds::read).await? }.boxed()
+    }
+
+    /// One instance: its own sessions are everyone's.
+    fn report_online<'a>(
+        &'a self,
+        sessions: &'a [CartKey],
+        _ttl: Duration,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        futures_util::future::ready(Ok(u64::try_from(sessions.len()).unwrap_or(u64::MAX))).boxed()
     }
 
     fn touch<'a>(&'a self, cart: &'a CartKey) -> BoxFuture<'a, Result<(), StoreError>> {

@@ -73,13 +73,24 @@ pub(super) fn cap_idempotency_keys(conn: &Connection, key: &str, cap: usize) -> 
         .and_then(|mut s| s.execute(params![key, cap]))?)
 }
 
-/// Delete up to `batch` carts neither changed nor touched within `expiry_secs`; returns how many went.
+/// Delete up to `batch` carts neither changed nor touched within `expiry_secs` (and their products' holds);
+/// returns how many went.
 pub(super) fn expire_carts(conn: &Connection, expiry_secs: i64, batch: usize) -> Result<usize, StoreError> {
     let cutoff = now_secs().saturating_sub(expiry_secs);
     let limit = i64::try_from(batch).unwrap_or(i64::MAX);
-    Ok(conn
-        .prepare_cached("DELETE FROM carts WHERE rowid IN (SELECT rowid FROM carts WHERE updated_at < ?1 LIMIT ?2)")
-        .and_then(|mut s| s.execute(params![cutoff, limit]))?)
+    let expired: Vec<(i64, String, String)> = conn
+        .prepare_cached("SELECT rowid, cart_key, contents FROM carts WHERE updated_at < ?1 LIMIT ?2")?
+        .query_map(params![cutoff, limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let empty = CartContents::default();
+    for (rowid, key, contents) in &expired {
+        // An unreadable cart still goes; its holds cannot be counted down.
+        if let Ok(contents) = parse_contents(key, contents) {
+            super::holds::adjust(conn, &contents, &empty)?;
+        }
+        conn.prepare_cached("DELETE FROM carts WHERE rowid = ?1")?.execute([rowid])?;
+    }
+    Ok(expired.len())
 }
 
 /// Mark a cart as used now, so it does not expire (nothing if it does not exist).

@@ -66,6 +66,11 @@ const MIGRATIONS: &[&str] = &[
         updated_at   INTEGER NOT NULL
     );
     CREATE INDEX notice_cursors_by_age ON notice_cursors (updated_at);",
+    // 5: how many carts hold each product (see `holds`).
+    "CREATE TABLE product_holds (
+        product_id TEXT PRIMARY KEY,
+        carts      INTEGER NOT NULL CHECK (carts >= 0)
+    );",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

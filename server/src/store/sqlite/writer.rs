@@ -14,7 +14,7 @@ use cartwheel_core::{CartContents, CartLimits, Change, CheckoutReceipt, Notice, 
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use super::notices;
+use super::{holds, notices};
 use super::queries::{
     cap_idempotency_keys, expire_carts, forget_idempotency_keys, insert_order, read_cart, remember, remembered,
     touch_cart, write_cart, write_probe, write_product,
@@ -368,10 +368,12 @@ fn apply_cart_change(
     if request.expected.is_some() {
         check_expected(&price(&request.cart, version, &contents, catalog), request.expected.as_ref())?;
     }
+    let before = contents.clone();
     let change = contents.apply(&request.op, &settings.limits, |id| catalog.get(id))?;
     if change == Change::Changed {
         version += 1;
         write_cart(conn, key, version, &contents)?;
+        holds::adjust(conn, &before, &contents)?;
     }
     let outcome = committed_mutation(&request.cart, price(&request.cart, version, &contents, catalog), change);
     if let Some(idem) = idem {
@@ -418,6 +420,7 @@ fn apply_checkout(
     insert_order(conn, key, &order)?;
     let emptied = CartContents::default();
     write_cart(conn, key, version + 1, &emptied)?;
+    holds::adjust(conn, &contents, &emptied)?;
     let receipt = CheckoutReceipt { order, cart: price(&request.cart, version + 1, &emptied, catalog) };
     if let Some(idem) = idem {
         remember(conn, key, idem, CHECKOUT_FINGERPRINT, &to_json(&receipt)?)?;
