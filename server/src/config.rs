@@ -282,10 +282,10 @@ pub struct Config {
     #[arg(long, env = "CARTWHEEL_SHOP_NOTICES_CAP", default_value_t = defaults::SHOP_NOTICES_CAP)]
     pub shop_notices_cap: usize,
     /// Milliseconds between presence reads and pushes (at most one `PRESENCE` frame per connection each).
-    #[arg(long, env = "CARTWHEEL_PRESENCE_INTERVAL_MS", value_parser = parse_duration_ms, default_value = "2000")]
+    #[arg(long = "presence-interval-ms", env = "CARTWHEEL_PRESENCE_INTERVAL_MS", value_parser = parse_duration_ms, default_value = "2000")]
     pub presence_interval: Duration,
     /// Milliseconds one report of an instance's online sessions counts (Redis mode; refreshed every interval).
-    #[arg(long, env = "CARTWHEEL_PRESENCE_TTL_MS", value_parser = parse_duration_ms, default_value = "15000")]
+    #[arg(long = "presence-ttl-ms", env = "CARTWHEEL_PRESENCE_TTL_MS", value_parser = parse_duration_ms, default_value = "15000")]
     pub presence_ttl: Duration,
 
     /// Switch every request rate limit off (for load benchmarks only).

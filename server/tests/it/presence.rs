@@ -21,7 +21,7 @@ async fn until_presence(ws: &mut Ws, counts: &mut Value, wanted: impl Fn(&Value)
     let deadline = Instant::now() + EVENT_TIMEOUT;
     loop {
         assert!(Instant::now() < deadline, "presence never got to what was wanted: {counts}");
-        let v = ws.next_json().await;
+        let v = ws.next_frame().await;
         if v["type"] != "PRESENCE" {
             continue;
         }
@@ -46,21 +46,31 @@ async fn in_n_carts_follows_adds_removes_and_checkout_exactly() {
     let (mut ws, _) = Ws::connect_synced(&a).await;
     let mut counts = serde_json::json!({"online": 0, "in_carts": {}});
     until_presence(&mut ws, &mut counts, |c| c["online"] == 1).await;
-    a.add("linen-notebook", 2).await;
-    b.add("linen-notebook", 1).await;
-    b.add("brass-pen", 1).await;
-    let c = until_presence(&mut ws, &mut counts, |c| in_carts(c, "linen-notebook") == 2 && in_carts(c, "brass-pen") == 1).await;
+    for (s, product, n) in [(&a, "linen-notebook", 2), (&b, "linen-notebook", 1), (&b, "stoneware-mug", 1)] {
+        let added = s.add(product, n).await;
+        assert_eq!(added.status, 200, "{}", added.body);
+    }
+    let c = until_presence(&mut ws, &mut counts, |c| {
+        in_carts(c, "linen-notebook") == 2 && in_carts(c, "stoneware-mug") == 1
+    })
+    .await;
     assert_eq!(c["online"], 1, "b has no socket");
     a.add("linen-notebook", 1).await; // the same cart again: still one cart
     b.remove("linen-notebook").await;
     until_presence(&mut ws, &mut counts, |c| in_carts(c, "linen-notebook") == 1).await;
     let order = b.send(reqwest::Method::POST, "/api/cart/checkout", None, &[]).await;
     assert_eq!(order.status, 201, "{}", order.body);
-    until_presence(&mut ws, &mut counts, |c| in_carts(c, "brass-pen") == 0).await;
+    until_presence(&mut ws, &mut counts, |c| in_carts(c, "stoneware-mug") == 0).await;
     assert_eq!(in_carts(&counts, "linen-notebook"), 1);
     // And the page counts them too (the server renders the labels).
     let page = reqwest::get(server.url("/")).await.unwrap().text().await.unwrap();
-    assert!(page.contains("1 shopper here") || page.contains("shoppers here"), "the shell's count is rendered");
+    assert!(page.contains(">1 shopper here<"), "the shell's count is rendered");
+    a.add("stoneware-mug", 1).await;
+    b.add("stoneware-mug", 1).await;
+    until_presence(&mut ws, &mut counts, |c| in_carts(c, "stoneware-mug") == 2).await;
+    let page = reqwest::get(server.url("/")).await.unwrap().text().await.unwrap();
+    let label = page.find(r#"data-in-carts-of="stoneware-mug""#).map(|at| &page[at..]).unwrap_or_default();
+    assert!(label.split('<').next().is_some_and(|l| l.ends_with(">in 2 carts")), "the card's label is rendered");
     server.stop().await;
 }
 
@@ -76,18 +86,15 @@ async fn a_thousand_changes_make_at_most_one_presence_frame_per_interval() {
     let busy = server.shopper().await;
     let started = Instant::now();
     for n in 0..1_000 {
-        let product = if n % 2 == 0 { "linen-notebook" } else { "brass-pen" };
-        if n % 4 < 2 {
-            busy.add(product, 1).await;
-        } else {
-            busy.remove(product).await;
-        }
+        let product = if n % 2 == 0 { "linen-notebook" } else { "stoneware-mug" };
+        let answer = if n % 4 < 2 { busy.add(product, 1).await } else { busy.remove(product).await };
+        assert_eq!(answer.status, 200, "{}", answer.body);
     }
     let elapsed = started.elapsed();
     ws.send_text(r#"{"type":"PING","id":9}"#).await;
     let mut frames = 0;
     loop {
-        let v = ws.next_json().await;
+        let v = ws.next_frame().await;
         match v["type"].as_str() {
             Some("PRESENCE") => frames += 1,
             Some("PONG") => break,
@@ -129,6 +136,12 @@ async fn online_counts_sessions_across_instances_and_a_killed_instances_shoppers
     let _c2 = Ws::connect_synced(&on_two(&c)).await;
     let mut counts = serde_json::json!({"online": 0, "in_carts": {}});
     until_presence(&mut watch, &mut counts, |v| v["online"] == 3).await;
+    // Carts are counted in Redis, whichever instance changed them.
+    a.add("glass-carafe", 1).await;
+    on_two(&b).add("glass-carafe", 1).await;
+    until_presence(&mut watch, &mut counts, |v| in_carts(v, "glass-carafe") == 2).await;
+    on_two(&b).remove("glass-carafe").await;
+    until_presence(&mut watch, &mut counts, |v| in_carts(v, "glass-carafe") == 1).await;
     drop(_c1);
     drop(_c2);
     until_presence(&mut watch, &mut counts, |v| v["online"] == 2).await;

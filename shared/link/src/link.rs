@@ -13,12 +13,12 @@ use web_sys::{CloseEvent, CustomEvent, CustomEventInit, MessageEvent, Visibility
 use cartwheel_core::api::CHECKING;
 use cartwheel_core::cart::Cart;
 use cartwheel_core::catalog::Product;
+use cartwheel_core::catalog::ProductId;
 pub use cartwheel_core::link::Handlers;
 use cartwheel_core::link::{LinkReport, LinkState, LinkTimings, Liveness, LivenessCheck, LINK_EVENT, LINK_QUERY_EVENT};
-use cartwheel_core::catalog::ProductId;
 use cartwheel_core::notices::NoticeInbox;
-use cartwheel_core::presence::{Presence, IN_CARTS_ATTR, ONLINE_ATTR};
 use cartwheel_core::order::CheckoutReceipt;
+use cartwheel_core::presence::{Presence, IN_CARTS_ATTR, ONLINE_ATTR};
 use cartwheel_core::protocol::{
     ClientMessage, Notice, ServerMessage, CART_EVENT, NOTICE_EVENT, NOTICE_FRAME_PREFIX, PRESENCE_EVENT,
     PRESENCE_FRAME_PREFIX, WS_PATH,

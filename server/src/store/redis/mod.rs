@@ -668,7 +668,12 @@ impl CartStore for RedisCartStore {
                 let until = now_ms().saturating_add(ttl);
                 let mut pipe = redis::pipe();
                 for line in parse_contents(cart.as_str(), &text)?.lines {
-                    pipe.cmd("ZADD").arg(keys::holders(&line.product_id)).arg("XX").arg(until).arg(cart.as_str()).ignore();
+                    pipe.cmd("ZADD")
+                        .arg(keys::holders(&line.product_id))
+                        .arg("XX")
+                        .arg(until)
+                        .arg(cart.as_str())
+                        .ignore();
                 }
                 self.query::<()>(&pipe).await?;
             }
@@ -692,11 +697,7 @@ impl CartStore for RedisCartStore {
         .boxed()
     }
 
-    fn report_online<'a>(
-        &'a self,
-        sessions: &'a [CartKey],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+    fn report_online<'a>(&'a self, sessions: &'a [CartKey], ttl: Duration) -> BoxFuture<'a, Result<u64, StoreError>> {
         async move {
             let mine = keys::presence_of(&self.instance);
             let mut c = self.connection.clone();

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use cartwheel_core::{CartContents, ProductId};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::store::rules::parse_contents;
 use crate::store::StoreError;
@@ -25,7 +25,8 @@ pub(super) fn adjust(conn: &Connection, before: &CartContents, after: &CartConte
         .execute([id])?;
     }
     for id in was.difference(&is) {
-        conn.prepare_cached("UPDATE product_holds SET carts = MAX(carts - 1, 0) WHERE product_id = ?1")?.execute([id])?;
+        conn.prepare_cached("UPDATE product_holds SET carts = MAX(carts - 1, 0) WHERE product_id = ?1")?
+            .execute([id])?;
     }
     Ok(())
 }

@@ -204,11 +204,7 @@ impl CartStore for SqliteCartStore {
     }
 
     /// One instance: its own sessions are everyone's.
-    fn report_online<'a>(
-        &'a self,
-        sessions: &'a [CartKey],
-        _ttl: Duration,
-    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+    fn report_online<'a>(&'a self, sessions: &'a [CartKey], _ttl: Duration) -> BoxFuture<'a, Result<u64, StoreError>> {
         futures_util::future::ready(Ok(u64::try_from(sessions.len()).unwrap_or(u64::MAX))).boxed()
     }
 

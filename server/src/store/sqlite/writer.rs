@@ -14,11 +14,11 @@ use cartwheel_core::{CartContents, CartLimits, Change, CheckoutReceipt, Notice, 
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{holds, notices};
 use super::queries::{
     cap_idempotency_keys, expire_carts, forget_idempotency_keys, insert_order, read_cart, remember, remembered,
     touch_cart, write_cart, write_probe, write_product,
 };
+use super::{holds, notices};
 use crate::clock::now_ms;
 use crate::config::defaults;
 use crate::domain::{CartKey, Catalog, LiveCatalog};

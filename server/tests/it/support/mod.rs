@@ -315,7 +315,19 @@ impl Ws {
         }
     }
 
+    /// The next JSON frame other than `PRESENCE` (counts pushed in the background, like heartbeats: only the
+    /// presence tests read them, with [`Ws::next_frame`]).
     pub async fn next_json(&mut self) -> Value {
+        loop {
+            let v = self.next_frame().await;
+            if v["type"] != "PRESENCE" {
+                return v;
+            }
+        }
+    }
+
+    /// The next JSON frame, whatever it is.
+    pub async fn next_frame(&mut self) -> Value {
         match self.next_message().await {
             Some(Message::Text(t)) => serde_json::from_str(t.as_str()).unwrap(),
             other => panic!("expected a JSON text frame, got {other:?}"),
