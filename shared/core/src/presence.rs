@@ -54,17 +54,26 @@ impl Presence {
 
     /// "in N carts" for a product, from [`IN_CARTS_SHOWN_FROM`] on.
     pub fn in_carts_label(&self, id: &ProductId) -> Option<String> {
-        let n = self.in_carts.get(id).copied().unwrap_or(0);
-        (n >= IN_CARTS_SHOWN_FROM).then(|| format!("in {n} carts"))
+        in_carts_label(self.in_carts.get(id).copied().unwrap_or(0))
     }
 
-    /// "N shoppers here" (for one: "1 shopper here"); nothing before the first count.
+    /// "N shoppers here"; nothing before the first count.
     pub fn online_label(&self) -> Option<String> {
-        match self.online {
-            0 => None,
-            1 => Some("1 shopper here".to_owned()),
-            n => Some(format!("{n} shoppers here")),
-        }
+        online_label(self.online)
+    }
+}
+
+/// "in N carts" for `n` carts, from [`IN_CARTS_SHOWN_FROM`] on.
+pub fn in_carts_label(n: u64) -> Option<String> {
+    (n >= IN_CARTS_SHOWN_FROM).then(|| format!("in {n} carts"))
+}
+
+/// "N shoppers here" (for one: "1 shopper here"); nothing for 0 (not counted yet).
+pub fn online_label(n: u64) -> Option<String> {
+    match n {
+        0 => None,
+        1 => Some("1 shopper here".to_owned()),
+        n => Some(format!("{n} shoppers here")),
     }
 }
 

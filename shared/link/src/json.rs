@@ -17,8 +17,6 @@ use serde::ser;
 use serde::Serialize;
 use wasm_bindgen::{JsCast, JsValue};
 
-use cartwheel_core::catalog::ProductId;
-use cartwheel_core::presence::Presence;
 use cartwheel_core::protocol::{Notice, ServerMessage};
 use cartwheel_core::version::Epoch;
 
@@ -64,17 +62,19 @@ pub fn parse_notice(text: &str) -> Option<(Epoch, (u64, Notice))> {
     Some((Epoch::parse(&epoch)?, posted(&frame)?))
 }
 
-/// A `PRESENCE` frame's counts.
-pub fn parse_presence(text: &str) -> Option<Presence> {
+/// A `PRESENCE` frame's counts: shoppers online, and each changed product's carts (unreadable entries left out).
+pub fn parse_presence(text: &str) -> Option<(u64, Vec<(String, u64)>)> {
     let frame = js_sys::JSON::parse(text).ok()?;
-    let online = from_js(Reflect::get(&frame, &JsValue::from_str("online")).ok()?)?;
+    let online = Reflect::get(&frame, &JsValue::from_str("online")).ok()?.as_f64()? as u64;
     let carts = Reflect::get(&frame, &JsValue::from_str("in_carts")).ok()?.dyn_into::<Object>().ok()?;
-    let mut in_carts = std::collections::BTreeMap::new();
-    for entry in Object::entries(&carts).iter() {
-        let pair: Array = entry.dyn_into().ok()?;
-        in_carts.insert(ProductId(pair.get(0).as_string()?), pair.get(1).as_f64()? as u64);
-    }
-    Some(Presence { online, in_carts })
+    let in_carts = Object::entries(&carts)
+        .iter()
+        .filter_map(|entry| {
+            let pair: Array = entry.dyn_into().ok()?;
+            Some((pair.get(0).as_string()?, pair.get(1).as_f64()? as u64))
+        })
+        .collect();
+    Some((online, in_carts))
 }
 
 /// A stored notice's `seq` and `data`, from a `NOTICE` frame or an entry of `GET /api/notices`.

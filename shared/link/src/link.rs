@@ -13,12 +13,11 @@ use web_sys::{CloseEvent, CustomEvent, CustomEventInit, MessageEvent, Visibility
 use cartwheel_core::api::CHECKING;
 use cartwheel_core::cart::Cart;
 use cartwheel_core::catalog::Product;
-use cartwheel_core::catalog::ProductId;
 pub use cartwheel_core::link::Handlers;
 use cartwheel_core::link::{LinkReport, LinkState, LinkTimings, Liveness, LivenessCheck, LINK_EVENT, LINK_QUERY_EVENT};
 use cartwheel_core::notices::NoticeInbox;
 use cartwheel_core::order::CheckoutReceipt;
-use cartwheel_core::presence::{Presence, IN_CARTS_ATTR, ONLINE_ATTR};
+use cartwheel_core::presence::{in_carts_label, online_label, IN_CARTS_ATTR, ONLINE_ATTR};
 use cartwheel_core::protocol::{
     ClientMessage, Notice, ServerMessage, CART_EVENT, NOTICE_EVENT, NOTICE_FRAME_PREFIX, PRESENCE_EVENT,
     PRESENCE_FRAME_PREFIX, WS_PATH,
@@ -728,29 +727,24 @@ pub fn on_notices(f: impl Fn(Notice) + 'static) -> Option<(EventListener, gloo_t
 
 /// Keep the presence labels inside the element `mount` current, from every bundle's `PRESENCE` frames: the text
 /// of each `[data-in-carts-of=<product>]` ("in N carts") and `[data-online]` ("N shoppers here"). Plain text the
-/// view rendered once (the server counted it into the page): no reactive state, so a bundle pays a few hundred
-/// bytes for it, not a signal type.
+/// view rendered once (the server counted it into the page), rewritten in place from each frame (a frame
+/// carries the new count of whatever changed): no reactive state and no map, so a bundle pays little for it.
 pub fn show_presence(mount: String) -> Option<EventListener> {
     let window = web_sys::window()?;
-    let held = RefCell::new(Presence::default());
     Some(EventListener::new(&window, PRESENCE_EVENT, move |event| {
         let text = event.dyn_ref::<CustomEvent>().and_then(|e| e.detail().as_string());
-        let Some(frame) = text.as_deref().and_then(json::parse_presence) else { return };
-        let mut held = held.borrow_mut();
-        held.apply(&frame);
         let Some(root) = web_sys::window().and_then(|w| w.document()).and_then(|d| d.get_element_by_id(&mount)) else {
             return;
         };
-        if let Ok(labels) = root.query_selector_all(&format!("[{IN_CARTS_ATTR}]")) {
-            for node in (0..labels.length()).filter_map(|i| labels.item(i)) {
-                let Some(element) = node.dyn_ref::<web_sys::Element>() else { continue };
-                if let Some(id) = element.get_attribute(IN_CARTS_ATTR) {
-                    element.set_text_content(held.in_carts_label(&ProductId(id)).as_deref());
-                }
-            }
+        let Some((online, in_carts)) = text.as_deref().and_then(json::parse_presence) else { return };
+        if let Ok(Some(label)) = root.query_selector(&format!("[{ONLINE_ATTR}]")) {
+            label.set_text_content(online_label(online).as_deref());
         }
-        if let Ok(Some(online)) = root.query_selector(&format!("[{ONLINE_ATTR}]")) {
-            online.set_text_content(held.online_label().as_deref());
+        for (id, n) in in_carts {
+            // Ids are slugs (a-z, 0-9, '-'): nothing to escape in the selector.
+            if let Ok(Some(label)) = root.query_selector(&format!("[{IN_CARTS_ATTR}=\"{id}\"]")) {
+                label.set_text_content(in_carts_label(n).as_deref());
+            }
         }
     }))
 }
