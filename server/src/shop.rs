@@ -170,22 +170,31 @@ impl Shop {
             let posted = store.post_notice(session.as_ref(), &notice).await?;
             let epoch = store.catalog().epoch().clone();
             // Stored: a failed hand-over to the other instances is delivered on their shoppers' next connect.
-            let now = match fanout.notify(session.as_ref(), &epoch, &posted).await {
+            let here = match fanout.notify(session.as_ref(), &epoch, &posted).await {
                 Ok(n) => n,
                 Err(e) => {
                     metrics.notices_unpublished.inc();
                     tracing::warn!(error = %e, id = posted.id, "stored notice not passed on live; sent on reconnect");
-                    0
+                    return Ok((posted, 0));
                 }
             };
-            Ok((posted, now))
+            // The other instances' connections, as they last reported them (at most a presence interval old).
+            let elsewhere = store.reach_elsewhere(session.as_ref()).await.unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "the other instances' connections are not known");
+                0
+            });
+            Ok((posted, here + usize::try_from(elsewhere).unwrap_or(usize::MAX)))
         });
         sent.await.unwrap_or(Err(StoreError::Closed))
     }
 
     /// Report this instance's sessions with an open connection (counted for `ttl`) and read the counts:
     /// shoppers online on every instance, carts holding each product.
-    pub async fn presence(&self, sessions: &[CartKey], ttl: std::time::Duration) -> Result<Presence, StoreError> {
+    pub async fn presence(
+        &self,
+        sessions: &[(CartKey, usize)],
+        ttl: std::time::Duration,
+    ) -> Result<Presence, StoreError> {
         let online = self.store.report_online(sessions, ttl).await?;
         Ok(Presence { online, in_carts: self.store.holds().await? })
     }

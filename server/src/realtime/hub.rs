@@ -238,6 +238,11 @@ impl CartHub {
         lock(&self.topics).keys().cloned().collect()
     }
 
+    /// The carts with at least one subscriber here, with how many each has.
+    pub fn subscriptions(&self) -> Vec<(CartKey, usize)> {
+        lock(&self.topics).iter().map(|(key, topic)| (key.clone(), topic.mailboxes.len())).collect()
+    }
+
     /// Carts with at least one subscriber here (for metrics and tests).
     pub fn subscribed_carts(&self) -> usize {
         lock(&self.topics).len()

@@ -49,7 +49,7 @@ pub async fn run(
             () = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let sessions = hub.subscribed_keys();
+        let sessions = hub.subscriptions();
         let next = match shop.presence(&sessions, timing.ttl).await {
             Ok(next) => next,
             Err(e) => {

@@ -224,14 +224,18 @@ pub trait CartStore: Send + Sync + 'static {
     /// scanning the carts.
     fn holds(&self) -> BoxFuture<'_, Result<BTreeMap<ProductId, u64>, StoreError>>;
 
-    /// Report the sessions with an open connection on this instance (replacing what it reported before; kept
-    /// for `ttl`, so the sessions of an instance that stops reporting drop out by themselves) and answer how many
-    /// distinct sessions have one on any live instance.
+    /// Report the sessions with an open connection on this instance and how many each has (replacing what it
+    /// reported before; kept for `ttl`, so the report of an instance that stops reporting drops out by itself)
+    /// and answer how many distinct sessions have one on any live instance.
     fn report_online<'a>(
         &'a self,
-        sessions: &'a [CartKey],
+        sessions: &'a [(CartKey, usize)],
         ttl: std::time::Duration,
     ) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// The connections the *other* live instances last reported (see [`CartStore::report_online`]): of
+    /// `session`, or in all. 0 with one instance.
+    fn reach_elsewhere<'a>(&'a self, session: Option<&'a CartKey>) -> BoxFuture<'a, Result<u64, StoreError>>;
 
     /// Commit a tiny write the way changes commit (`/healthz`): `Ok` proves the write path — the SQLite
     /// writer thread and its disk, or Redis accepting writes — works now, not only that reads do.

@@ -9,6 +9,19 @@ use crate::support::{Shopper, TestServer, Ws, EVENT_TIMEOUT};
 use serde_json::Value;
 
 const INTERVAL: Duration = Duration::from_millis(200);
+const TOKEN: &str = "service-token-for-tests-0001";
+
+async fn notify(server: &TestServer, body: Value) -> Value {
+    let answer = reqwest::Client::new()
+        .post(server.url("/api/service/notify"))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    answer.json().await.unwrap()
+}
 
 fn fast(c: &mut cartwheel_server::config::Config) {
     c.presence_interval = INTERVAL;
@@ -114,6 +127,7 @@ async fn online_counts_sessions_across_instances_and_a_killed_instances_shoppers
     let one = TestServer::start_with(|c| {
         fast(c);
         c.redis_url = Some(url.clone());
+        c.service_tokens = vec![TOKEN.to_owned()];
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
@@ -136,6 +150,12 @@ async fn online_counts_sessions_across_instances_and_a_killed_instances_shoppers
     let _c2 = Ws::connect_synced(&on_two(&c)).await;
     let mut counts = serde_json::json!({"online": 0, "in_carts": {}});
     until_presence(&mut watch, &mut counts, |v| v["online"] == 3).await;
+    // A notice counts the connections it reached at once on every instance (the others' as they last reported).
+    let session = c.send(reqwest::Method::GET, "/api/session", None, &[]).await.body["session"].clone();
+    let to_c = notify(&one, serde_json::json!({"session": session, "kind": "k", "message": "to c"})).await;
+    assert_eq!(to_c["delivered_now"], 2, "c has a socket on each instance: {to_c}");
+    let everyone = notify(&one, serde_json::json!({"kind": "k", "message": "to all"})).await;
+    assert_eq!(everyone["delivered_now"], 4, "a, b and c's two: {everyone}");
     // Carts are counted in Redis, whichever instance changed them.
     a.add("glass-carafe", 1).await;
     on_two(&b).add("glass-carafe", 1).await;

@@ -2,7 +2,7 @@
 //! `cart:<key>` (hash `v` version, `c` contents), `idem:<cart key>:<Idempotency-Key>` (expires),
 //! `products` (hash id → `stock price revision`, overriding the catalog file), `epoch`,
 //! `order:<id>`, `session-secret`, `health-probe`, notices (`notice-seq`, `notices`, `inbox:<cart key>`,
-//! `notice-cursor:<cart key>`), and the pub/sub channel every instance of one shop shares.
+//! `notice-cursor:<cart key>`), presence (`presence`, `presence:<instance>`, `holders:<product>`), and the pub/sub channel every instance of one shop shares.
 
 use cartwheel_core::{Product, ProductId};
 
@@ -56,7 +56,8 @@ pub fn holders(product: &ProductId) -> String {
 /// Instances reporting presence: a sorted set of their session sets' keys, score = when the report expires.
 pub const PRESENCE: &str = "cartwheel:presence";
 
-/// One instance's sessions with an open connection (a set, expiring unless reported again).
+/// One instance's open connections: a hash of session → connections, and `*` → all of them (expiring unless
+/// reported again).
 pub fn presence_of(instance: &str) -> String {
     format!("cartwheel:presence:{instance}")
 }

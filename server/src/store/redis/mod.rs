@@ -78,6 +78,7 @@ pub struct RedisCartStore {
     commit: Script,
     notice: Script,
     presence: Script,
+    reach: Script,
     /// This instance's name in the presence registry.
     instance: String,
     cursor: Script,
@@ -122,6 +123,7 @@ impl RedisCartStore {
             commit: Script::new(commit::SCRIPT),
             notice: Script::new(include_str!("notice.lua")),
             presence: Script::new(include_str!("presence.lua")),
+            reach: Script::new(include_str!("reach.lua")),
             instance: hex::encode(rand::random::<[u8; 8]>()),
             cursor: Script::new(include_str!("cursor.lua")),
             turns: CartTurns::default(),
@@ -697,15 +699,30 @@ impl CartStore for RedisCartStore {
         .boxed()
     }
 
-    fn report_online<'a>(&'a self, sessions: &'a [CartKey], ttl: Duration) -> BoxFuture<'a, Result<u64, StoreError>> {
+    fn report_online<'a>(
+        &'a self,
+        sessions: &'a [(CartKey, usize)],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
         async move {
             let mine = keys::presence_of(&self.instance);
+            let all: usize = sessions.iter().map(|(_, n)| n).sum();
             let mut c = self.connection.clone();
             let mut invocation = self.presence.key(keys::PRESENCE);
-            invocation.key(&mine).arg(now_ms()).arg(millis(ttl)).arg(&mine);
-            for session in sessions {
-                invocation.arg(session.as_str());
+            invocation.key(&mine).arg(now_ms()).arg(millis(ttl)).arg(&mine).arg(all);
+            for (session, connections) in sessions {
+                invocation.arg(session.as_str()).arg(*connections);
             }
+            self.call(invocation.invoke_async(&mut c)).await
+        }
+        .boxed()
+    }
+
+    fn reach_elsewhere<'a>(&'a self, session: Option<&'a CartKey>) -> BoxFuture<'a, Result<u64, StoreError>> {
+        async move {
+            let mut c = self.connection.clone();
+            let mut invocation = self.reach.key(keys::PRESENCE);
+            invocation.arg(now_ms()).arg(keys::presence_of(&self.instance)).arg(session.map_or("*", CartKey::as_str));
             self.call(invocation.invoke_async(&mut c)).await
         }
         .boxed()

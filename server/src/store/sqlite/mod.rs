@@ -204,8 +204,16 @@ impl CartStore for SqliteCartStore {
     }
 
     /// One instance: its own sessions are everyone's.
-    fn report_online<'a>(&'a self, sessions: &'a [CartKey], _ttl: Duration) -> BoxFuture<'a, Result<u64, StoreError>> {
+    fn report_online<'a>(
+        &'a self,
+        sessions: &'a [(CartKey, usize)],
+        _ttl: Duration,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
         futures_util::future::ready(Ok(u64::try_from(sessions.len()).unwrap_or(u64::MAX))).boxed()
+    }
+
+    fn reach_elsewhere<'a>(&'a self, _session: Option<&'a CartKey>) -> BoxFuture<'a, Result<u64, StoreError>> {
+        futures_util::future::ready(Ok(0)).boxed()
     }
 
     fn touch<'a>(&'a self, cart: &'a CartKey) -> BoxFuture<'a, Result<(), StoreError>> {
