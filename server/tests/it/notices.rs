@@ -1,6 +1,7 @@
 //! Notices that wait for the shopper: stored, sent after the snapshot on every (re)connect until acknowledged
 //! (`ACK` frame or `POST /api/notices/ack`), bounded per session and for the shop, in both stores.
 
+use crate::support::process::ServerProcess;
 use crate::support::redis::RedisServer;
 use crate::support::{Answer, Shopper, TestServer, Ws};
 use futures_util::StreamExt;
@@ -19,8 +20,12 @@ async fn start(adjust: impl FnOnce(&mut cartwheel_server::config::Config)) -> Te
 }
 
 async fn notify(server: &TestServer, body: Value) -> Answer {
+    notify_at(&server.base, body).await
+}
+
+async fn notify_at(base: &str, body: Value) -> Answer {
     let response = reqwest::Client::new()
-        .post(server.url("/api/service/notify"))
+        .post(format!("{base}/api/service/notify"))
         .header(CONTENT_TYPE, "application/json")
         .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
         .body(body.to_string())
@@ -185,13 +190,17 @@ async fn in_redis_mode_notices_and_cursors_outlive_an_instance_and_a_reset_store
     let redis = RedisServer::start();
     let url = redis.url();
     let with = |url: String| move |c: &mut cartwheel_server::config::Config| c.redis_url = Some(url);
-    let one = start(with(url.clone())).await;
+    // Instance one is a process of its own, so it can be killed outright.
+    let dir = tempfile::tempdir().unwrap();
+    let one =
+        ServerProcess::start(&[], &dir.path().join("unused.sqlite3"), &["--redis-url", &url, "--service-token", TOKEN]);
     let two = start(with(url.clone())).await;
-    let shopper = one.shopper().await;
+    let shopper = two.shopper().await;
     let id = session_id(&shopper).await;
-    let sent = notify(&one, json!({"session": id, "kind": "k", "message": "stored in Redis"})).await;
-    one.stop().await;
-    let on_two = shopper.on(&two);
+    let sent = notify_at(&one.base, json!({"session": id, "kind": "k", "message": "stored in Redis"})).await;
+    assert_eq!(sent.status, 202, "{}", sent.body);
+    one.kill_9();
+    let on_two = shopper;
     let (mut ws, got) = connect_and_collect(&on_two).await;
     assert_eq!(messages(&got), ["stored in Redis"]);
     assert_eq!(got[0]["id"], sent.body["id"]);
@@ -208,4 +217,42 @@ async fn in_redis_mode_notices_and_cursors_outlive_an_instance_and_a_reset_store
     assert_eq!(messages(&got), ["after the reset"], "an old cursor does not hold back the new sequence");
     assert_ne!(got[0]["epoch"], old_epoch);
     two.stop().await;
+}
+
+/// A stored notice older than `--notice-ttl-days` is not sent, in either store (aged here in the store itself).
+#[tokio::test]
+async fn an_expired_notice_is_not_sent_in_either_store() {
+    const WEEK_AND_A_DAY_MS: i64 = 8 * 86_400_000;
+    // SQLite: the row's time moved back.
+    let server = start(|_| {}).await;
+    let shopper = server.shopper().await;
+    let id = session_id(&shopper).await;
+    for m in ["old", "new"] {
+        notify(&server, json!({"session": id, "kind": "k", "message": m})).await;
+    }
+    let db = rusqlite::Connection::open(&server.db).unwrap();
+    db.execute("UPDATE notices SET created_ms = created_ms - ?1 WHERE body LIKE '%\"old\"%'", [WEEK_AND_A_DAY_MS])
+        .unwrap();
+    assert_eq!(messages(&connect_and_collect(&shopper).await.1), ["new"]);
+    server.stop().await;
+
+    // Redis: a member as the store writes it, sent eight days ago.
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let server = start(move |c| c.redis_url = Some(url)).await;
+    let shopper = server.shopper().await;
+    let id = session_id(&shopper).await;
+    notify(&server, json!({"session": id, "kind": "k", "message": "new"})).await;
+    let mut cli = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    // Numbered after every real one, so only its age keeps it back.
+    let old = json!({"id": "ntc_old", "seq": 1_000, "sent_at_ms": 1_000, "data": {"kind": "k", "message": "old"}});
+    let _: () = redis::cmd("ZADD")
+        .arg(format!("cartwheel:inbox:{id}"))
+        .arg(1_000)
+        .arg(old.to_string())
+        .query_async(&mut cli)
+        .await
+        .unwrap();
+    assert_eq!(messages(&connect_and_collect(&shopper).await.1), ["new"]);
+    server.stop().await;
 }
