@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::header::SET_COOKIE;
+use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
@@ -56,9 +58,11 @@ async fn upgrade(
             return AppError::from(exceeded).into_response();
         }
     };
+    // A tab that only keeps its sockets open renews its session here (the `101` may set a cookie too).
+    let renewal = app.sessions.renewal(&session, &app.shop).await;
     let max_message = app.config.max_ws_message_bytes;
     let (sockets, connections) = (app.sockets.clone(), app.connections.clone());
-    upgrade
+    let mut response = upgrade
         .read_buffer_size(defaults::WS_READ_BUFFER_BYTES)
         .write_buffer_size(defaults::WS_WRITE_BUFFER_BYTES)
         .max_write_buffer_size(defaults::WS_MAX_WRITE_BUFFER_BYTES)
@@ -70,5 +74,9 @@ async fn upgrade(
                 let _held = (permit, slot);
                 serve(socket, sockets, session.cart, peer, client_label(query.as_deref())).await;
             })
-        })
+        });
+    if let Some(cookie) = renewal.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        response.headers_mut().append(SET_COOKIE, cookie);
+    }
+    response
 }

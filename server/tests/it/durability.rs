@@ -191,3 +191,29 @@ async fn a_no_op_change_remembers_a_marker_and_its_replay_answers_the_cart_as_it
     assert!(stored.len() < 8, "a marker, not a cart: {stored}");
     server.stop().await;
 }
+
+/// A tab that only keeps its sockets open (no REST call) still renews its session: the upgrade's `101` sets
+/// the renewed cookie (after touching the cart), so a cart in use by such a tab never expires either.
+#[tokio::test]
+async fn the_websocket_upgrade_renews_a_session_that_is_due() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let server = TestServer::start_with(|c| c.session_secret = vec![SECRET.to_owned()]).await;
+    let legacy = v1_session_cookie(SECRET);
+    let upgrade = |cookie: String| {
+        let addr = server.addr;
+        async move {
+            let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+            request.headers_mut().insert("cookie", cookie.parse().unwrap());
+            request.headers_mut().insert("origin", format!("http://{addr}").parse().unwrap());
+            let (_, response) = tokio_tungstenite::connect_async(request).await.expect("upgraded");
+            set_cookie(response.headers())
+        }
+    };
+    let renewed = upgrade(legacy.clone()).await.expect("a version 1 cookie is renewed on the upgrade");
+    assert_ne!(renewed, legacy);
+    assert_eq!(upgrade(renewed.clone()).await, None, "a fresh one is not renewed again");
+    let same = Shopper::with_cookie(&server, &renewed).cart().await;
+    let before = Shopper::with_cookie(&server, &legacy).cart().await;
+    assert_eq!(same.body["epoch"], before.body["epoch"], "the same cart");
+    server.stop().await;
+}

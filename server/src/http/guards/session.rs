@@ -187,6 +187,20 @@ impl SessionKeys {
         Some(self.issue_at(session.seed, now))
     }
 
+    /// The `Set-Cookie` renewing `session`, when it is due and its cart could be kept from expiring first: a
+    /// cart must outlive every cookie that names it (see `store::Retention`). If touching the cart fails, the
+    /// next request renews.
+    pub async fn renewal(&self, session: &Session, shop: &Shop) -> Option<String> {
+        let renewed = self.renewed(session, now_secs())?;
+        match shop.touch(&session.cart).await {
+            Ok(()) => Some(self.set_cookie(&renewed)),
+            Err(e) => {
+                tracing::warn!(error = %e, "session not renewed: its cart could not be kept from expiring");
+                None
+            }
+        }
+    }
+
     fn cookie_name(&self) -> &'static str {
         if self.secure {
             SECURE_COOKIE_NAME
@@ -242,18 +256,7 @@ pub async fn ensure_session(
 ) -> Response {
     let (session, cookie) = match keys.from_headers(request.headers()) {
         Some(s) => {
-            let renewed = match keys.renewed(&s, now_secs()) {
-                // A cart must outlive every cookie that names it (see `store::Retention`): the cart is touched
-                // before the renewed cookie goes out, and if that fails the next request renews.
-                Some(r) => match shop.touch(&s.cart).await {
-                    Ok(()) => Some(keys.set_cookie(&r)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "session not renewed: its cart could not be kept from expiring");
-                        None
-                    }
-                },
-                None => None,
-            };
+            let renewed = keys.renewal(&s, &shop).await;
             (s, renewed)
         }
         None => {
