@@ -126,10 +126,15 @@ struct Connection {
     snapshot_due: Option<TokioInstant>,
     /// When to try again the stored notices the store could not give.
     notices_due: Option<TokioInstant>,
-    /// The seqs the last replay of stored notices sent: the same notice arriving live afterwards (it was posted
-    /// while the replay read the store) is not sent twice.
+    /// The seqs of recent notices the last replay of stored notices sent: the same notice arriving live
+    /// afterwards (it was posted while the replay read the store) is not sent twice.
     replayed: HashSet<u64>,
 }
+
+/// A notice posted longer ago than this cannot still be on its way live (the pub/sub between instances takes
+/// milliseconds): only younger ones are remembered against duplicates, so the set stays a handful of seqs even
+/// for a session with a thousand unacknowledged notices.
+const NOTICE_IN_FLIGHT_MS: u64 = 10_000;
 
 /// A write either went out or ended the connection.
 type Sent = Result<(), Ending>;
@@ -149,10 +154,14 @@ impl Connection {
         if let Err(ending) = self.send_stored_notices().await {
             return ending;
         }
-        // All the counts now; then what changes, with everyone (at most one frame per presence interval).
-        let presence = Frame::presence(&self.sockets.presence.current());
-        if let Err(ending) = self.send(Message::Text(presence.text)).await {
-            return ending;
+        // All the counts now; then what changes, with everyone (at most one frame per presence interval). Not
+        // before the first count (the server just started): zeros would blank the labels the page was rendered
+        // with, and the first count follows within an interval.
+        let counts = self.sockets.presence.current();
+        if counts.online > 0 {
+            if let Err(ending) = self.send(Message::Text(Frame::presence(&counts).text)).await {
+                return ending;
+            }
         }
         let limits = self.sockets.limits;
         let mut frames = TokenBucket::new(limits.frames, Instant::now());
@@ -314,7 +323,13 @@ impl Connection {
             Ok(list) => {
                 self.notices_due = None;
                 let count = list.notices.len();
-                self.replayed = list.notices.iter().map(|n| n.seq).collect();
+                let now = now_ms();
+                self.replayed = list
+                    .notices
+                    .iter()
+                    .filter(|n| now.saturating_sub(n.sent_at_ms) < NOTICE_IN_FLIGHT_MS)
+                    .map(|n| n.seq)
+                    .collect();
                 for notice in &list.notices {
                     self.send(Message::Text(Frame::notice(&list.epoch, notice).text)).await?;
                 }
