@@ -154,8 +154,8 @@ impl Shop {
     }
 
     /// Store a notice for one session (or everyone), then hand it to the connections open now (on every
-    /// instance); the others get it when they connect. Answers it as stored, and how many connections of this
-    /// instance had it at once.
+    /// instance); the others get it when they connect. Answers it as stored, and how many connections had it at
+    /// once: this instance's exactly, the others' as they last reported them.
     #[tracing::instrument(name = "shop.notify", skip_all, fields(kind = %notice.kind, targeted = session.is_some()))]
     pub async fn notify(
         &self,
@@ -208,9 +208,8 @@ impl Shop {
     /// The session showed every notice up to `upto` of `epoch`. One of another epoch (the store was reset since
     /// it was sent) changes nothing. Answers the cursor as it is now.
     pub async fn ack_notices(&self, cart: &CartKey, epoch: &Epoch, upto: u64) -> Result<u64, StoreError> {
-        if epoch != self.store.catalog().epoch() {
-            return Ok(self.store.notices_after(cart).await?.0.upto);
-        }
+        // Moving up to 0 changes nothing: the answer is then just the cursor as it is.
+        let upto = if epoch == self.store.catalog().epoch() { upto } else { 0 };
         let store = self.store.clone();
         let cart = cart.clone();
         // Detached like a change: an acknowledgement that reached the store is kept.

@@ -383,7 +383,7 @@ impl Inner {
             self.heard_first();
         }
         // Passed on as text, unread: only the shell reads notices (see `json::parse_notice`).
-        if is_notice(&text) {
+        if text.starts_with(NOTICE_FRAME_PREFIX) {
             dispatch_text(NOTICE_EVENT, &text);
             return;
         }
@@ -679,7 +679,7 @@ pub fn on_link_reports(f: impl Fn(LinkReport) + 'static) -> Option<EventListener
 }
 
 /// Call `f` with every new notice that reaches the page (the shell): from any bundle's socket, and while this
-/// bundle's own link is not live, from `GET /api/notices` each poll interval. Each is passed on once (by id,
+/// bundle's own link is not live, from `GET /api/notices` each poll interval. Each is passed on once (by its seq,
 /// [`NoticeInbox`]) and acknowledged once shown: on this bundle's socket when it is live, else over REST; a lost
 /// acknowledgement is sent again with the next notice that arrives (the server re-sends unacknowledged ones on
 /// every connect).
@@ -755,16 +755,10 @@ async fn acknowledge(epoch: &Epoch, upto: u64) -> bool {
     let body = format!(r#"{{"upto":{upto},"epoch":"{epoch}"}}"#);
     let frame = format!(r#"{{"type":"ACK",{}"#, &body[1..]);
     let sent = CartLink::installed().is_some_and(|link| {
-        let s = link.0.state.borrow();
-        s.report.state == LinkState::Live
-            && s.socket.as_ref().is_some_and(|socket| socket.open && socket.ws.send_with_str(&frame).is_ok())
+        link.is_live()
+            && link.0.state.borrow().socket.as_ref().is_some_and(|s| s.open && s.ws.send_with_str(&frame).is_ok())
     });
     sent || api::ack_notices(&body).await
-}
-
-/// A `NOTICE` frame, by its first bytes: the server writes the `type` tag first.
-fn is_notice(text: &str) -> bool {
-    text.starts_with(NOTICE_FRAME_PREFIX)
 }
 
 fn dispatch_text(name: &str, text: &str) {

@@ -57,7 +57,7 @@ impl Link {
             // Started through a closure made here, so only a bundle that calls this (the shell) links the
             // listener and the reading of reports.
             let start = move || -> Box<dyn std::any::Any> { Box::new(cartwheel_link::on_link_reports(f)) };
-            browser::collect(move |wanted| wanted.reports.push(Box::new(start)));
+            browser::collect(move |wanted| wanted.listeners.push(Box::new(start)));
             return;
         }
         drop(f);
@@ -70,7 +70,7 @@ impl Link {
         #[cfg(feature = "hydrate")]
         if self.live {
             let start = move || -> Box<dyn std::any::Any> { Box::new(cartwheel_link::on_notices(f)) };
-            browser::collect(move |wanted| wanted.reports.push(Box::new(start)));
+            browser::collect(move |wanted| wanted.listeners.push(Box::new(start)));
             return;
         }
         drop(f);
@@ -84,7 +84,7 @@ impl Link {
             browser::collect(|wanted| {
                 let mount = wanted.mount.clone();
                 let start = move || -> Box<dyn std::any::Any> { Box::new(cartwheel_link::show_presence(mount)) };
-                wanted.reports.push(Box::new(start));
+                wanted.listeners.push(Box::new(start));
             });
         }
     }
@@ -178,7 +178,7 @@ where
         let products = if handlers.on_product.is_some() { products } else { Vec::new() };
         CartLink::install(mfe, policy, timings, Some(initial), products, handlers);
     }
-    let listeners: Vec<Box<dyn std::any::Any>> = wanted.reports.into_iter().map(|start| start()).collect();
+    let listeners: Vec<Box<dyn std::any::Any>> = wanted.listeners.into_iter().map(|start| start()).collect();
     boot::keep_mounted(Box::new((handle, listeners)));
 }
 
@@ -198,8 +198,9 @@ mod browser {
     #[derive(Default)]
     pub(crate) struct Wanted {
         pub(crate) handlers: Option<Handlers>,
-        /// Each starts one listener to the page's link reports (kept for as long as the bundle is mounted).
-        pub(crate) reports: Vec<Box<dyn FnOnce() -> Box<dyn std::any::Any>>>,
+        /// Each starts one listener to the page's events — link reports, notices, presence — kept for as long
+        /// as the bundle is mounted.
+        pub(crate) listeners: Vec<Box<dyn FnOnce() -> Box<dyn std::any::Any>>>,
         /// The bundle's mount element's id.
         pub(crate) mount: String,
     }

@@ -77,8 +77,7 @@ mod tests {
 
     #[test]
     fn each_cart_counts_once_per_product_and_letting_go_uncounts_it() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        super::super::schema::migrate(&mut conn).unwrap();
+        let conn = super::super::schema::migrated_in_memory();
         adjust(&conn, &cart(&[]), &cart(&["mug"])).unwrap();
         adjust(&conn, &cart(&[]), &cart(&["mug", "pen"])).unwrap();
         adjust(&conn, &cart(&["mug"]), &cart(&["mug"])).unwrap();

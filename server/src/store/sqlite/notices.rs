@@ -52,22 +52,19 @@ pub(super) fn cursor(conn: &Connection, key: &str) -> Result<Option<NoticeCursor
         .optional()?)
 }
 
-/// The session's cursor, made (general notices from now on) if it has none.
-pub(super) fn open_cursor(conn: &Connection, key: &str) -> Result<NoticeCursor, StoreError> {
+/// The session's cursor, made (general notices from now on) if it has none, then moved up to `ack` if given
+/// (never down, never past the last notice given); returns it as it is now.
+pub(super) fn open_cursor(conn: &Connection, key: &str, ack: Option<u64>) -> Result<NoticeCursor, StoreError> {
+    let last = to_sql(last_seq(conn)?);
     conn.prepare_cached(
         "INSERT INTO notice_cursors (cart_key, upto, general_from, updated_at) VALUES (?1, 0, ?2, ?3) \
          ON CONFLICT (cart_key) DO NOTHING",
     )?
-    .execute(params![key, to_sql(last_seq(conn)?), now_secs()])?;
-    cursor(conn, key)?.ok_or_else(|| StoreError::Corrupt("a notice cursor just written is missing".into()))
-}
-
-/// Move the cursor up to `upto` (never down, never past the last notice given); returns it as it is now.
-pub(super) fn ack(conn: &Connection, key: &str, upto: u64) -> Result<NoticeCursor, StoreError> {
-    let upto = upto.min(last_seq(conn)?);
-    open_cursor(conn, key)?;
-    conn.prepare_cached("UPDATE notice_cursors SET upto = MAX(upto, ?2), updated_at = ?3 WHERE cart_key = ?1")?
-        .execute(params![key, to_sql(upto), now_secs()])?;
+    .execute(params![key, last, now_secs()])?;
+    if let Some(upto) = ack {
+        conn.prepare_cached("UPDATE notice_cursors SET upto = MAX(upto, ?2), updated_at = ?3 WHERE cart_key = ?1")?
+            .execute(params![key, to_sql(upto).min(last), now_secs()])?;
+    }
     cursor(conn, key)?.ok_or_else(|| StoreError::Corrupt("a notice cursor just written is missing".into()))
 }
 
@@ -131,9 +128,7 @@ mod tests {
     use super::*;
 
     fn store() -> Connection {
-        let mut conn = Connection::open_in_memory().unwrap();
-        super::super::schema::migrate(&mut conn).unwrap();
-        conn
+        super::super::schema::migrated_in_memory()
     }
 
     fn notice(m: &str) -> Notice {
@@ -150,7 +145,7 @@ mod tests {
     fn a_session_gets_its_own_and_the_general_notices_after_its_cursor_in_order() {
         let conn = store();
         post_notice(&conn, "n1", None, &notice("before the session"), 10).unwrap();
-        let fresh = open_cursor(&conn, "a").unwrap();
+        let fresh = open_cursor(&conn, "a", None).unwrap();
         assert_eq!(fresh, NoticeCursor { upto: 0, general_from: 1 });
         post_notice(&conn, "n2", Some("a"), &notice("for a"), 10).unwrap();
         post_notice(&conn, "n3", Some("b"), &notice("for b"), 10).unwrap();
@@ -158,17 +153,17 @@ mod tests {
         let list = after(&conn, "a", fresh, DAY_MS, 100).unwrap();
         assert_eq!(messages(&list), ["for a", "for all"], "not b's, not the one from before the session");
         assert_eq!(list.iter().map(|n| n.seq).collect::<Vec<_>>(), [2, 4]);
-        let acked = ack(&conn, "a", 2).unwrap();
+        let acked = open_cursor(&conn, "a", Some(2)).unwrap();
         assert_eq!(messages(&after(&conn, "a", acked, DAY_MS, 100).unwrap()), ["for all"]);
-        assert_eq!(ack(&conn, "a", 1).unwrap().upto, 2, "never down");
-        assert_eq!(ack(&conn, "a", 99).unwrap().upto, 4, "never past the last notice");
+        assert_eq!(open_cursor(&conn, "a", Some(1)).unwrap().upto, 2, "never down");
+        assert_eq!(open_cursor(&conn, "a", Some(99)).unwrap().upto, 4, "never past the last notice");
         assert!(after(&conn, "a", cursor(&conn, "a").unwrap().unwrap(), DAY_MS, 100).unwrap().is_empty());
     }
 
     #[test]
     fn an_audience_keeps_its_newest_up_to_the_cap_and_old_ones_expire() {
         let conn = store();
-        let c = open_cursor(&conn, "a").unwrap();
+        let c = open_cursor(&conn, "a", None).unwrap();
         for n in 0..5 {
             post_notice(&conn, &format!("t{n}"), Some("a"), &notice(&format!("t{n}")), 3).unwrap();
             post_notice(&conn, &format!("g{n}"), None, &notice(&format!("g{n}")), 2).unwrap();

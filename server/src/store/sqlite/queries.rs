@@ -147,9 +147,7 @@ mod tests {
     use super::*;
 
     fn store() -> Connection {
-        let mut conn = Connection::open_in_memory().unwrap();
-        super::super::schema::migrate(&mut conn).unwrap();
-        conn
+        super::super::schema::migrated_in_memory()
     }
 
     fn count(conn: &Connection, key: &str) -> i64 {

@@ -92,6 +92,14 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A fresh in-memory database with every migration applied (for the statements' unit tests).
+#[cfg(test)]
+pub(super) fn migrated_in_memory() -> Connection {
+    let mut conn = Connection::open_in_memory().expect("an in-memory database");
+    migrate(&mut conn).expect("the migrations apply");
+    conn
+}
+
 /// The secret that signs session cookies: generated on first start and kept, so cookies survive restarts.
 pub(super) fn stored_secret(conn: &Connection) -> Result<Vec<u8>, StoreError> {
     let existing: Option<Vec<u8>> =

@@ -336,10 +336,7 @@ fn apply_job(
             let to = to.as_ref().map(CartKey::as_str);
             Ok(JobOutcome::Notice(notices::post_notice(conn, &new_notice_id(), to, notice, cap)?))
         }
-        WriteJob::Cursor { cart, ack, .. } => Ok(JobOutcome::Cursor(match ack {
-            Some(upto) => notices::ack(conn, cart.as_str(), *upto)?,
-            None => notices::open_cursor(conn, cart.as_str())?,
-        })),
+        WriteJob::Cursor { cart, ack, .. } => Ok(JobOutcome::Cursor(notices::open_cursor(conn, cart.as_str(), *ack)?)),
         WriteJob::Probe { .. } => {
             write_probe(conn)?;
             Ok(JobOutcome::Done)
