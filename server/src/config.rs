@@ -112,8 +112,6 @@ pub mod defaults {
     /// Frames per second a WebSocket client may send, and its burst, before it is told off and closed (1008).
     pub const WS_FRAMES_PER_SEC: u32 = 20;
     pub const WS_FRAME_BURST: u32 = 40;
-    /// A single frame write that takes longer than this means the peer stopped reading: the connection is dropped.
-    pub const WS_SEND_TIMEOUT: Duration = Duration::from_secs(10);
     /// Cart updates queued for one connection before stale ones are dropped in favour of the newest.
     pub const WS_QUEUE_CAPACITY: usize = 16;
     /// tungstenite's buffers: its 128 KiB read default would cost that much per idle connection; clients send tiny
@@ -130,7 +128,8 @@ pub mod defaults {
     /// A request head must be complete this long after the connection starts waiting for it (also the idle
     /// keep-alive timeout).
     pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-    /// A connection whose peer takes no bytes for this long while the server has some to send is closed.
+    /// A connection whose peer takes no bytes for this long while the server has some to send is closed (also
+    /// the bound on one WebSocket frame's write: a peer that stopped reading is dropped).
     pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
     /// Open WebSockets per session and per client address (IPv6: per /64).
     pub const MAX_SOCKETS_PER_SESSION: usize = 32;

@@ -197,6 +197,7 @@ impl Server {
                 heartbeat_interval: config.heartbeat_interval,
                 heartbeat_timeout: config.heartbeat_timeout,
                 frames: Rate { per_sec: config.ws_frames_per_sec, burst: config.ws_frame_burst },
+                send_timeout: config.send_timeout,
             },
             presence: Arc::default(),
         });

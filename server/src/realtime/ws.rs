@@ -37,6 +37,8 @@ pub struct SocketLimits {
     pub heartbeat_timeout: Duration,
     /// Frames a client may send.
     pub frames: Rate,
+    /// One frame's write may take this long (`--send-timeout`): a peer that stopped reading is dropped.
+    pub send_timeout: Duration,
 }
 
 /// Everything a WebSocket connection needs from the server; one per server, shared by every connection.
@@ -388,7 +390,7 @@ impl Connection {
 
     /// Write one message; a peer that does not take it within the send timeout has stopped reading.
     async fn send(&mut self, message: Message) -> Sent {
-        match timeout(defaults::WS_SEND_TIMEOUT, self.socket.send(message)).await {
+        match timeout(self.sockets.limits.send_timeout, self.socket.send(message)).await {
             Ok(Ok(())) => {
                 self.sent += 1;
                 self.sockets.metrics.ws_messages_sent.inc();
@@ -415,7 +417,8 @@ impl Connection {
     /// Send a close frame and give the peer a moment to answer it, so the close handshake completes.
     async fn close(&mut self, code: u16, reason: &'static str) {
         let frame = CloseFrame { code, reason: reason.into() };
-        if timeout(defaults::WS_SEND_TIMEOUT, self.socket.send(Message::Close(Some(frame)))).await.is_err() {
+        let limit = self.sockets.limits.send_timeout;
+        if timeout(limit, self.socket.send(Message::Close(Some(frame)))).await.is_err() {
             return;
         }
         let _ = timeout(Duration::from_secs(1), async {

@@ -226,3 +226,40 @@ async fn a_connection_that_stops_reading_is_closed_at_the_send_timeout() {
     drop(answer);
     server.stop().await;
 }
+
+/// A WebSocket whose client stops reading is dropped at the send timeout (its frames cannot be written), and its
+/// place is given back.
+#[tokio::test]
+async fn a_websocket_that_stops_reading_is_dropped_at_the_send_timeout() {
+    let send_timeout = Duration::from_secs(1);
+    let server = TestServer::start_with(|c| {
+        c.send_timeout = send_timeout;
+        c.no_rate_limit = true;
+        c.socket_send_buffer_bytes = 4096;
+    })
+    .await;
+    let shopper = server.shopper().await;
+    let stalled = shopper.ws_with_small_receive_buffer().await;
+    server.await_metric("cartwheel_ws_connections_open 1").await;
+    // Cart updates it never reads: far more than its buffers hold (coalescing keeps the queue short, so each
+    // change is another write).
+    let started = Instant::now();
+    let busy = async {
+        for n in 0..2_000 {
+            shopper.set("linen-notebook", 1 + n % 50).await;
+            if server.metrics().await.lines().any(|l| l == "cartwheel_ws_connections_open 0") {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(EVENT_TIMEOUT, busy).await.expect("the stalled socket is dropped in time");
+    let dropped = started.elapsed();
+    println!(
+        "a WebSocket that stopped reading was dropped {} ms after the writes began (send timeout 1 s)",
+        dropped.as_millis()
+    );
+    assert!(dropped >= send_timeout, "dropped before the send timeout: {dropped:?}");
+    server.await_metric("cartwheel_ws_connections_open 0").await;
+    drop(stalled);
+    server.stop().await;
+}

@@ -1,6 +1,8 @@
 //! Notices that wait for the shopper: stored, sent after the snapshot on every (re)connect until acknowledged
 //! (`ACK` frame or `POST /api/notices/ack`), bounded per session and for the shop, in both stores.
 
+use std::time::Duration;
+
 use crate::support::process::ServerProcess;
 use crate::support::redis::RedisServer;
 use crate::support::{Answer, Shopper, TestServer, Ws};
@@ -156,6 +158,8 @@ async fn a_connection_that_falls_behind_the_ring_still_gets_the_general_notices_
     let server = start(|c| {
         c.broadcast_capacity = RING;
         c.no_rate_limit = true;
+        // The stalled reader must outlast the flood, however slow the machine.
+        c.send_timeout = Duration::from_secs(60);
     })
     .await;
     let shopper = server.shopper().await;

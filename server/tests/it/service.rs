@@ -387,6 +387,8 @@ async fn a_connection_that_falls_behind_the_broadcast_ring_still_gets_every_prod
         c.service_tokens = vec![TOKEN.to_owned()];
         c.broadcast_capacity = RING;
         c.no_rate_limit = true;
+        // The stalled reader must outlast the flood, however slow the machine.
+        c.send_timeout = std::time::Duration::from_secs(60);
     })
     .await;
     let shopper = server.shopper().await;
@@ -401,8 +403,8 @@ async fn a_connection_that_falls_behind_the_broadcast_ring_still_gets_every_prod
             }
         }
     };
-    // The reader does not read: after ~100 KiB the server's writes back up (well within the 10 s send timeout)
-    // and the ring overtakes this connection …
+    // The reader does not read: after ~100 KiB the server's writes back up (within the send timeout) and the
+    // ring overtakes this connection …
     flood(400).await;
     patch_product(&server, "beeswax-candle", json!({"stock": 29})).await;
     flood(2 * RING).await;
