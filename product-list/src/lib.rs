@@ -5,9 +5,8 @@
 //! `hydrate` this crate is its own WASM bundle that hydrates that markup and keeps its own WebSocket (reached
 //! through its [`Link`]).
 
-use cartwheel_core::page::{mount, PageState};
-use cartwheel_core::presence::Presence;
-use cartwheel_core::{Cart, CartRequest, Cents, Handlers, LinkReport, Product};
+use cartwheel_core::page::{form, mount, PageState};
+use cartwheel_core::{Cart, CartRequest, Cents, Handlers, LinkReport, Locale, Product};
 use cartwheel_mfe::Link;
 use leptos::prelude::*;
 
@@ -21,7 +20,9 @@ pub fn ProductList(
     products: RwSignal<Vec<Product>>,
     cart: RwSignal<Cart>,
     report: RwSignal<LinkReport>,
-    presence: Presence,
+    /// Per product (by position): what its card starts with — see [`CardStart`].
+    starts: Vec<CardStart>,
+    locale: Locale,
     link: Link,
 ) -> impl IntoView {
     // The catalog's products are fixed at start-up; only their stock and price change, so the cards are made
@@ -33,20 +34,15 @@ pub fn ProductList(
             <div class="section-head">
                 <h2 id="products-title">"Products"</h2>
                 <span class="section-meta">{format!("{count} items")}</span>
-                <span
-                    class="link-dot"
-                    role="img"
-                    aria-label=move || format!("Product list: {}", report.with(|l| l.state.label()))
-                    title=move || format!("Product list: {}", report.with(|l| l.state.label()))
-                ></span>
+                <cartwheel_mfe::LinkBadge report />
             </div>
             <ul class="product-grid">
                 {initial
                     .into_iter()
+                    .zip(starts)
                     .enumerate()
-                    .map(|(index, product)| {
-                        let in_carts = presence.in_carts_label(&product.id).unwrap_or_default();
-                        view! { <ProductCard product index products cart in_carts link /> }
+                    .map(|(index, (product, start))| {
+                        view! { <ProductCard product index products cart start locale link /> }
                     })
                     .collect_view()}
             </ul>
@@ -54,17 +50,31 @@ pub fn ProductList(
     }
 }
 
-/// The product at `index`: name, picture and description as rendered, stock and price live.
+/// What a card starts with besides its product.
+#[derive(Debug, Clone, Default)]
+pub struct CardStart {
+    /// "in N carts" as the server counted it; the link keeps it current (`Link::show_presence`).
+    pub in_carts: String,
+    /// Its form's `Idempotency-Key` in the server's rendering (see [`PageState::form_key`]).
+    pub key: Option<String>,
+    /// The refusal of this card's form post (without JavaScript), in words.
+    pub error: Option<String>,
+}
+
+/// The product at `index`: name, picture and description as rendered, stock and price live. "Add to cart"
+/// is a real form: before the bundle hydrates, or without it, the browser posts it and the server answers with
+/// the page again; once hydrated the bundle sends the change itself.
 #[component]
 fn ProductCard(
     product: Product,
     index: usize,
     products: RwSignal<Vec<Product>>,
     cart: RwSignal<Cart>,
-    /// "in N carts" as the server counted it; the link keeps it current (`Link::show_presence`).
-    in_carts: String,
+    start: CardStart,
+    locale: Locale,
     link: Link,
 ) -> impl IntoView {
+    let CardStart { in_carts, key, error: posted_error } = start;
     let Product { id, name, description, currency, image, .. } = product;
     let live =
         Memo::new(move |_| products.with(|ps| ps.get(index).map_or((Cents::ZERO, 0), |p| (p.price_cents, p.stock))));
@@ -73,7 +83,7 @@ fn ProductCard(
     let id = id.0;
     let quantity = RwSignal::new("1".to_owned());
     let busy = RwSignal::new(false);
-    let error = RwSignal::new(None::<String>);
+    let error = RwSignal::new(posted_error);
     let in_cart = {
         let id = id.clone();
         move || cart.with(|c| c.items.iter().find(|l| l.product_id.0 == id).map_or(0, |l| l.quantity))
@@ -109,24 +119,27 @@ fn ProductCard(
     };
     let input_id = format!("qty-{id}");
     let error_id = format!("error-{id}");
-    let add_label = format!("Add {name} to cart");
+    let name_id = format!("name-{id}");
     view! {
-        <li class="product-card" data-product-id=id.clone()>
+        <li class="product-card" id=format!("product-{id}") data-product-id=id.clone()>
             <img class="product-image" src=image alt="" width="240" height="180" />
             <div class="product-body">
-                <h3 class="product-name">{name.clone()}</h3>
+                <h3 class="product-name" id=name_id.clone()>{name.clone()}</h3>
                 <p class="product-description">{description}</p>
                 <div class="product-facts">
-                    <span class="price">{move || live.get().0.format(&currency)}</span>
+                    <span class="price">{move || live.get().0.format_in(&currency, locale)}</span>
                     <span class="stock" class:low=move || stock() <= 3 class:out=sold_out>
                         {move || Product::stock_label_of(stock())}
                     </span>
                 </div>
-                <form class="add-form" on:submit=submit novalidate>
+                <form class="add-form" method="post" action=form::ADD on:submit=submit novalidate>
+                    <input type="hidden" name=form::PRODUCT value=id.clone() />
+                    <input type="hidden" name=form::KEY value=key />
                     <label class="quantity-label" for=input_id.clone()>{format!("Quantity of {name}")}</label>
                     <input
                         id=input_id
                         class="quantity"
+                        name=form::QUANTITY
                         type="number"
                         inputmode="numeric"
                         min="1"
@@ -137,12 +150,14 @@ fn ProductCard(
                         on:input=move |ev| quantity.set(event_target_value(&ev))
                         disabled=sold_out
                     />
+                    // Named by its words ("Add to cart", "Sold out"), described by the product's name. While
+                    // busy it stays enabled (`aria-disabled`), so a keyboard's focus stays on it.
                     <button
                         type="submit"
                         class="button primary"
-                        aria-label=add_label
-                        disabled=move || sold_out() || busy.get()
-                        aria-busy=move || busy.get().to_string()
+                        aria-describedby=name_id
+                        disabled=sold_out
+                        aria-disabled=move || busy.get().to_string()
                     >
                         {move || if busy.get() { "Adding…" } else if sold_out() { "Sold out" } else { "Add to cart" }}
                     </button>
@@ -150,7 +165,8 @@ fn ProductCard(
                 // The count as text only in the server's rendering: hydration leaves that text alone, and the
                 // link keeps it current (an empty label rendered on both sides would not hydrate).
                 <p class="in-carts" data-in-carts-of=id.clone()>{cartwheel_mfe::server_only(in_carts)}</p>
-                <p class="in-cart" aria-live="polite">
+                // Not a live region: the cart badge announces each change once for the whole page.
+                <p class="in-cart">
                     {move || match in_cart() {
                         0 => String::new(),
                         n => format!("{n} in your cart"),
@@ -165,6 +181,16 @@ fn ProductCard(
 /// The bundle's whole view, from the state the page was rendered from. In the browser its link (started once
 /// hydration is over) feeds the same signals; on the server `link` follows nothing.
 fn root(state: PageState, link: Link) -> impl IntoView {
+    let starts = state
+        .products
+        .iter()
+        .map(|p| CardStart {
+            in_carts: state.presence.in_carts_label(&p.id).unwrap_or_default(),
+            key: state.form_key(form::ADD, p.id.as_str()),
+            error: state.outcome.error_for(Some(p.id.as_str())),
+        })
+        .collect();
+    let locale = state.locale;
     let cart = RwSignal::new(state.cart);
     let products = RwSignal::new(state.products);
     let report = RwSignal::new(LinkReport::connecting(MFE));
@@ -185,8 +211,7 @@ fn root(state: PageState, link: Link) -> impl IntoView {
         })),
     });
     link.show_presence();
-    let presence = state.presence;
-    view! { <ProductList products cart report presence link /> }
+    view! { <ProductList products cart report starts locale link /> }
 }
 
 cartwheel_mfe::bundle!(MFE, mount::PRODUCT_LIST, root);

@@ -384,6 +384,13 @@ pub struct Config {
     #[arg(long, env = "CARTWHEEL_LINK_REQUEST_TIMEOUT_MS", default_value_t = cartwheel_core::link::LinkTimings::DEFAULT_REQUEST_TIMEOUT_MS)]
     pub link_request_timeout_ms: u64,
 
+    /// Milliseconds the cart offers "Undo" after Remove or "Clear cart".
+    #[arg(long, env = "CARTWHEEL_VIEW_UNDO_MS", default_value_t = cartwheel_core::page::ViewTimings::DEFAULT_UNDO_MS)]
+    pub view_undo_ms: u64,
+    /// Milliseconds a notice's toast stays (longer while the pointer or focus is on it).
+    #[arg(long, env = "CARTWHEEL_VIEW_TOAST_MS", default_value_t = cartwheel_core::page::ViewTimings::DEFAULT_TOAST_MS)]
+    pub view_toast_ms: u64,
+
     /// Seconds between server heartbeats (WebSocket Ping).
     #[arg(long, env = "CARTWHEEL_HEARTBEAT_SECS", value_parser = parse_duration_secs, default_value = "25")]
     pub heartbeat_interval: Duration,

@@ -61,6 +61,12 @@ impl Shop {
         self.store.load(cart).await
     }
 
+    /// The order `id` if `cart`'s session placed it (see [`CartStore::order`]).
+    #[tracing::instrument(skip(self, cart), fields(cart = cart.short()))]
+    pub async fn order(&self, cart: &CartKey, id: &str) -> Result<Option<cartwheel_core::Order>, StoreError> {
+        self.store.order(cart, id).await
+    }
+
     /// Keep `cart` from expiring (a session renewal; see [`CartStore::touch`]).
     pub async fn touch(&self, cart: &CartKey) -> Result<(), StoreError> {
         self.store.touch(cart).await

@@ -8,9 +8,9 @@
 //! [`cartwheel_core::link::LINK_EVENT`] for the indicator and [`cartwheel_core::protocol::NOTICE_EVENT`] for the
 //! notices any bundle's socket brought (through its [`Link`]).
 
-use cartwheel_core::page::{mount, PageState};
+use cartwheel_core::page::{mount, PageState, ViewTimings};
 use cartwheel_core::presence::Presence;
-use cartwheel_core::{Cart, Handlers, LinkReport, LinkState, Notice};
+use cartwheel_core::{Cart, Handlers, LinkReport, LinkState, Locale, Notice};
 use cartwheel_mfe::Link;
 use leptos::prelude::*;
 
@@ -66,6 +66,36 @@ pub fn initial_reports() -> Vec<LinkReport> {
     BUNDLES.iter().map(|(mfe, _)| LinkReport::connecting(mfe)).collect()
 }
 
+/// Focus the first element `selector` finds, once the view has caught up (browser only: event handlers).
+fn focus_later(selector: &'static str) {
+    set_timeout(
+        move || {
+            if let Ok(Some(el)) = document().query_selector(selector) {
+                if let Ok(el) = leptos::wasm_bindgen::JsCast::dyn_into::<leptos::web_sys::HtmlElement>(el) {
+                    let _ = el.focus();
+                }
+            }
+        },
+        std::time::Duration::ZERO,
+    );
+}
+
+/// Take toast `id` away after `ms`, or later while the pointer or the keyboard's focus is on the toasts
+/// (someone is reading it or about to dismiss it).
+fn expire_toast(toasts: RwSignal<Vec<Toast>>, id: u64, ms: u64) {
+    set_timeout(
+        move || {
+            let held = document().query_selector(".toasts:hover, .toasts:focus-within").ok().flatten().is_some();
+            if held {
+                expire_toast(toasts, id, ms);
+            } else {
+                toasts.try_update(|t| t.retain(|t| t.id != id));
+            }
+        },
+        std::time::Duration::from_millis(ms),
+    );
+}
+
 #[component]
 pub fn Shell(
     cart: RwSignal<Cart>,
@@ -75,39 +105,88 @@ pub fn Shell(
     slots: Slots,
     /// "N shoppers here" as the server counted it; the link keeps it current (`Link::show_presence`).
     online: String,
+    locale: Locale,
     link: Link,
 ) -> impl IntoView {
     let count = move || cart.with(|c| c.item_count);
-    let badge_label = move || match count() {
-        1 => "Cart: 1 item".to_owned(),
-        n => format!("Cart: {n} items"),
+    let items = move || match count() {
+        1 => "1 item".to_owned(),
+        n => format!("{n} items"),
     };
+    // The phone's cart drawer. Without JavaScript "View cart" is a link to the cart further down the page.
+    let open = RwSignal::new(false);
+    let show_cart = move |ev: leptos::ev::MouseEvent| {
+        ev.prevent_default();
+        open.set(true);
+        focus_later(".drawer-close");
+    };
+    let close = move || {
+        open.set(false);
+        focus_later(".cart-bar .button");
+    };
+    let cart_href = format!("#{}", mount::SHOPPING_CART);
     view! {
-        <div class="page">
-            <header class="site-header">
-                <a class="brand" href="/">
-                    <span class="brand-mark" aria-hidden="true"></span>
-                    <span class="brand-name">"Cartwheel"</span>
-                </a>
+        <div class="page" class:drawer-open=move || open.get()>
+            // While the drawer is open everything else is `inert`: focus stays in the drawer, as in a modal.
+            <header class="site-header" inert=move || open.get()>
+                <h1 class="brand">
+                    <a href="/">
+                        <span class="brand-mark" aria-hidden="true"></span>
+                        <span class="brand-name">"Cartwheel"</span>
+                    </a>
+                </h1>
                 <span class="tagline">"Goods for a calm desk"</span>
                 <span class="online" data-online="">{cartwheel_mfe::server_only(online)}</span>
                 <ConnectionIndicator links link />
                 <NoticesPanel listed />
-                <a class="cart-badge" href=format!("#{}", mount::SHOPPING_CART) aria-label=badge_label>
-                    <span class="cart-badge-label" aria-hidden="true">"Cart"</span>
+                // The page's one live announcement of a cart change: the count, with its words.
+                <a class="cart-badge" href=cart_href.clone()>
+                    <span class="cart-badge-label">"Cart"</span>
+                    " "
                     <span class="cart-count" aria-live="polite" aria-atomic="true" data-count=move || count().to_string()>
                         {count}
+                        <span class="visually-hidden">{move || if count() == 1 { " item" } else { " items" }}</span>
                     </span>
                 </a>
             </header>
             <main class="layout">
-                <div id=mount::PRODUCT_LIST class="mfe mfe-products" inner_html=slots.product_list></div>
-                <aside id=mount::SHOPPING_CART class="mfe mfe-cart" inner_html=slots.shopping_cart></aside>
+                <div
+                    id=mount::PRODUCT_LIST
+                    class="mfe mfe-products"
+                    inert=move || open.get()
+                    inner_html=slots.product_list
+                ></div>
+                <aside
+                    class="cart-frame"
+                    class:open=move || open.get()
+                    role=move || open.get().then_some("dialog")
+                    aria-modal=move || open.get().then_some("true")
+                    aria-label=move || open.get().then_some("Your cart")
+                    on:keydown=move |ev| {
+                        if open.get_untracked() && ev.key() == "Escape" {
+                            close();
+                        }
+                    }
+                >
+                    <button type="button" class="button secondary drawer-close" on:click=move |_| close()>
+                        "Close"
+                    </button>
+                    <div id=mount::SHOPPING_CART class="mfe mfe-cart" inner_html=slots.shopping_cart></div>
+                </aside>
             </main>
+            <div class="cart-bar" inert=move || open.get()>
+                <span class="cart-bar-count">{items}</span>
+                <span class="cart-bar-total">
+                    {move || cart.with(|c| c.total_cents.format_in(&c.currency, locale))}
+                </span>
+                <a class="button primary" href=cart_href on:click=show_cart>
+                    "View cart"
+                </a>
+            </div>
             <div class="toasts" role="region" aria-label="Notices" aria-live="polite">
                 {move || toasts.get().into_iter().map(|t| notice_item(t, toasts)).collect_view()}
             </div>
-            <footer class="site-footer">
+            <footer class="site-footer" inert=move || open.get()>
                 <p>"Prices include VAT. Carts are kept for you on this device."</p>
             </footer>
         </div>
@@ -171,6 +250,7 @@ fn ConnectionIndicator(links: RwSignal<Vec<LinkReport>>, link: Link) -> impl Int
         LinkState::Connecting => "Connecting…",
         LinkState::Reconnecting => "Reconnecting… changes still save",
         LinkState::Offline => "Offline",
+        LinkState::Failed => "Part of the page did not load",
     };
     view! {
         // While open, every part reports each second, so "last heard" counts up.
@@ -237,7 +317,7 @@ pub fn record(links: &mut [LinkReport], report: LinkReport) {
 
 /// The shell from `cart`, with `slots` in the mount points. Through `link` (in the browser) the badge follows
 /// the cart, notices become toasts and the indicator hears every bundle's report; on the server it is static.
-fn compose(cart: Cart, slots: Slots, presence: &Presence, link: Link) -> impl IntoView {
+fn compose(cart: Cart, locale: Locale, views: ViewTimings, slots: Slots, presence: &Presence, link: Link) -> impl IntoView {
     let cart = RwSignal::new(cart);
     let links = RwSignal::new(initial_reports());
     let toasts = RwSignal::new(Vec::new());
@@ -247,6 +327,7 @@ fn compose(cart: Cart, slots: Slots, presence: &Presence, link: Link) -> impl In
         next_toast.set(next_toast.get() + 1);
         toasts.try_update(|t| push_toast(t, next_toast.get(), notice.clone()));
         listed.try_update(|l| list_notice(l, next_toast.get(), notice));
+        expire_toast(toasts, next_toast.get(), views.toast_ms);
     });
     link.follow(Handlers {
         on_cart: Box::new(move |c| {
@@ -261,19 +342,19 @@ fn compose(cart: Cart, slots: Slots, presence: &Presence, link: Link) -> impl In
     });
     link.show_presence();
     let online = presence.online_label().unwrap_or_default();
-    view! { <Shell cart links toasts listed slots online link /> }
+    view! { <Shell cart links toasts listed slots online locale link /> }
 }
 
 /// Server side: the shell as HTML, with the other micro-frontends' HTML in their mount points.
 #[cfg(feature = "ssr")]
-pub fn view_for_server(cart: Cart, slots: Slots, presence: &Presence) -> impl IntoView {
-    compose(cart, slots, presence, Link::server())
+pub fn view_for_server(state: &PageState, slots: Slots) -> impl IntoView {
+    compose(state.cart.clone(), state.locale, state.views, slots, &state.presence, Link::server())
 }
 
 /// The bundle's view: the mount points stay empty, hydration leaves the server's markup in them for the other
 /// bundles.
 fn root(state: PageState, link: Link) -> impl IntoView {
-    compose(state.cart, Slots::default(), &state.presence, link)
+    compose(state.cart, state.locale, state.views, Slots::default(), &state.presence, link)
 }
 
 // The server renders the shell with `view_for_server` inside its document, so no `render_to_html`.

@@ -21,8 +21,9 @@ pub enum AppError {
     Cart(#[from] CartError),
     #[error("{0}")]
     InvalidJson(String),
-    #[error("send the body as JSON with 'Content-Type: application/json'")]
-    UnsupportedMediaType,
+    /// The body's `Content-Type` is not the one this endpoint reads (named).
+    #[error("send the body with 'Content-Type: {0}'")]
+    UnsupportedMediaType(&'static str),
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
@@ -124,7 +125,7 @@ impl AppError {
             AppError::InvalidJson(_) | AppError::InvalidIdempotencyKey(_) | AppError::BadUpgrade(_) => {
                 StatusCode::BAD_REQUEST
             }
-            AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -144,7 +145,7 @@ impl AppError {
         match self {
             AppError::Cart(e) => e.code(),
             AppError::InvalidJson(_) => ErrorCode::InvalidJson,
-            AppError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            AppError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
             AppError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             AppError::NotFound(_) => ErrorCode::NotFound,
             AppError::MethodNotAllowed => ErrorCode::MethodNotAllowed,

@@ -84,7 +84,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             .and_then(|v| v.split(';').next())
             .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
         if !is_json {
-            return Err(AppError::UnsupportedMediaType);
+            return Err(AppError::UnsupportedMediaType("application/json"));
         }
         let limit = request.extensions().get::<BodyLimit>().map_or(defaults::MAX_BODY_BYTES, |l| l.0);
         let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
@@ -101,6 +101,38 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             };
             AppError::InvalidJson(format!("{what}: {e}"))
         })
+    }
+}
+
+/// A form body (`application/x-www-form-urlencoded`, what a `<form method="post">` sends) of the expected
+/// shape, refused like [`ApiJson`]: 415 for another content type, 413 over the size limit, 400 `invalid_field`
+/// when it does not parse.
+pub struct FormBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for FormBody<T> {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_form = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+        if !is_form {
+            return Err(AppError::UnsupportedMediaType("application/x-www-form-urlencoded"));
+        }
+        let limit = request.extensions().get::<BodyLimit>().map_or(defaults::MAX_BODY_BYTES, |l| l.0);
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                AppError::PayloadTooLarge { limit }
+            } else {
+                AppError::InvalidField(format!("could not read the form: {rejection}"))
+            }
+        })?;
+        serde_urlencoded::from_bytes(&bytes)
+            .map(FormBody)
+            .map_err(|e| AppError::InvalidField(format!("the form does not have the expected fields: {e}")))
     }
 }
 

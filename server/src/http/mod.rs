@@ -13,6 +13,7 @@ pub mod cart;
 pub mod client;
 pub mod error;
 pub mod extract;
+pub mod forms;
 pub mod guards;
 pub mod notices;
 pub mod ops;
@@ -50,7 +51,9 @@ pub fn router(state: AppState) -> Router {
         .layer(Extension(BodyLimit(body_limit)));
 
     // The page gets a session like the API: its first answer sets the cookie its bundles then use.
-    let pages = guards::shopper(page::router(), &state);
+    // The forms post like the API changes (see `forms`): the same session, limits and body cap.
+    let forms = forms::router().layer(DefaultBodyLimit::max(body_limit)).layer(Extension(BodyLimit(body_limit)));
+    let pages = guards::shopper(page::router().merge(forms), &state);
 
     let all = Router::new()
         .nest("/api", api)

@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use cartwheel_core::version::Stamp;
 use cartwheel_core::{
-    Cart, CartError, CartOp, Cents, Change, CheckoutReceipt, Notice, PostedNotice, Product, ProductId, Shortfall,
+    Cart, CartError, CartOp, Cents, Change, CheckoutReceipt, Notice, Order, PostedNotice, Product, ProductId, Shortfall,
 };
 use futures_util::future::BoxFuture;
 use thiserror::Error;
@@ -198,6 +198,10 @@ pub trait CartStore: Send + Sync + 'static {
 
     /// Turn the cart into an order (see the module's contract).
     fn checkout(&self, request: CheckoutRequest) -> BoxFuture<'_, Result<Checkout, MutationError>>;
+
+    /// The order `id` placed from `cart`'s session, if there is one (another session's order is `None`, as is
+    /// an unknown id): what the page shows after a checkout made without JavaScript.
+    fn order<'a>(&'a self, cart: &'a CartKey, id: &'a str) -> BoxFuture<'a, Result<Option<Order>, StoreError>>;
 
     /// Keep `cart` from expiring for another [`Retention::cart_expiry`] (a session renewal calls it); nothing
     /// when the cart does not exist. Durable like a change.

@@ -4,7 +4,7 @@
 //! and persists; what is decided here is the same whichever backend runs.
 
 use cartwheel_core::version::Stamp;
-use cartwheel_core::{Cart, CartContents, CartError, CartOp, Cents, Change, CheckoutReceipt, Product};
+use cartwheel_core::{Cart, CartContents, CartError, CartOp, Cents, Change, CheckoutReceipt, Order, Product};
 
 use super::{Checkout, Mutation, MutationError, ProductUpdate, ProductUpdated, StoreError};
 use crate::domain::{cart_epoch, CartKey, Catalog, Event};
@@ -157,6 +157,13 @@ pub fn replay_checkout(earlier: &str, answer: &str) -> Result<Checkout, Mutation
     let receipt: CheckoutReceipt =
         serde_json::from_str(answer).map_err(|e| StoreError::Corrupt(format!("remembered order: {e}")))?;
     Ok(Checkout { receipt, products: Vec::new(), replayed: true, events: Vec::new() })
+}
+
+/// A stored order, if it was placed by `cart`'s session.
+pub fn order_of(cart: &CartKey, body: Option<&str>) -> Result<Option<Order>, StoreError> {
+    let Some(body) = body else { return Ok(None) };
+    let order: Order = serde_json::from_str(body).map_err(|e| StoreError::Corrupt(format!("stored order: {e}")))?;
+    Ok((order.session == cart.as_str()).then_some(order))
 }
 
 /// JSON for a stored value; our types serialize infallibly, but a failure is a store error, not a panic.

@@ -23,7 +23,7 @@ pub use api::{ApiError, CartRequest};
 pub use cart::{Cart, CartContents, CartError, CartLimits, CartLine, CartOp, Change, LineItem, Shortfall};
 pub use catalog::{Product, ProductId};
 pub use link::{Handlers, LinkReport, LinkState};
-pub use money::Cents;
+pub use money::{Cents, Locale};
 pub use notices::NoticeInbox;
 pub use order::{CheckoutReceipt, Order};
 pub use protocol::{

@@ -193,6 +193,9 @@ pub enum LinkState {
     Reconnecting,
     /// The browser reports no network; a new attempt starts when it comes back.
     Offline,
+    /// The bundle itself did not load or start (the page's loader reports it): its part stays as the server
+    /// rendered it, and its forms still post without it.
+    Failed,
 }
 
 impl LinkState {
@@ -203,6 +206,18 @@ impl LinkState {
             LinkState::Live => "live",
             LinkState::Reconnecting => "reconnecting",
             LinkState::Offline => "offline",
+            LinkState::Failed => "failed",
+        }
+    }
+
+    /// One word for people, as a part's badge shows it.
+    pub fn word(self) -> &'static str {
+        match self {
+            LinkState::Connecting => "Connecting…",
+            LinkState::Live => "Live",
+            LinkState::Reconnecting => "Reconnecting…",
+            LinkState::Offline => "Offline",
+            LinkState::Failed => "Not loaded",
         }
     }
 
@@ -213,6 +228,7 @@ impl LinkState {
             LinkState::Connecting => 1,
             LinkState::Reconnecting => 2,
             LinkState::Offline => 3,
+            LinkState::Failed => 4,
         })
     }
 }

@@ -21,6 +21,16 @@ pub mod mount {
     pub const SHELL: &str = "cartwheel-shell";
     pub const PRODUCT_LIST: &str = "mfe-product-list";
     pub const SHOPPING_CART: &str = "mfe-shopping-cart";
+
+    /// The mount element of bundle `name` (as in [`super::BUNDLES`]).
+    pub fn of(name: &str) -> Option<&'static str> {
+        match name {
+            "shell" => Some(SHELL),
+            "product-list" => Some(PRODUCT_LIST),
+            "shopping-cart" => Some(SHOPPING_CART),
+            _ => None,
+        }
+    }
 }
 
 /// What the server rendered the page from.
@@ -38,6 +48,88 @@ pub struct PageState {
     /// would link a map deserializer into each).
     #[serde(skip)]
     pub presence: crate::presence::Presence,
+    /// The locale prices are written in (from the request's `Accept-Language`).
+    #[serde(default)]
+    pub locale: crate::money::Locale,
+    /// How long the views' transient offers stay.
+    #[serde(default)]
+    pub views: ViewTimings,
+    /// What the form this page answers (a `303` after a form post without JavaScript) did, to show on it.
+    #[serde(default, skip_serializing_if = "FormOutcome::is_empty")]
+    pub outcome: FormOutcome,
+    /// A fresh value per rendering that the forms' `Idempotency-Key`s derive from ([`PageState::form_key`]):
+    /// the same form posted twice (a double click, the back button) changes the cart once. The server's
+    /// rendering only: a bundle's own calls make their own keys.
+    #[serde(skip)]
+    pub form_nonce: String,
+}
+
+/// How long the views' transient offers stay, in milliseconds (tunable; the tests shorten them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewTimings {
+    /// "Undo" after Remove or "Clear cart".
+    pub undo_ms: u64,
+    /// A notice's toast (its timer waits while the pointer or focus is on the toasts).
+    pub toast_ms: u64,
+}
+
+impl ViewTimings {
+    pub const DEFAULT_UNDO_MS: u64 = 5_000;
+    pub const DEFAULT_TOAST_MS: u64 = 8_000;
+}
+
+impl Default for ViewTimings {
+    fn default() -> Self {
+        ViewTimings { undo_ms: Self::DEFAULT_UNDO_MS, toast_ms: Self::DEFAULT_TOAST_MS }
+    }
+}
+
+/// A form post's result, shown on the page it was redirected to (`GET /?error=…&product=…` or `?order=…`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FormOutcome {
+    /// Why the change was refused, in words (from its error code: words from a URL are never shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The product whose form it was (its card shows the error), or `None` for the cart's forms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
+    /// The order just placed, read back from the store (an id that is not this session's shows nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<crate::order::Order>,
+}
+
+impl FormOutcome {
+    pub fn is_empty(&self) -> bool {
+        self.error.is_none() && self.order.is_none()
+    }
+
+    /// The error to show on `product`'s card (`Some`) or in the cart (`None`).
+    pub fn error_for(&self, product: Option<&str>) -> Option<String> {
+        self.error.clone().filter(|_| self.product.as_deref() == product)
+    }
+}
+
+/// The form actions (`POST /cart/<action>`, `application/x-www-form-urlencoded`) that work without JavaScript.
+pub mod form {
+    pub const ADD: &str = "/cart/add";
+    pub const SET: &str = "/cart/set";
+    pub const ADJUST: &str = "/cart/adjust";
+    pub const REMOVE: &str = "/cart/remove";
+    pub const CLEAR: &str = "/cart/clear";
+    pub const CHECKOUT: &str = "/cart/checkout";
+    /// The inputs' names.
+    pub const PRODUCT: &str = "product_id";
+    pub const QUANTITY: &str = "quantity";
+    pub const DELTA: &str = "delta";
+    pub const KEY: &str = "idempotency_key";
+    pub const EXPECTED_TOTAL: &str = "expected_total_cents";
+
+    /// The `Idempotency-Key` of the form for `action` (one of the paths above) and `product` (`""` for the
+    /// cart's own forms) on the rendering with `nonce`; `None` without a nonce (in a bundle).
+    pub fn key(nonce: &str, action: &str, product: &str) -> Option<String> {
+        let action = action.rsplit('/').next().unwrap_or(action);
+        (!nonce.is_empty()).then(|| format!("form-{nonce}-{action}-{product}"))
+    }
 }
 
 /// The tunable part of [`crate::ReconnectPolicy`], in milliseconds.
@@ -89,6 +181,12 @@ impl PageState {
         json.replace('<', "\\u003c").replace('>', "\\u003e").replace('&', "\\u0026")
     }
 
+    /// The `Idempotency-Key` of the form for `action` (and `product`) on this rendering; `None` in a bundle,
+    /// whose own calls make their own keys (hydration keeps the server's value in place).
+    pub fn form_key(&self, action: &str, product: &str) -> Option<String> {
+        form::key(&self.form_nonce, action, product)
+    }
+
     /// Read it back (what a bundle does with the script element's text).
     pub fn from_script_json(text: &str) -> Result<PageState, serde_json::Error> {
         serde_json::from_str(text)
@@ -120,6 +218,10 @@ mod tests {
             reconnect: ReconnectSettings::default(),
             timings: Default::default(),
             presence: Default::default(),
+            locale: crate::money::Locale::De,
+            views: ViewTimings::default(),
+            outcome: FormOutcome { error: Some("<b>".into()), product: None, order: None },
+            form_nonce: String::new(),
         };
         let json = state.to_script_json();
         assert!(!json.contains('<') && !json.contains('>') && !json.contains('&'), "{json}");

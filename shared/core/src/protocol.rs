@@ -244,6 +244,37 @@ pub enum ErrorCode {
     Unknown,
 }
 
+impl ErrorCode {
+    /// Its name on the wire (`insufficient_stock`).
+    pub fn name(self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    }
+
+    /// The code named `name`, `Unknown` for any other text.
+    pub fn from_name(name: &str) -> ErrorCode {
+        serde_json::from_value(serde_json::Value::String(name.to_owned())).unwrap_or(ErrorCode::Unknown)
+    }
+
+    /// What a shopper reads when a form posted without JavaScript was refused with this code: words fixed
+    /// here, never taken from the URL the answer redirected to (so a link cannot make the page say anything).
+    pub fn in_words(self) -> &'static str {
+        match self {
+            ErrorCode::InsufficientStock => "There is not enough of it in stock for that. The page shows what is left.",
+            ErrorCode::QuantityOutOfRange | ErrorCode::InvalidField | ErrorCode::InvalidJson => {
+                "Enter a whole number of items, from 1 to 99."
+            }
+            ErrorCode::TooManyLines => "Your cart holds as many different products as it can.",
+            ErrorCode::UnknownProduct => "That product is not sold here any more.",
+            ErrorCode::EmptyCart => "Your cart is empty: add something before checking out.",
+            ErrorCode::PriceChanged => "Prices changed since this page was shown. Check the new total and try again.",
+            ErrorCode::VersionMismatch => "Your cart changed meanwhile. Check it and try again.",
+            ErrorCode::IdempotencyKeyReused => "That form was already sent with other values. Try again on this page.",
+            ErrorCode::RateLimited => "Too many changes at once. Wait a moment and try again.",
+            _ => "The shop could not save that just now. Try again in a moment.",
+        }
+    }
+}
+
 /// The REST error body: `{"error":{"code":"...","message":"..."}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

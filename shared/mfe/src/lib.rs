@@ -123,6 +123,20 @@ impl Link {
     }
 }
 
+/// A part's connection state, in a word beside its coloured dot (colour alone says nothing to many people,
+/// nor in forced-colours mode).
+#[leptos::component]
+pub fn LinkBadge(report: leptos::prelude::RwSignal<LinkReport>) -> impl leptos::prelude::IntoView {
+    use leptos::prelude::*;
+    let state = move || report.with(|r| r.state);
+    view! {
+        <span class="link-state" data-state=move || state().label()>
+            <span class="link-dot" aria-hidden="true"></span>
+            {move || state().word()}
+        </span>
+    }
+}
+
 /// `text` in the server's rendering, nothing in the bundle's: for a label the bundle's link keeps current by
 /// itself (presence). Hydration leaves the server's text node alone; an empty text rendered on both sides
 /// would leave no node to hydrate.

@@ -39,7 +39,7 @@ use self::commit::{Commit, Committed};
 use self::turns::CartTurns;
 use super::rules::{
     check_expected, check_total, committed_checkout, committed_mutation, committed_product_update, fingerprint,
-    new_notice_id, new_order_id, parse_contents, plan_checkout, plan_product_update, price, remembered_answer,
+    new_notice_id, new_order_id, order_of, parse_contents, plan_checkout, plan_product_update, price, remembered_answer,
     replay_checkout, replay_mutation, to_json, CHECKOUT_FINGERPRINT,
 };
 use super::{
@@ -680,6 +680,14 @@ impl CartStore for RedisCartStore {
                 self.query::<()>(&pipe).await?;
             }
             Ok(())
+        }
+        .boxed()
+    }
+
+    fn order<'a>(&'a self, cart: &'a CartKey, id: &'a str) -> BoxFuture<'a, Result<Option<Order>, StoreError>> {
+        async move {
+            let (body,): (Option<String>,) = self.query(redis::pipe().cmd("GET").arg(keys::order(id))).await?;
+            order_of(cart, body.as_deref())
         }
         .boxed()
     }

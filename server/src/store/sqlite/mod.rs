@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use std::collections::BTreeMap;
 
-use cartwheel_core::{Cart, CartLimits, Notice, PostedNotice, ProductId};
+use cartwheel_core::{Cart, CartLimits, Notice, Order, PostedNotice, ProductId};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use rusqlite::Connection;
@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::readers::ReaderPool;
 use self::writer::{writer_loop, CatalogState, WriteJob, WriterSettings};
-use super::rules::price;
+use super::rules::{order_of, price};
 use super::{
     CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, NoticeCursor, ProductUpdate,
     ProductUpdated, Retention, StoreError,
@@ -195,6 +195,15 @@ impl CartStore for SqliteCartStore {
         let cart = cart.clone();
         async move {
             self.submit(|reply| WriteJob::Cursor { cart, ack: Some(upto), reply }).await.map_err(only_store_errors)
+        }
+        .boxed()
+    }
+
+    fn order<'a>(&'a self, cart: &'a CartKey, id: &'a str) -> BoxFuture<'a, Result<Option<Order>, StoreError>> {
+        async move {
+            let (key, wanted) = (cart.as_str().to_owned(), id.to_owned());
+            let body = self.readers.run(move |conn| queries::read_order(conn, &key, &wanted)).await??;
+            order_of(cart, body.as_deref())
         }
         .boxed()
     }

@@ -133,6 +133,13 @@ pub(super) fn insert_order(conn: &Connection, key: &str, order: &Order) -> Resul
     Ok(())
 }
 
+/// The body of order `id`, if `key`'s session placed it.
+pub(super) fn read_order(conn: &Connection, key: &str, id: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT body FROM orders WHERE id = ?1 AND cart_key = ?2")
+        .and_then(|mut s| s.query_row(params![id, key], |r| r.get(0)).optional())?)
+}
+
 /// The health probe's write: one row of `meta`, overwritten each time.
 pub(super) fn write_probe(conn: &Connection) -> Result<(), StoreError> {
     conn.prepare_cached(
