@@ -73,8 +73,11 @@ cartwheel_setup_e2e() {
   fi
   local wanted
   wanted=$(node -p 'require("./end2end/package.json").devDependencies["@playwright/test"]')
-  if [ "$(node -p 'try { require("./end2end/node_modules/@playwright/test/package.json").version } catch { "" }')" != "$wanted" ]; then
-    cartwheel_log "installing @playwright/test $wanted from npm"
+  local axe
+  axe=$(node -p 'require("./end2end/package.json").devDependencies["@axe-core/playwright"]')
+  if [ "$(node -p 'try { require("./end2end/node_modules/@playwright/test/package.json").version } catch { "" }')" != "$wanted" ] \
+    || [ "$(node -p 'try { require("./end2end/node_modules/@axe-core/playwright/package.json").version } catch { "" }')" != "$axe" ]; then
+    cartwheel_log "installing @playwright/test $wanted and @axe-core/playwright $axe from npm"
     (cd end2end && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
   fi
 }

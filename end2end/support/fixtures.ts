@@ -28,7 +28,7 @@ export async function cartOnPage(page: Page): Promise<{ badge: string; total: st
   return page.evaluate(() => {
     const lines: Record<string, string> = {};
     document.querySelectorAll('.cart-line').forEach((li) => {
-      lines[(li as HTMLElement).dataset.productId!] = li.querySelector('.line-quantity')!.textContent!.trim();
+      lines[(li as HTMLElement).dataset.productId!] = (li.querySelector('.line-quantity') as HTMLInputElement).value;
     });
     const total = document.querySelector('.shopping-cart .total');
     return {

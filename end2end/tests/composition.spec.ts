@@ -18,9 +18,9 @@ test('adding a product updates the cart and the badge without a reload', async (
   await page.goto('/');
   await expectLive(page);
   const card = page.locator('.product-card[data-product-id="ceramic-pour-over"]');
-  await card.getByRole('button', { name: 'Add Ceramic Pour-Over to cart' }).click();
+  await card.getByRole('button', { name: 'Add to cart' }).click();
   await expect(page.locator('.cart-count')).toHaveText('1');
-  await expect(page.locator('.cart-line[data-product-id="ceramic-pour-over"] .line-quantity')).toHaveText('1');
+  await expect(page.locator('.cart-line[data-product-id="ceramic-pour-over"] .line-quantity')).toHaveValue('1');
   await expect(page.locator('.shopping-cart .total')).toHaveText('€34.00');
   await page.screenshot({ path: testInfo.outputPath('shop-desktop.png'), fullPage: true });
   expect(watched.errors).toEqual([]);

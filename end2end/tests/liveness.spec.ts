@@ -41,7 +41,7 @@ test('a socket that goes silent is dropped within its deadline, the cart follows
     const r = await context.request.post('/api/cart', { data: { product_id: 'cork-coasters', quantity: 2 } });
     expect(r.status()).toBe(200);
     await expect(page.locator('.cart-count')).toHaveText('2', { timeout: 5000 });
-    await expect(page.locator('.cart-line[data-product-id="cork-coasters"] .line-quantity')).toHaveText('2');
+    await expect(page.locator('.cart-line[data-product-id="cork-coasters"] .line-quantity')).toHaveValue('2');
 
     // The details say how long ago each part last heard from the server, and it counts up while silent.
     await page.locator('.connection summary').click();
@@ -120,7 +120,7 @@ test('a proxy that holds the upgrade: polling from page load brings another tab\
     const r = await context.request.post(`${server.url}/api/cart`, { data: { product_id: 'cork-coasters', quantity: 2 } });
     expect(r.status()).toBe(200);
     await expect(page.locator('.cart-count')).toHaveText('2', { timeout: 4000 });
-    await expect(page.locator('.cart-line[data-product-id="cork-coasters"] .line-quantity')).toHaveText('2');
+    await expect(page.locator('.cart-line[data-product-id="cork-coasters"] .line-quantity')).toHaveValue('2');
     console.log(`held handshake: another tab's change shown ${Date.now() - loaded} ms after page load (connect timeout 4 s)`);
     expect(Date.now() - loaded).toBeLessThan(4000);
     // Browsers open one WebSocket per host at a time while it is connecting: one upgrade is held, the

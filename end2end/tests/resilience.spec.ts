@@ -13,7 +13,7 @@ test('with /ws blocked from the start, every part of the page still updates, and
 
   await addFromPage(page, 'glass-carafe', 2);
   await expect(page.locator('.cart-count')).toHaveText('2'); // shell
-  await expect(page.locator('.cart-line[data-product-id="glass-carafe"] .line-quantity')).toHaveText('2'); // cart
+  await expect(page.locator('.cart-line[data-product-id="glass-carafe"] .line-quantity')).toHaveValue('2'); // cart
   await expect(page.locator('.product-card[data-product-id="glass-carafe"] .in-cart')).toHaveText('2 in your cart'); // list
 
   await page.getByRole('button', { name: 'One more Glass Carafe' }).click();
@@ -58,8 +58,8 @@ test('a server restart: every part says so, reconnects without a reload, and cat
     expect(r.status()).toBe(200);
     await expectLive(page);
     await expect(page.locator('.cart-count')).toHaveText('3');
-    await expect(page.locator('.cart-line[data-product-id="stoneware-mug"] .line-quantity')).toHaveText('2');
-    await expect(page.locator('.cart-line[data-product-id="cork-coasters"] .line-quantity')).toHaveText('1');
+    await expect(page.locator('.cart-line[data-product-id="stoneware-mug"] .line-quantity')).toHaveValue('2');
+    await expect(page.locator('.cart-line[data-product-id="cork-coasters"] .line-quantity')).toHaveValue('1');
     expect(loads).toBe(1);
     await context.close();
   } finally {

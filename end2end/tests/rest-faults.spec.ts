@@ -36,7 +36,7 @@ test('a 503 with Retry-After: 2 is retried no sooner than 2 s later, with the sa
       return route.fallback();
     });
     await addFromPage(page, 'cork-coasters');
-    await expect(page.locator('.cart-line[data-product-id="cork-coasters"] .line-quantity')).toHaveText('1', { timeout: 8000 });
+    await expect(page.locator('.cart-line[data-product-id="cork-coasters"] .line-quantity')).toHaveValue('1', { timeout: 8000 });
     expect(posts).toHaveLength(2);
     const waited = posts[1].at - posts[0].at;
     console.log(`Retry-After: 2 → the retry came ${waited} ms later`);
@@ -79,7 +79,7 @@ test('a change whose answer never comes is said to be unconfirmed, shown as the 
     await expect(error).toHaveText(/^Not confirmed\. .*will not apply it twice/, { timeout: 15_000 });
     console.log(`no answer: settled after ${Date.now() - started} ms, ${keys.length} attempts`);
     // The cart was read again: it shows what the shop has (the change did land).
-    await expect(page.locator('.cart-line[data-product-id="cork-coasters"] .line-quantity')).toHaveText('1');
+    await expect(page.locator('.cart-line[data-product-id="cork-coasters"] .line-quantity')).toHaveValue('1');
     expect(keys.length).toBe(4);
     expect(new Set(keys).size).toBe(1);
 
@@ -90,11 +90,11 @@ test('a change whose answer never comes is said to be unconfirmed, shown as the 
     await expect.poll(() => keys.length).toBe(5);
     expect(keys[4]).toBe(keys[0]);
     expect(await quantityOf(context.request, 'cork-coasters')).toBe(1);
-    await expect(page.locator('.cart-line[data-product-id="cork-coasters"] .line-quantity')).toHaveText('1');
+    await expect(page.locator('.cart-line[data-product-id="cork-coasters"] .line-quantity')).toHaveValue('1');
 
     // A new change after that is a new key, and adds.
     await addFromPage(page, 'cork-coasters');
-    await expect(page.locator('.cart-line[data-product-id="cork-coasters"] .line-quantity')).toHaveText('2');
+    await expect(page.locator('.cart-line[data-product-id="cork-coasters"] .line-quantity')).toHaveValue('2');
     expect(keys[5]).not.toBe(keys[0]);
     expect(watched.errors.filter((e) => !injected(e))).toEqual([]);
     await context.close();
@@ -135,10 +135,10 @@ test('taps during a slow answer are queued: "+" three times 100 ms apart ends at
     // While the first answer is still out, the row shows what was asked for and says it is busy.
     await expect.poll(() => line.evaluate((li) => [
       li.querySelector('.stepper')!.getAttribute('aria-busy'),
-      li.querySelector('.line-quantity')!.textContent!.trim(),
+      (li.querySelector('.line-quantity') as HTMLInputElement).value,
     ])).toEqual(['true', '4']);
     await expect(line.locator('.stepper')).toHaveAttribute('aria-busy', 'false', { timeout: 5000 });
-    await expect(line.locator('.line-quantity')).toHaveText('4');
+    await expect(line.locator('.line-quantity')).toHaveValue('4');
     expect(await quantityOf(context.request, 'cork-coasters')).toBe(4);
     expect(deltas).toEqual([1, 2]);
     expect(watched.errors).toEqual([]);

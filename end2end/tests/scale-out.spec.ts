@@ -37,11 +37,11 @@ test('tab A on instance 1 and tab B on instance 2 stay in sync', async ({ contex
 
   await addFromPage(a, 'linen-notebook', 2);
   await expect(b.locator('.cart-count')).toHaveText('2', { timeout: 2000 });
-  await expect(b.locator('.cart-line[data-product-id="linen-notebook"] .line-quantity')).toHaveText('2');
+  await expect(b.locator('.cart-line[data-product-id="linen-notebook"] .line-quantity')).toHaveValue('2');
 
   await addFromPage(b, 'glass-carafe', 1);
   await expect(a.locator('.cart-count')).toHaveText('3', { timeout: 2000 });
-  await expect(a.locator('.cart-line[data-product-id="glass-carafe"] .line-quantity')).toHaveText('1');
+  await expect(a.locator('.cart-line[data-product-id="glass-carafe"] .line-quantity')).toHaveValue('1');
 
   await a.getByRole('button', { name: 'Clear cart' }).click();
   await expect(b.locator('.cart-empty')).toBeVisible({ timeout: 2000 });
@@ -66,7 +66,7 @@ test('behind nginx: two tabs on one shop URL, spread over both instances, stay i
     await expect(b.locator('.cart-count')).toHaveText('2', { timeout: 2000 });
     await addFromPage(b, 'cork-coasters', 1);
     await expect(a.locator('.cart-count')).toHaveText('3', { timeout: 2000 });
-    await expect(a.locator('.cart-line[data-product-id="cork-coasters"] .line-quantity')).toHaveText('1');
+    await expect(a.locator('.cart-line[data-product-id="cork-coasters"] .line-quantity')).toHaveValue('1');
 
     // The six sockets (three parts × two tabs) went through nginx to the instances.
     const socketsAfter = await Promise.all([one, two].map((i) => wsTotal(i.url)));

@@ -88,7 +88,7 @@ test('checkout shows the order, empties the cart everywhere and updates the stoc
   await expect(page.locator('.product-card[data-product-id="copper-planter"] .stock')).toHaveText('Only 2 left');
   await page.locator('.shopping-cart').screenshot({ path: test.info().outputPath('order-confirmation.png') });
 
-  await confirmation.getByRole('button', { name: 'Continue shopping' }).click();
+  await confirmation.getByRole('link', { name: 'Continue shopping' }).click();
   await expect(confirmation).toBeHidden();
   await expect(page.locator('.cart-empty')).toBeVisible();
   await expectSameDocument(page);

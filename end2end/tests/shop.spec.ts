@@ -13,7 +13,7 @@ test('without JavaScript the products, prices, badge and this session\'s lines a
   await expect(page.locator('.product-card[data-product-id="walnut-desk-lamp"] .price')).toHaveText('€129.00');
   await expect(page.locator('.product-card[data-product-id="walnut-desk-lamp"] .stock')).toHaveText('Only 3 left');
   await expect(page.locator('.cart-count')).toHaveText('3');
-  await expect(page.locator('.cart-line[data-product-id="stoneware-mug"] .line-quantity')).toHaveText('2');
+  await expect(page.locator('.cart-line[data-product-id="stoneware-mug"] .line-quantity')).toHaveValue('2');
   await expect(page.locator('.cart-line[data-product-id="stoneware-mug"] .line-total')).toHaveText('€36.00');
   await expect(page.locator('.shopping-cart .total')).toHaveText('€52.00');
   await context.close();
@@ -34,17 +34,17 @@ test('add, +, −, remove and clear keep the cart, the badge and the totals righ
 
   const carafe = page.locator('.cart-line[data-product-id="glass-carafe"]');
   await carafe.getByRole('button', { name: 'One more Glass Carafe' }).click();
-  await expect(carafe.locator('.line-quantity')).toHaveText('3');
+  await expect(carafe.locator('.line-quantity')).toHaveValue('3');
   await expect(page.locator('.shopping-cart .total')).toHaveText('€106.50');
   const fewer = carafe.getByRole('button', { name: 'One fewer Glass Carafe' });
   await fewer.click();
-  await expect(carafe.locator('.line-quantity')).toHaveText('2');
+  await expect(carafe.locator('.line-quantity')).toHaveValue('2');
   await fewer.click();
-  await expect(carafe.locator('.line-quantity')).toHaveText('1');
+  await expect(carafe.locator('.line-quantity')).toHaveValue('1');
   await expect(page.locator('.cart-count')).toHaveText('4');
   await expect(page.locator('.shopping-cart .total')).toHaveText('€54.50');
 
-  await page.getByRole('button', { name: 'Remove Cork Coasters from the cart' }).click();
+  await page.getByRole('button', { name: 'Remove Cork Coasters' }).click();
   await expect(page.locator('.cart-line')).toHaveCount(1);
   await expect(page.locator('.cart-count')).toHaveText('1');
   await expect(page.locator('.shopping-cart .total')).toHaveText('€26.00');

@@ -11,7 +11,7 @@ test('a change in one tab appears in the other within a second, both ways', asyn
 
   await addFromPage(a, 'copper-planter', 2);
   await expect(b.locator('.cart-count')).toHaveText('2', { timeout: 1000 });
-  await expect(b.locator('.cart-line[data-product-id="copper-planter"] .line-quantity')).toHaveText('2', { timeout: 1000 });
+  await expect(b.locator('.cart-line[data-product-id="copper-planter"] .line-quantity')).toHaveValue('2', { timeout: 1000 });
 
   await b.getByRole('button', { name: 'One more Copper Planter' }).click();
   await expect(a.locator('.cart-count')).toHaveText('3', { timeout: 1000 });
@@ -75,7 +75,7 @@ test('a new session (cookies cleared) starts a new cart that all three parts sho
   await addFromPage(page, 'stoneware-mug', 1);
   await expect(page.locator('.cart-count')).toHaveText('1', { timeout: 1000 });
   await expect(page.locator('.cart-line')).toHaveCount(1, { timeout: 1000 });
-  await expect(page.locator('.cart-line[data-product-id="stoneware-mug"] .line-quantity')).toHaveText('1', { timeout: 1000 });
+  await expect(page.locator('.cart-line[data-product-id="stoneware-mug"] .line-quantity')).toHaveValue('1', { timeout: 1000 });
   await expect(page.locator('.product-card[data-product-id="copper-planter"] .in-cart')).toHaveText('', { timeout: 1000 });
   await expect(page.locator('.product-card[data-product-id="stoneware-mug"] .in-cart')).not.toHaveText('', { timeout: 1000 });
 });
@@ -88,11 +88,11 @@ test('"+" pressed in two tabs at once counts twice, and checkout names the cart 
   await expectLive(a);
   await expectLive(b);
   await addFromPage(a, 'glass-carafe', 1);
-  await expect(b.locator('.cart-line[data-product-id="glass-carafe"] .line-quantity')).toHaveText('1');
+  await expect(b.locator('.cart-line[data-product-id="glass-carafe"] .line-quantity')).toHaveValue('1');
   const plus = (p: typeof a) => p.getByRole('button', { name: 'One more Glass Carafe' }).click();
   await Promise.all([plus(a), plus(b)]);
   for (const p of [a, b]) {
-    await expect(p.locator('.cart-line[data-product-id="glass-carafe"] .line-quantity')).toHaveText('3');
+    await expect(p.locator('.cart-line[data-product-id="glass-carafe"] .line-quantity')).toHaveValue('3');
   }
 
   const sent = a.waitForRequest((r) => r.url().endsWith('/api/cart/checkout'));

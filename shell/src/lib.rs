@@ -143,8 +143,8 @@ pub fn Shell(
                 <a class="cart-badge" href=cart_href.clone()>
                     <span class="cart-badge-label">"Cart"</span>
                     " "
-                    <span class="cart-count" aria-live="polite" aria-atomic="true" data-count=move || count().to_string()>
-                        {count}
+                    <span class="cart-badge-count" aria-live="polite" aria-atomic="true">
+                        <span class="cart-count" data-count=move || count().to_string()>{count}</span>
                         <span class="visually-hidden">{move || if count() == 1 { " item" } else { " items" }}</span>
                     </span>
                 </a>
@@ -156,7 +156,9 @@ pub fn Shell(
                     inert=move || open.get()
                     inner_html=slots.product_list
                 ></div>
-                <aside
+                // A plain box (not `<aside>`, whose role a dialog may not take): the cart inside is its own
+                // named region.
+                <div
                     class="cart-frame"
                     class:open=move || open.get()
                     role=move || open.get().then_some("dialog")
@@ -172,7 +174,7 @@ pub fn Shell(
                         "Close"
                     </button>
                     <div id=mount::SHOPPING_CART class="mfe mfe-cart" inner_html=slots.shopping_cart></div>
-                </aside>
+                </div>
             </main>
             <div class="cart-bar" inert=move || open.get()>
                 <span class="cart-bar-count">{items}</span>
@@ -317,7 +319,14 @@ pub fn record(links: &mut [LinkReport], report: LinkReport) {
 
 /// The shell from `cart`, with `slots` in the mount points. Through `link` (in the browser) the badge follows
 /// the cart, notices become toasts and the indicator hears every bundle's report; on the server it is static.
-fn compose(cart: Cart, locale: Locale, views: ViewTimings, slots: Slots, presence: &Presence, link: Link) -> impl IntoView {
+fn compose(
+    cart: Cart,
+    locale: Locale,
+    views: ViewTimings,
+    slots: Slots,
+    presence: &Presence,
+    link: Link,
+) -> impl IntoView {
     let cart = RwSignal::new(cart);
     let links = RwSignal::new(initial_reports());
     let toasts = RwSignal::new(Vec::new());

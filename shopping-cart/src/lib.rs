@@ -188,9 +188,14 @@ impl LineChanges {
                                 lines: vec![(product_id, quantity)],
                             });
                             // The next line's remove button (the one that moved up), the one before, or the heading.
-                            let target = now.items.get(index).or_else(|| index.checked_sub(1).and_then(|i| now.items.get(i)));
+                            let target =
+                                now.items.get(index).or_else(|| index.checked_sub(1).and_then(|i| now.items.get(i)));
                             refocus(match target {
-                                Some(l) => format!("#{} [data-product-id=\"{}\"] .remove", mount::SHOPPING_CART, l.product_id.0),
+                                Some(l) => format!(
+                                    "#{} [data-product-id=\"{}\"] .remove",
+                                    mount::SHOPPING_CART,
+                                    l.product_id.0
+                                ),
                                 None => "#cart-title".to_owned(),
                             });
                         }
@@ -398,7 +403,8 @@ fn CartLineRow(id: String, ctx: CartCtx, nonce: String) -> impl IntoView {
     let changes = LineChanges::new(ctx);
     let error = changes.error;
     // A row is one product for its whole life: its name and picture never change.
-    let (name, image) = line.with_untracked(|l| l.as_ref().map(|l| (l.name.clone(), l.image.clone())).unwrap_or_default());
+    let (name, image) =
+        line.with_untracked(|l| l.as_ref().map(|l| (l.name.clone(), l.image.clone())).unwrap_or_default());
     let stock = move || line.with(|l| l.as_ref().map_or(0, |l| l.stock));
     let over = move || line.with(|l| l.as_ref().is_some_and(CartLine::exceeds_stock));
     let cap = move || line.with(|l| l.as_ref().map_or(0, |l| l.stock.min(CartLimits::DEFAULT_MAX_QUANTITY_PER_LINE)));
@@ -488,7 +494,7 @@ fn CartLineRow(id: String, ctx: CartCtx, nonce: String) -> impl IntoView {
                 >
                     {form_fields(&nonce, form::ADJUST, &id, "-up")}
                     <input type="hidden" name=form::DELTA value="1" />
-                    <button type="submit" class="step" disabled=move || quantity() >= cap()>
+                    <button type="submit" class="step" disabled=move || { quantity() >= cap() }>
                         <span aria-hidden="true">"+"</span>
                         <span class="visually-hidden">{format!("One more {name}")}</span>
                     </button>

@@ -110,7 +110,8 @@ async fn apply(
                     Err(_) => return refuse(ErrorCode::InvalidField),
                 },
             };
-            let request = CheckoutRequest { cart: session.cart.clone(), idempotency_key, expected: None, expected_total };
+            let request =
+                CheckoutRequest { cart: session.cart.clone(), idempotency_key, expected: None, expected_total };
             return match app.shop.checkout(request).await.map_err(AppError::from) {
                 Ok(done) => Ok(Ok(Done::Ordered(done.receipt.order.id))),
                 Err(AppError::Store(e)) => Err(AppError::Store(e)),

@@ -18,8 +18,8 @@ use cartwheel_core::link::LinkTimings;
 use cartwheel_core::page::{mount, FormOutcome, PageState, ReconnectSettings, ViewTimings, STATE_SCRIPT_ID};
 use cartwheel_core::protocol::ErrorCode;
 use cartwheel_core::{Locale, ProductId};
-use serde::Deserialize;
 use leptos::prelude::*;
+use serde::Deserialize;
 
 use super::assets::BundleUrls;
 use super::error::AppError;
@@ -41,11 +41,8 @@ struct Answered {
 /// `GET /`.
 async fn shop(State(app): State<AppState>, session: Session, request: Request<Body>) -> Result<Response, AppError> {
     let answered: Answered = request.uri().query().and_then(|q| serde_urlencoded::from_str(q).ok()).unwrap_or_default();
-    let locale = request
-        .headers()
-        .get(ACCEPT_LANGUAGE)
-        .and_then(|v| v.to_str().ok())
-        .map_or(Locale::En, Locale::negotiate);
+    let locale =
+        request.headers().get(ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()).map_or(Locale::En, Locale::negotiate);
     let cart = app.shop.cart(&session.cart).await?;
     let order = match answered.order.as_deref() {
         // Order ids are short; anything longer is not one and is not looked up.

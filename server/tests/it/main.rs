@@ -7,6 +7,7 @@ mod support;
 mod api;
 mod durability;
 mod faults;
+mod forms;
 mod limits;
 mod notices;
 mod page;

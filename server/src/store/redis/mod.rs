@@ -39,8 +39,8 @@ use self::commit::{Commit, Committed};
 use self::turns::CartTurns;
 use super::rules::{
     check_expected, check_total, committed_checkout, committed_mutation, committed_product_update, fingerprint,
-    new_notice_id, new_order_id, order_of, parse_contents, plan_checkout, plan_product_update, price, remembered_answer,
-    replay_checkout, replay_mutation, to_json, CHECKOUT_FINGERPRINT,
+    new_notice_id, new_order_id, order_of, parse_contents, plan_checkout, plan_product_update, price,
+    remembered_answer, replay_checkout, replay_mutation, to_json, CHECKOUT_FINGERPRINT,
 };
 use super::{
     CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, NoticeCursor, ProductUpdate,
