@@ -112,6 +112,18 @@ test('on a phone the cart bar is in view, opens the cart as a drawer with the fo
   await page.keyboard.press('Escape');
   await expect(drawer).toBeHidden();
   await expect(bar.getByRole('link', { name: 'View cart' })).toBeFocused();
+
+  // A notice's toast sits clear of the cart bar.
+  const session = (await (await page.request.get('/api/session')).json()).session;
+  const sent = await page.request.post('/api/service/notify', {
+    headers: { authorization: `Bearer ${TOKEN}` },
+    data: { session, kind: 'info', message: 'Free shipping today.' },
+  });
+  expect(sent.status()).toBe(202);
+  const toast = page.locator('.toasts .toast');
+  await expect(toast).toBeVisible();
+  const [t, b] = [await toast.boundingBox(), await bar.boundingBox()];
+  expect(t!.y + t!.height).toBeLessThanOrEqual(b!.y);
   expect(watched.errors).toEqual([]);
   await context.close();
 });
@@ -249,6 +261,15 @@ test("with the product list's bundle failing to load, its part says so and Add s
   await page.locator('.product-card[data-product-id="cork-coasters"]').getByRole('button', { name: 'Add to cart' }).click();
   await expect(page.locator('.cart-line[data-product-id="cork-coasters"] .line-quantity')).toHaveValue('1');
   await expect(page.locator('#mfe-product-list .mfe-failed')).toBeVisible();
+  // A refusal is said on the card; once shown, it is taken out of the address, so a reload does not repeat it.
+  const mug = page.locator('.product-card[data-product-id="stoneware-mug"]');
+  await mug.locator('input.quantity').fill('100');
+  await mug.getByRole('button', { name: 'Add to cart' }).click();
+  await expect(mug.locator('.error')).toHaveText('Enter a whole number of items, from 1 to 99.');
+  await expect.poll(() => new URL(page.url()).search).toBe('');
+  await page.reload();
+  await expect(page.locator('#mfe-product-list .mfe-failed')).toBeVisible();
+  await expect(page.locator('.product-card[data-product-id="stoneware-mug"] .error')).toHaveText('');
   await context.close();
 });
 

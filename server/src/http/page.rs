@@ -152,7 +152,8 @@ pub const FAILED_PART: &str = "This part could not load — the page still works
 /// marked on the `<html>` element (`data-failed-bundles`) and on the bundle's mount element (`data-failed`,
 /// which the stylesheet turns into words: the part still shows what the server rendered, and its forms still
 /// post), and reported like a link's state (`failed`, also again whenever the shell asks for reports), so the
-/// connection indicator does not say "Connecting…" for ever.
+/// connection indicator does not say "Connecting…" for ever. A form's outcome in the address (`?error=`,
+/// `?order=`) is taken out of it once shown, so a reload does not show it again.
 fn loader_script(bundles: &[BundleUrls]) -> String {
     let list = bundles
         .iter()
@@ -163,6 +164,7 @@ fn loader_script(bundles: &[BundleUrls]) -> String {
         "window.__RESOLVED_RESOURCES=window.__RESOLVED_RESOURCES||[];\
          window.__SERIALIZED_ERRORS=window.__SERIALIZED_ERRORS||[];\
          window.__INCOMPLETE_CHUNKS=window.__INCOMPLETE_CHUNKS||[];\
+         if (/[?&](error|order)=/.test(location.search)) history.replaceState(null, '', location.pathname + location.hash);\
          const failed = [];\
          const report = (mfe) => window.dispatchEvent(new CustomEvent({link_event:?}, {{ detail: \
            {{ mfe, state: 'failed', rtt_ms: null, retry_in_ms: null, failures: 0, heard_ago_ms: null }} }}));\

@@ -431,6 +431,8 @@ mod tests {
         assert_eq!(LinkState::worst([Live, Live, Live]), Some(Live));
         assert_eq!(LinkState::worst([Live, Reconnecting, Connecting]), Some(Reconnecting));
         assert_eq!(LinkState::worst([Offline, Reconnecting]), Some(Offline));
+        assert_eq!(LinkState::worst([Live, Failed, Offline]), Some(Failed), "a part that never loaded says most");
+        assert_eq!(Failed.label(), "failed");
         assert_eq!(LinkState::worst([]), None);
     }
 }

@@ -19,7 +19,7 @@ impl Cents {
         self.0.checked_add(other.0).map(Cents)
     }
 
-    /// A price as English-reading shoppers read it: `€12.50`, `$3.05`, `12.50 CHF` for codes without a symbol
+    /// A price as English-reading shoppers read it: `€12.50`, `$3.05`, `12.50 CHF` (a no-break space) for codes without a symbol
     /// here ([`Cents::format_in`] with [`Locale::En`]).
     pub fn format(self, currency: &str) -> String {
         self.format_in(currency, Locale::En)
@@ -149,7 +149,7 @@ mod tests {
         assert_eq!(Cents(0).format("GBP"), "£0.00");
         assert_eq!(Cents(123_456_789).format("EUR"), "€1,234,567.89");
         assert_eq!(Cents(100_000).format("EUR"), "€1,000.00");
-        assert_eq!(Cents(1999).format("CHF"), "19.99 CHF");
+        assert_eq!(Cents(1999).format("CHF"), "19.99\u{a0}CHF");
     }
 
     #[test]

@@ -229,6 +229,30 @@ mod tests {
     }
 
     #[test]
+    fn form_keys_are_per_rendering_action_and_product_and_absent_in_a_bundle() {
+        let key = |nonce, action, product| form::key(nonce, action, product);
+        assert_eq!(key("ab12", form::ADD, "mug").as_deref(), Some("form-ab12-add-mug"));
+        assert_ne!(key("ab12", form::ADD, "mug"), key("ab12", form::SET, "mug"));
+        assert_ne!(key("ab12", form::ADD, "mug"), key("cd34", form::ADD, "mug"));
+        assert_eq!(key("", form::ADD, "mug"), None, "a bundle makes its own keys");
+        let long = "p".repeat(64);
+        assert!(key("0123456789abcdef", form::CHECKOUT, &long).is_some_and(|k| k.len() <= 255), "fits the key limit");
+    }
+
+    #[test]
+    fn a_form_outcome_shows_its_error_where_its_form_was() {
+        let on_card = FormOutcome { error: Some("No.".into()), product: Some("mug".into()), order: None };
+        assert_eq!(on_card.error_for(Some("mug")).as_deref(), Some("No."));
+        assert_eq!(on_card.error_for(Some("pen")), None);
+        assert_eq!(on_card.error_for(None), None, "not in the cart");
+        let in_cart = FormOutcome { product: None, ..on_card.clone() };
+        assert_eq!(in_cart.error_for(None).as_deref(), Some("No."));
+        assert!(FormOutcome::default().is_empty() && !in_cart.is_empty());
+        assert_eq!(mount::of("shopping-cart"), Some(mount::SHOPPING_CART));
+        assert_eq!(mount::of("other"), None);
+    }
+
+    #[test]
     fn reconnect_settings_make_a_sane_policy() {
         let p = ReconnectSettings { base_ms: 100, max_ms: 800, ..ReconnectSettings::default() }.policy();
         assert_eq!(

@@ -334,6 +334,18 @@ pub struct SetQuantity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_codes_round_trip_by_name_and_have_words_for_the_page() {
+        for code in [ErrorCode::InsufficientStock, ErrorCode::EmptyCart, ErrorCode::IdempotencyKeyReused] {
+            assert_eq!(ErrorCode::from_name(&code.name()), code);
+            assert!(!code.in_words().is_empty());
+        }
+        assert_eq!(ErrorCode::InsufficientStock.name(), "insufficient_stock");
+        assert_eq!(ErrorCode::from_name("<script>"), ErrorCode::Unknown);
+        assert_eq!(ErrorCode::from_name("\"quoted\""), ErrorCode::Unknown);
+        assert_ne!(ErrorCode::EmptyCart.in_words(), ErrorCode::Unknown.in_words());
+    }
     use serde_json::json;
 
     #[test]
