@@ -36,21 +36,24 @@ pub struct Scopes {
     pub price: bool,
     /// Send notices.
     pub notify: bool,
+    /// Answer shoppers in the help chat (`GET /api/service/ws`, `POST /api/service/chat/{session}`).
+    pub chat: bool,
 }
 
 impl Scopes {
-    pub const ALL: Scopes = Scopes { stock: true, price: true, notify: true };
+    pub const ALL: Scopes = Scopes { stock: true, price: true, notify: true, chat: true };
 
     fn parse(text: &str) -> Option<Scopes> {
         if text == "all" {
             return Some(Scopes::ALL);
         }
-        let mut scopes = Scopes { stock: false, price: false, notify: false };
+        let mut scopes = Scopes { stock: false, price: false, notify: false, chat: false };
         for scope in text.split('+') {
             match scope {
                 "stock" => scopes.stock = true,
                 "price" => scopes.price = true,
                 "notify" => scopes.notify = true,
+                "chat" => scopes.chat = true,
                 _ => return None,
             }
         }
@@ -153,6 +156,12 @@ pub mod defaults {
     /// Targeted notices kept per session, and general notices kept for the shop: the newest.
     pub const NOTICE_INBOX_CAP: usize = 100;
     pub const SHOP_NOTICES_CAP: usize = 1_000;
+    /// How long a service's hold on its help-chat conversations lasts unrenewed.
+    pub const CHAT_LEASE_MS: u64 = 15_000;
+    /// Waiting help-chat messages one claim looks at in Redis (the oldest).
+    pub const CHAT_SCAN: usize = 1_000;
+    /// Unacknowledged shopper messages handed to one service connection at most.
+    pub const CHAT_IN_FLIGHT: usize = 64;
     /// Presence (shoppers here, carts holding each product) is read and pushed this often: at most one
     /// `PRESENCE` frame per connection per interval.
     pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(2);
@@ -280,6 +289,26 @@ pub struct Config {
     /// General notices kept for the shop; beyond it the oldest go.
     #[arg(long, env = "CARTWHEEL_SHOP_NOTICES_CAP", default_value_t = defaults::SHOP_NOTICES_CAP)]
     pub shop_notices_cap: usize,
+
+    /// Characters in one help-chat message (trimmed); a longer one is refused with an ERROR frame / 400.
+    #[arg(long, env = "CARTWHEEL_CHAT_MAX_CHARS", default_value_t = cartwheel_core::chat::ChatLimits::DEFAULT_MAX_CHARS)]
+    pub chat_max_chars: usize,
+    /// Help-chat messages one session may write per minute (per instance), then `rate_limited`.
+    #[arg(long, env = "CARTWHEEL_CHAT_PER_MINUTE", default_value_t = cartwheel_core::chat::ChatLimits::DEFAULT_PER_MINUTE)]
+    pub chat_per_minute: u32,
+    /// Messages kept per help-chat conversation; beyond it the oldest answered ones go.
+    #[arg(long, env = "CARTWHEEL_CHAT_HISTORY", default_value_t = cartwheel_core::chat::ChatLimits::DEFAULT_HISTORY)]
+    pub chat_history: usize,
+    /// Days a help-chat conversation is kept after its last message.
+    #[arg(long, env = "CARTWHEEL_CHAT_TTL_DAYS", default_value_t = cartwheel_core::chat::ChatLimits::DEFAULT_TTL_DAYS)]
+    pub chat_ttl_days: u64,
+    /// Milliseconds a connected service's hold on its conversations lasts without renewal (renewed a third of
+    /// it apart while it is connected): how long the conversations of a service whose instance died wait.
+    #[arg(long, env = "CARTWHEEL_CHAT_LEASE_MS", default_value_t = defaults::CHAT_LEASE_MS)]
+    pub chat_lease_ms: u64,
+    /// Unacknowledged shopper messages one service connection is handed at most; more wait for its ACKs.
+    #[arg(long, env = "CARTWHEEL_CHAT_IN_FLIGHT", default_value_t = defaults::CHAT_IN_FLIGHT)]
+    pub chat_in_flight: usize,
     /// Milliseconds between presence reads and pushes (at most one `PRESENCE` frame per connection each).
     #[arg(long = "presence-interval-ms", env = "CARTWHEEL_PRESENCE_INTERVAL_MS", value_parser = parse_duration_ms, default_value = "2000")]
     pub presence_interval: Duration,

@@ -10,7 +10,7 @@
 //!    [`config`] and [`metrics`], which every layer may read;
 //! 2. [`store`] — persistence only (SQLite or Redis);
 //! 3. [`shop`] — the operations, and the one place where "commit, then announce" happens;
-//! 4. [`realtime`] — fan-out to connections (hub, bus, one WebSocket connection);
+//! 4. [`realtime`] — fan-out to connections (hub, bus, one WebSocket connection, the help chat's desk);
 //! 5. [`http`] — routes, extractors, guards, the error mapping;
 //! 6. this file — start-up: [`Server::bind`] builds the backend (store, fan-out, secret) and the router,
 //!    [`Server::run`] serves until shutdown.
@@ -113,6 +113,8 @@ impl Backend {
             notice_ttl: std::time::Duration::from_secs(u64::from(config.notice_ttl_days.max(1)) * 86_400),
             inbox_cap: config.notice_inbox_cap.max(1),
             shop_notices_cap: config.shop_notices_cap.max(1),
+            chat_history: config.chat_history.max(1),
+            chat_ttl: std::time::Duration::from_secs(config.chat_ttl_days.max(1) * 86_400),
         };
         match &config.redis_url {
             Some(url) => {
@@ -188,6 +190,7 @@ impl Server {
         };
         let shutdown = CancellationToken::new();
         let shop = Shop::new(backend.store.clone(), backend.fanout.clone(), metrics.clone());
+        let chat_waiting = hub.chat_waiting();
         let sockets = Arc::new(Sockets {
             shop: shop.clone(),
             hub,
@@ -200,6 +203,18 @@ impl Server {
                 send_timeout: config.send_timeout,
             },
             presence: Arc::default(),
+            chat: realtime::chat::ChatDesk::new(
+                shop.clone(),
+                realtime::chat::ChatSettings {
+                    max_chars: config.chat_max_chars.max(1),
+                    per_minute: config.chat_per_minute,
+                    lease: std::time::Duration::from_millis(config.chat_lease_ms.max(30)),
+                    in_flight: config.chat_in_flight.max(1),
+                    heartbeat: config.heartbeat_interval,
+                },
+                chat_waiting,
+                metrics.clone(),
+            ),
         });
         // Listen last: the kernel would accept (and queue) connections on a bound socket while the assets and
         // the store load, then they would all be answered at once, cancelling the clients' reconnect jitter.
@@ -259,6 +274,7 @@ impl Server {
                 token.clone(),
             );
             tokio::spawn(presence);
+            tokio::spawn(sockets.chat.clone().run(token.clone()));
         }
         if state.config.watch_assets {
             state.assets.watch(token.clone());

@@ -32,6 +32,10 @@ pub struct Metrics {
     pub broadcast_lagged: Counter,
     pub notices_unpublished: Counter,
     pub notices_replayed: Counter,
+    /// Help-chat messages stored, by `from` (`shopper`, `service`).
+    pub chat_messages: Family<Labels, Counter>,
+    /// Service connections on `/api/service/ws` open now.
+    pub chat_services_open: Gauge,
     pub rate_limited: Counter,
     pub service_requests: Family<Labels, Counter>,
     pub checkouts: Family<Labels, Counter>,
@@ -70,6 +74,8 @@ impl Metrics {
         let broadcast_lagged = Counter::default();
         let notices_unpublished = Counter::default();
         let notices_replayed = Counter::default();
+        let chat_messages = Family::<Labels, Counter>::default();
+        let chat_services_open = Gauge::default();
         let rate_limited = Counter::default();
         let service_requests = Family::<Labels, Counter>::default();
         let checkouts = Family::<Labels, Counter>::default();
@@ -108,6 +114,12 @@ impl Metrics {
             "Stored notices sent on a (re)connect or after a connection fell behind, not live",
             notices_replayed.clone(),
         );
+        registry.register("chat_messages", "Help-chat messages stored, by sender", chat_messages.clone());
+        registry.register(
+            "chat_services_open",
+            "Service connections open on this instance",
+            chat_services_open.clone(),
+        );
         registry.register("http_rate_limited", "Requests refused with 429", rate_limited.clone());
         registry.register("service_requests", "Service API requests by endpoint and outcome", service_requests.clone());
         registry.register("checkouts", "Checkouts by outcome", checkouts.clone());
@@ -145,6 +157,8 @@ impl Metrics {
             broadcast_lagged,
             notices_unpublished,
             notices_replayed,
+            chat_messages,
+            chat_services_open,
             rate_limited,
             service_requests,
             checkouts,

@@ -9,6 +9,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use cartwheel_core::chat::{ChatHistory, ChatMessage, ChatSender, ChatText};
 use cartwheel_core::presence::Presence;
 use cartwheel_core::protocol::NoticeList;
 use cartwheel_core::version::Epoch;
@@ -37,6 +38,13 @@ pub trait Fanout: Send + Sync + 'static {
         epoch: &'a Epoch,
         notice: &'a PostedNotice,
     ) -> BoxFuture<'a, Result<usize, StoreError>>;
+
+    /// Deliver a stored help-chat message to every connection of `session`, on every instance. Returns how
+    /// many connections of this instance it reached.
+    fn chat<'a>(&'a self, session: &'a CartKey, message: &'a ChatMessage) -> BoxFuture<'a, Result<usize, StoreError>>;
+
+    /// Shopper messages are waiting, or a service let its conversations go: every instance's services claim.
+    fn chat_waiting(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }
 
 /// A write probe shared by every health check that arrives while it runs.
@@ -192,6 +200,87 @@ impl Shop {
             Ok((posted, here + usize::try_from(elsewhere).unwrap_or(usize::MAX)))
         });
         sent.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// A shopper's help-chat message: stored (once per `client_id`), sent to every connection of the session,
+    /// and left waiting for a service. Answers the message and whether a service is connected anywhere.
+    #[tracing::instrument(skip(self, cart, text), fields(cart = cart.short()))]
+    pub async fn chat_from_shopper(
+        &self,
+        cart: &CartKey,
+        text: ChatText,
+        client_id: Option<String>,
+    ) -> Result<(ChatMessage, bool), StoreError> {
+        let (store, fanout, metrics) = self.parts();
+        let cart = cart.clone();
+        // Detached like a change: a message the store took is delivered whether or not its sender waits.
+        let posted = tokio::spawn(async move {
+            let (message, new) =
+                store.chat_post(&cart, ChatSender::Shopper, text.as_str(), client_id.as_deref()).await?;
+            if new {
+                metrics.chat_messages.get_or_create(&vec![("from", "shopper")]).inc();
+                // Stored: what is not passed on live reaches the page on its next read and the services on
+                // their next claim.
+                if let Err(e) = fanout.chat(&cart, &message).await {
+                    tracing::warn!(error = %e, "chat message stored, not passed on live");
+                }
+                if let Err(e) = fanout.chat_waiting().await {
+                    tracing::warn!(error = %e, "chat message stored; services claim it on their next round");
+                }
+            }
+            let online = store.chat_services().await.unwrap_or(0) > 0;
+            Ok((message, online))
+        });
+        posted.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// A service's answer in `session`'s conversation: stored and sent to every connection of the session.
+    #[tracing::instrument(skip(self, session, text), fields(cart = session.short()))]
+    pub async fn chat_from_service(&self, session: &CartKey, text: ChatText) -> Result<ChatMessage, StoreError> {
+        let (store, fanout, metrics) = self.parts();
+        let session = session.clone();
+        let posted = tokio::spawn(async move {
+            let (message, _) = store.chat_post(&session, ChatSender::Service, text.as_str(), None).await?;
+            metrics.chat_messages.get_or_create(&vec![("from", "service")]).inc();
+            if let Err(e) = fanout.chat(&session, &message).await {
+                tracing::warn!(error = %e, "chat answer stored, not passed on live");
+            }
+            Ok(message)
+        });
+        posted.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// The session's conversation and whether a service is connected.
+    pub async fn chat_history(&self, cart: &CartKey) -> Result<ChatHistory, StoreError> {
+        let messages = self.store.chat_history(cart).await?;
+        Ok(ChatHistory { messages, support_online: self.store.chat_services().await? > 0 })
+    }
+
+    /// See [`CartStore::chat_claim`].
+    pub async fn chat_claim(
+        &self,
+        service: &str,
+        lease: std::time::Duration,
+        take: usize,
+    ) -> Result<Vec<(CartKey, ChatMessage)>, StoreError> {
+        self.store.chat_claim(service, lease, take).await
+    }
+
+    /// See [`CartStore::chat_ack`].
+    pub async fn chat_ack(&self, service: &str, id: &str) -> Result<bool, StoreError> {
+        self.store.chat_ack(service, id).await
+    }
+
+    /// A service disconnected: its conversations go to the next service that claims, on any instance.
+    pub async fn chat_release(&self, service: &str) -> Result<(), StoreError> {
+        let (store, fanout, _) = self.parts();
+        let service = service.to_owned();
+        // Detached: a release must happen even if the connection's task is being torn down.
+        let released = tokio::spawn(async move {
+            store.chat_release(&service).await?;
+            fanout.chat_waiting().await
+        });
+        released.await.unwrap_or(Err(StoreError::Closed))
     }
 
     /// Report this instance's sessions with an open connection (counted for `ttl`) and read the counts:

@@ -10,6 +10,7 @@
 
 pub mod assets;
 pub mod cart;
+pub mod chat;
 pub mod client;
 pub mod error;
 pub mod extract;
@@ -39,13 +40,14 @@ pub fn router(state: AppState) -> Router {
         .merge(products::router())
         .merge(cart::router())
         .merge(notices::router())
+        .merge(chat::router())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed);
     let shopper_api = guards::shopper(shopper_api, &state);
     // Services are not shoppers: no session cookie, and their own per-token limit (in the `ServiceCaller`
     // extractor) instead of the per-address one.
     let api = Router::new()
-        .nest("/service", service::router())
+        .nest("/service", service::router().merge(chat::service_router()))
         .merge(shopper_api)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(Extension(BodyLimit(body_limit)));

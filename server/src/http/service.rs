@@ -115,7 +115,7 @@ pub struct ServiceCaller {
 
 impl ServiceCaller {
     /// `Err(403 insufficient_scope)` unless the token has `scope`.
-    fn require(&self, has: bool, scope: &'static str) -> Result<(), AppError> {
+    pub fn require(&self, has: bool, scope: &'static str) -> Result<(), AppError> {
         if has {
             Ok(())
         } else {
@@ -267,7 +267,7 @@ mod tests {
         assert_eq!(access.authenticate(b"first-token-012345678"), None, "a prefix");
         assert_eq!(access.authenticate(b""), None);
         assert_eq!((access.tokens[0].name, access.tokens[0].scopes), ("token-1", Scopes::ALL));
-        assert_eq!(access.tokens[1].scopes, Scopes { stock: false, price: true, notify: false });
+        assert_eq!(access.tokens[1].scopes, Scopes { stock: false, price: true, notify: false, chat: false });
         assert!(ServiceAccess::new(&[], None).is_none(), "no tokens: no API");
     }
 
@@ -286,7 +286,7 @@ mod tests {
         use crate::config::{service_token_specs, ConfigError};
         let ok = service_token_specs(&["ops:stock+notify:a-token-of-16+chars:with:colons".to_owned()]).unwrap();
         assert_eq!(ok[0].name, "ops");
-        assert_eq!(ok[0].scopes, Scopes { stock: true, price: false, notify: true });
+        assert_eq!(ok[0].scopes, Scopes { stock: true, price: false, notify: true, chat: false });
         assert_eq!(ok[0].token, "a-token-of-16+chars:with:colons");
         for bad in ["ops:stocks:0123456789abcdef", "Ops:stock:0123456789abcdef", ":all:0123456789abcdef"] {
             assert!(matches!(service_token_specs(&[bad.to_owned()]), Err(ConfigError::BadServiceToken(_))), "{bad}");

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
+use cartwheel_core::chat::ChatMessage;
 use cartwheel_core::version::Epoch;
 use cartwheel_core::{Cart, CartVersion, PostedNotice, Product, ServerMessage};
 use futures_util::future::BoxFuture;
@@ -44,6 +45,8 @@ pub enum FrameKind {
     Notice(u64),
     /// A `PRESENCE` (counts).
     Presence,
+    /// A help-chat `CHAT` message.
+    Chat,
 }
 
 /// Where a cart update is in its cart's history: `(epoch bits, version)`.
@@ -99,6 +102,10 @@ impl Frame {
             FrameKind::Notice(notice.seq),
             &ServerMessage::Notice { epoch: epoch.clone(), notice: notice.clone() },
         )
+    }
+
+    pub fn chat(message: &ChatMessage) -> Frame {
+        Frame::new(FrameKind::Chat, &ServerMessage::Chat { message: message.clone() })
     }
 
     pub fn presence(counts: &cartwheel_core::presence::Presence) -> Frame {
@@ -180,6 +187,8 @@ pub struct CartHub {
     topics: Mutex<HashMap<CartKey, CartTopic>>,
     mailbox_capacity: usize,
     everyone: broadcast::Sender<Frame>,
+    /// Rung when shopper messages wait or a service let go: this instance's chat desk claims again.
+    chat_waiting: Arc<Notify>,
     metrics: Arc<Metrics>,
 }
 
@@ -187,7 +196,18 @@ impl CartHub {
     /// `mailbox_capacity` frames per connection; `broadcast_capacity` frames in the shared ring for everyone.
     pub fn new(mailbox_capacity: usize, broadcast_capacity: usize, metrics: Arc<Metrics>) -> Arc<CartHub> {
         let (everyone, _) = broadcast::channel(broadcast_capacity.max(1));
-        Arc::new(CartHub { topics: Mutex::new(HashMap::new()), mailbox_capacity, everyone, metrics })
+        Arc::new(CartHub {
+            topics: Mutex::new(HashMap::new()),
+            mailbox_capacity,
+            everyone,
+            chat_waiting: Arc::new(Notify::new()),
+            metrics,
+        })
+    }
+
+    /// What rings when shopper messages wait for a service (see [`super::chat::ChatDesk`]).
+    pub fn chat_waiting(&self) -> Arc<Notify> {
+        self.chat_waiting.clone()
     }
 
     /// Start receiving the frames for everyone (product updates, general notices).
@@ -296,6 +316,15 @@ impl Fanout for CartHub {
         notice: &'a PostedNotice,
     ) -> BoxFuture<'a, Result<usize, StoreError>> {
         futures_util::future::ready(Ok(self.deliver_notice(session, Frame::notice(epoch, notice)))).boxed()
+    }
+
+    fn chat<'a>(&'a self, session: &'a CartKey, message: &'a ChatMessage) -> BoxFuture<'a, Result<usize, StoreError>> {
+        futures_util::future::ready(Ok(self.deliver(session, Frame::chat(message)))).boxed()
+    }
+
+    fn chat_waiting(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.chat_waiting.notify_one();
+        futures_util::future::ready(Ok(())).boxed()
     }
 }
 

@@ -51,6 +51,8 @@ pub struct Sockets {
     pub limits: SocketLimits,
     /// The presence counts as last read, sent to each connection after its snapshot.
     pub presence: Arc<PresenceBoard>,
+    /// The help chat's services here and the shoppers' write budget.
+    pub chat: Arc<super::chat::ChatDesk>,
 }
 
 /// Why a connection ended (a metric label and a log field).
@@ -279,6 +281,7 @@ impl Connection {
                 self.send_message(&ServerMessage::Pong { id, server_time_ms: now_ms() }).await
             }
             Ok(ClientMessage::Resync) => self.send_snapshot().await,
+            Ok(ClientMessage::Chat { text, client_id }) => self.chat(&text, client_id).await,
             Ok(ClientMessage::Ack { upto, epoch }) => {
                 // Lost, it only means the notices come again on the next connect (and are dropped by id).
                 if let Err(e) = self.sockets.shop.ack_notices(&self.cart, &epoch, upto).await {
@@ -288,10 +291,35 @@ impl Connection {
             }
             Err(e) => {
                 let message = format!(
-                    "not a known message: {e}; expected {{\"type\":\"PING\",\"id\":n}}, {{\"type\":\"RESYNC\"}} \
-                     or {{\"type\":\"ACK\",\"upto\":n,\"epoch\":\"…\"}}"
+                    "not a known message: {e}; expected {{\"type\":\"PING\",\"id\":n}}, {{\"type\":\"RESYNC\"}}, \
+                     {{\"type\":\"ACK\",\"upto\":n,\"epoch\":\"…\"}} or {{\"type\":\"CHAT\",\"text\":\"…\"}}"
                 );
                 self.send_error(ErrorCode::InvalidMessage, &message).await
+            }
+        }
+    }
+
+    /// A help-chat message from the shopper: stored and sent to every connection of the session (this one
+    /// too), or refused with an `ERROR` frame (too long, too many, the store down); the socket stays open.
+    async fn chat(&mut self, text: &str, client_id: Option<String>) -> Sent {
+        let desk = self.sockets.chat.clone();
+        let text = match desk.text(text) {
+            Ok(text) => text,
+            Err(e) => return self.send_error(ErrorCode::InvalidField, &e.to_string()).await,
+        };
+        if client_id.as_deref().is_some_and(|c| !cartwheel_core::chat::valid_client_id(c)) {
+            return self.send_error(ErrorCode::InvalidField, "client_id: 1–64 visible ASCII characters").await;
+        }
+        if let Err(e) = desk.allow_write(&self.cart, Instant::now()) {
+            let message =
+                format!("at most {} messages a minute; the next in {} s", e.per_minute, e.retry_after.as_secs().max(1));
+            return self.send_error(ErrorCode::RateLimited, &message).await;
+        }
+        match self.sockets.shop.chat_from_shopper(&self.cart, text, client_id).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!(cart = self.cart.short(), error = %e, "cannot store a help-chat message");
+                self.send_error(ErrorCode::ServiceUnavailable, "the message could not be sent; send it again").await
             }
         }
     }

@@ -33,6 +33,7 @@ pub mod sqlite;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use cartwheel_core::chat::{ChatMessage, ChatSender};
 use cartwheel_core::version::Stamp;
 use cartwheel_core::{
     Cart, CartError, CartOp, Cents, Change, CheckoutReceipt, Notice, Order, PostedNotice, Product, ProductId, Shortfall,
@@ -56,6 +57,10 @@ pub struct Retention {
     pub inbox_cap: usize,
     /// General notices kept, the newest.
     pub shop_notices_cap: usize,
+    /// Messages kept per help-chat conversation, the newest.
+    pub chat_history: usize,
+    /// A conversation is kept this long after its last message.
+    pub chat_ttl: std::time::Duration,
 }
 
 impl Retention {
@@ -223,6 +228,44 @@ pub trait CartStore: Send + Sync + 'static {
 
     /// Every notice up to `upto` was shown to `cart`'s session: move its cursor there (never down).
     fn ack_notices<'a>(&'a self, cart: &'a CartKey, upto: u64) -> BoxFuture<'a, Result<NoticeCursor, StoreError>>;
+
+    /// Append a message to `cart`'s help-chat conversation. A shopper's message also waits for a service until
+    /// one acknowledges it ([`CartStore::chat_ack`]). A shopper's `client_id` already stored answers that message
+    /// again, with `false` (not new): a retry is stored once.
+    fn chat_post<'a>(
+        &'a self,
+        cart: &'a CartKey,
+        from: ChatSender,
+        text: &'a str,
+        client_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(ChatMessage, bool), StoreError>>;
+
+    /// `cart`'s conversation, oldest first (unexpired, at most [`Retention::chat_history`]).
+    fn chat_history<'a>(&'a self, cart: &'a CartKey) -> BoxFuture<'a, Result<Vec<ChatMessage>, StoreError>>;
+
+    /// For the connected service `service`: count it as connected for another `lease`, keep the conversations it
+    /// holds for as long, take up to `take` conversations no live service holds (the oldest waiting first), and
+    /// hand it every waiting shopper message of the conversations it holds that it was not handed yet, oldest
+    /// first. A conversation is one service's until its messages are all acknowledged, its service is
+    /// released, or the lease runs out (its instance died): so each message goes to one service at a time, and
+    /// a conversation's messages go in order to the same one.
+    fn chat_claim<'a>(
+        &'a self,
+        service: &'a str,
+        lease: std::time::Duration,
+        take: usize,
+    ) -> BoxFuture<'a, Result<Vec<(CartKey, ChatMessage)>, StoreError>>;
+
+    /// A service handled the shopper's message `id`: it is not handed to any service again. Answers whether it
+    /// was waiting.
+    fn chat_ack<'a>(&'a self, service: &'a str, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// `service` disconnected: its conversations, and the messages it was handed and did not acknowledge, go
+    /// to the next service that claims.
+    fn chat_release<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// How many services are connected on every live instance (by their unexpired leases).
+    fn chat_services(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
 
     /// How many carts hold each product now (only products some cart holds), as kept on commit — never by
     /// scanning the carts.

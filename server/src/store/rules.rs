@@ -87,6 +87,16 @@ pub fn new_notice_id() -> String {
     format!("ntc_{}", hex::encode(rand::random::<[u8; 10]>()))
 }
 
+/// A new help-chat message's id: `msg_` and 20 random hex digits.
+pub fn new_chat_id() -> String {
+    format!("msg_{}", hex::encode(rand::random::<[u8; 10]>()))
+}
+
+/// A stored help-chat message, or why it is unreadable.
+pub fn parse_chat(text: &str) -> Result<cartwheel_core::chat::ChatMessage, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("stored chat message: {e}")))
+}
+
 /// A new order's id: `ord_` and 20 random hex digits.
 pub fn new_order_id() -> String {
     format!("ord_{}", hex::encode(rand::random::<[u8; 10]>()))

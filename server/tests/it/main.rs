@@ -5,6 +5,7 @@
 mod support;
 
 mod api;
+mod chat;
 mod durability;
 mod faults;
 mod forms;

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod cart;
 pub mod catalog;
+pub mod chat;
 pub mod link;
 pub mod money;
 pub mod notices;

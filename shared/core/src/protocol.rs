@@ -32,6 +32,13 @@ pub const PRESENCE_EVENT: &str = "cartwheel:presence";
 /// How every `PRESENCE` frame's text begins (see [`NOTICE_FRAME_PREFIX`]).
 pub const PRESENCE_FRAME_PREFIX: &str = r#"{"type":"PRESENCE""#;
 
+/// Name of the `window` `CustomEvent` every bundle's link dispatches for each `CHAT` frame; its `detail` is the
+/// frame's JSON text (for the shell, which shows the conversation).
+pub const CHAT_EVENT: &str = "cartwheel:chat";
+
+/// How every `CHAT` frame's text begins (see [`NOTICE_FRAME_PREFIX`]).
+pub const CHAT_FRAME_PREFIX: &str = r#"{"type":"CHAT""#;
+
 /// Largest WebSocket message the server reads; a larger one closes the socket with [`close::MESSAGE_TOO_BIG`].
 pub const MAX_WS_MESSAGE_BYTES: usize = 64 * 1024;
 
@@ -74,6 +81,12 @@ pub enum ServerMessage {
     Presence {
         #[serde(flatten)]
         counts: crate::presence::Presence,
+    },
+    /// A message of this session's help chat, the shopper's own or a service's answer (see [`crate::chat`]):
+    /// to every connection of the session.
+    Chat {
+        #[serde(flatten)]
+        message: crate::chat::ChatMessage,
     },
 }
 
@@ -185,6 +198,12 @@ pub enum ClientMessage {
     Resync,
     /// Every notice up to `seq` `upto` of `epoch` has been shown: not sent again.
     Ack { upto: u64, epoch: Epoch },
+    /// A message for the help chat (see [`crate::chat`]).
+    Chat {
+        text: String,
+        #[serde(default)]
+        client_id: Option<String>,
+    },
 }
 
 /// Machine-readable error codes, shared by REST error bodies and WebSocket `ERROR` frames.

@@ -17,6 +17,10 @@ pub enum Audience {
     Product,
     /// A `NOTICE` for one session's connections, or for every connection.
     Notice(Option<CartKey>),
+    /// A help-chat `CHAT` for one session's connections.
+    Chat(CartKey),
+    /// Shopper messages wait for a service (no frame): every instance's services claim.
+    ChatWaiting,
 }
 
 /// One message on the channel: `<kind> <origin> <sent µs> [<cart key> [<version> <epoch hex>]]\n<frame>`.
@@ -44,6 +48,8 @@ impl Envelope {
             Audience::Product => format!("product {origin} {sent}"),
             Audience::Notice(Some(key)) => format!("notice {origin} {sent} {key}"),
             Audience::Notice(None) => format!("notice {origin} {sent} *"),
+            Audience::Chat(key) => format!("chat {origin} {sent} {key}"),
+            Audience::ChatWaiting => format!("chat-waiting {origin} {sent}"),
         };
         format!("{header}\n{}", self.frame)
     }
@@ -62,6 +68,8 @@ impl Envelope {
                 Audience::Cart { key, epoch, version }
             }
             "product" => Audience::Product,
+            "chat" => Audience::Chat(CartKey::parse(fields.next()?).ok()?),
+            "chat-waiting" => Audience::ChatWaiting,
             "notice" => match fields.next()? {
                 "*" => Audience::Notice(None),
                 key => Audience::Notice(Some(CartKey::parse(key).ok()?)),
@@ -127,6 +135,8 @@ mod tests {
             Audience::Product,
             Audience::Notice(Some(CartKey::parse(&"ab12".repeat(8)).unwrap())),
             Audience::Notice(None),
+            Audience::Chat(CartKey::parse(&"cd34".repeat(8)).unwrap()),
+            Audience::ChatWaiting,
         ] {
             let envelope = Envelope::new(audience, "0011aabb", frame.clone());
             assert_eq!(Envelope::decode(envelope.encode().as_bytes()), Some(envelope));

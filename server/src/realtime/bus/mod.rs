@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use cartwheel_core::chat::ChatMessage;
 use cartwheel_core::version::Epoch;
 use cartwheel_core::{PostedNotice, ReconnectPolicy, ServerMessage};
 use futures_util::future::BoxFuture;
@@ -171,6 +172,12 @@ impl Bus {
                 };
                 self.hub.deliver_notice(session.as_ref(), Frame::from_text(FrameKind::Notice(seq), envelope.frame));
             }
+            // Its own were delivered (and rung) here when they were sent.
+            Audience::Chat(_) | Audience::ChatWaiting if envelope.origin == self.format.origin() => {}
+            Audience::Chat(session) => {
+                self.hub.deliver(&session, Frame::from_text(FrameKind::Chat, envelope.frame));
+            }
+            Audience::ChatWaiting => self.hub.chat_waiting().notify_one(),
         }
     }
 }
@@ -199,6 +206,26 @@ impl Fanout for Bus {
                 Envelope::new(Audience::Notice(session.cloned()), self.format.origin(), frame.text.to_string());
             self.store.publish(envelope.encode()).await?;
             Ok(self.hub.deliver_notice(session, frame))
+        }
+        .boxed()
+    }
+
+    fn chat<'a>(&'a self, session: &'a CartKey, message: &'a ChatMessage) -> BoxFuture<'a, Result<usize, StoreError>> {
+        async move {
+            let frame = Frame::chat(message);
+            let here = self.hub.deliver(session, frame.clone());
+            let envelope = Envelope::new(Audience::Chat(session.clone()), self.format.origin(), frame.text.to_string());
+            self.store.publish(envelope.encode()).await?;
+            Ok(here)
+        }
+        .boxed()
+    }
+
+    fn chat_waiting(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            self.hub.chat_waiting().notify_one();
+            let envelope = Envelope::new(Audience::ChatWaiting, self.format.origin(), String::new());
+            self.store.publish(envelope.encode()).await
         }
         .boxed()
     }

@@ -8,6 +8,18 @@ use cartwheel_core::{Product, ProductId};
 
 use crate::domain::{CartKey, IdempotencyKey};
 
+/// What every key starts with (the chat's script builds its keys from it).
+pub const PREFIX: &str = "cartwheel:";
+
+/// A session's help-chat conversation: a list of message JSON, the newest kept. The rest of the chat's keys
+/// are made by `chat.lua` from [`PREFIX`]: `chat-client:<cart>` (client id → message), `chat-pending` (waiting
+/// shopper messages by seq), `chat-msg:<id>` (a waiting message's cart and JSON), `chat-waiting:<cart>`, `chat-sent`
+/// (message → the service it was handed to), `chat-owner:<cart>` (the service holding it, with a lease),
+/// `chat-owned:<service>`, `chat-services` (connected services by lease), `chat-seq`.
+pub fn chat(cart: &CartKey) -> String {
+    format!("cartwheel:chat:{cart}")
+}
+
 /// The one channel all instances of a shop share.
 pub const CHANNEL: &str = "cartwheel:events";
 /// The store's epoch (see `cartwheel_core::version`): set by the first instance, missing after a flush.

@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cartwheel_core::chat::{ChatMessage, ChatSender};
 use cartwheel_core::version::Epoch;
 use cartwheel_core::{
     Cart, CartContents, CartLimits, CartOp, Cents, Change, CheckoutReceipt, Notice, Order, PostedNotice, Product,
@@ -39,8 +40,8 @@ use self::commit::{Commit, Committed};
 use self::turns::CartTurns;
 use super::rules::{
     check_expected, check_total, committed_checkout, committed_mutation, committed_product_update, fingerprint,
-    new_notice_id, new_order_id, order_of, parse_contents, plan_checkout, plan_product_update, price,
-    remembered_answer, replay_checkout, replay_mutation, to_json, CHECKOUT_FINGERPRINT,
+    new_chat_id, new_notice_id, new_order_id, order_of, parse_chat, parse_contents, plan_checkout, plan_product_update,
+    price, remembered_answer, replay_checkout, replay_mutation, to_json, CHECKOUT_FINGERPRINT,
 };
 use super::{
     CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, NoticeCursor, ProductUpdate,
@@ -82,6 +83,7 @@ pub struct RedisCartStore {
     /// This instance's name in the presence registry.
     instance: String,
     cursor: Script,
+    chat: Script,
     turns: CartTurns,
     format: Arc<dyn EventFormat>,
     metrics: Arc<Metrics>,
@@ -126,6 +128,7 @@ impl RedisCartStore {
             reach: Script::new(include_str!("reach.lua")),
             instance: hex::encode(rand::random::<[u8; 8]>()),
             cursor: Script::new(include_str!("cursor.lua")),
+            chat: Script::new(include_str!("chat.lua")),
             turns: CartTurns::default(),
             format,
             metrics,
@@ -688,6 +691,114 @@ impl CartStore for RedisCartStore {
         async move {
             let (body,): (Option<String>,) = self.query(redis::pipe().cmd("GET").arg(keys::order(id))).await?;
             order_of(cart, body.as_deref())
+        }
+        .boxed()
+    }
+
+    fn chat_post<'a>(
+        &'a self,
+        cart: &'a CartKey,
+        from: ChatSender,
+        text: &'a str,
+        client_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(ChatMessage, bool), StoreError>> {
+        async move {
+            let message = ChatMessage {
+                id: new_chat_id(),
+                from,
+                text: text.to_owned(),
+                at: now_ms(),
+                client_id: client_id.map(Into::into),
+            };
+            let mut invocation = self.chat.arg("post");
+            invocation
+                .arg(keys::PREFIX)
+                .arg(now_ms())
+                .arg(cart.as_str())
+                .arg(&message.id)
+                .arg(to_json(&message)?)
+                .arg(client_id.unwrap_or(""))
+                .arg(if from == ChatSender::Shopper { "1" } else { "0" })
+                .arg(self.retention.chat_history.max(1))
+                .arg(millis(self.retention.chat_ttl));
+            let mut c = self.connection.clone();
+            // Asked once: a lost answer is settled by the page's retry with the same client id.
+            let (body, new): (String, String) = self.call(invocation.invoke_async(&mut c)).await?;
+            Ok((parse_chat(&body)?, new == "1"))
+        }
+        .boxed()
+    }
+
+    fn chat_history<'a>(&'a self, cart: &'a CartKey) -> BoxFuture<'a, Result<Vec<ChatMessage>, StoreError>> {
+        async move {
+            let (bodies,): (Vec<String>,) =
+                self.query(redis::pipe().cmd("LRANGE").arg(keys::chat(cart)).arg(0).arg(-1)).await?;
+            let since = now_ms().saturating_sub(millis(self.retention.chat_ttl));
+            let messages = bodies.iter().map(|b| parse_chat(b)).collect::<Result<Vec<_>, _>>()?;
+            Ok(messages.into_iter().filter(|m| m.at >= since).collect())
+        }
+        .boxed()
+    }
+
+    fn chat_claim<'a>(
+        &'a self,
+        service: &'a str,
+        lease: Duration,
+        take: usize,
+    ) -> BoxFuture<'a, Result<Vec<(CartKey, ChatMessage)>, StoreError>> {
+        async move {
+            let mut invocation = self.chat.arg("claim");
+            invocation
+                .arg(keys::PREFIX)
+                .arg(now_ms())
+                .arg(service)
+                .arg(millis(lease).max(1))
+                .arg(take)
+                .arg(defaults::CHAT_SCAN);
+            let mut c = self.connection.clone();
+            let flat: Vec<String> = self.call(invocation.invoke_async(&mut c)).await?;
+            flat.chunks(2)
+                .filter_map(|pair| match pair {
+                    [cart, body] => Some((cart, body)),
+                    _ => None,
+                })
+                .map(|(cart, body)| {
+                    let cart = CartKey::parse(cart).map_err(|e| StoreError::Corrupt(format!("chat: {e}")))?;
+                    Ok((cart, parse_chat(body)?))
+                })
+                .collect()
+        }
+        .boxed()
+    }
+
+    fn chat_ack<'a>(&'a self, service: &'a str, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            let mut invocation = self.chat.arg("ack");
+            invocation.arg(keys::PREFIX).arg(now_ms()).arg(service).arg(id);
+            let mut c = self.connection.clone();
+            let was: i64 = self.call(invocation.invoke_async(&mut c)).await?;
+            Ok(was == 1)
+        }
+        .boxed()
+    }
+
+    fn chat_release<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let mut invocation = self.chat.arg("release");
+            invocation.arg(keys::PREFIX).arg(now_ms()).arg(service);
+            let mut c = self.connection.clone();
+            let _: i64 = self.call(invocation.invoke_async(&mut c)).await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn chat_services(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        async move {
+            let mut invocation = self.chat.arg("services");
+            invocation.arg(keys::PREFIX).arg(now_ms());
+            let mut c = self.connection.clone();
+            self.call(invocation.invoke_async(&mut c)).await
         }
         .boxed()
     }

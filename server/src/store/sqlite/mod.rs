@@ -5,6 +5,7 @@
 //! Stock and prices that changed at run time are rows of `products`, which override the catalog file's values
 //! at start-up.
 
+mod chat;
 mod holds;
 mod notices;
 mod queries;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use std::collections::BTreeMap;
 
+use cartwheel_core::chat::{ChatMessage, ChatSender};
 use cartwheel_core::{Cart, CartLimits, Notice, Order, PostedNotice, ProductId};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -26,12 +28,13 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use self::readers::ReaderPool;
-use self::writer::{writer_loop, CatalogState, WriteJob, WriterSettings};
-use super::rules::{order_of, price};
+use self::writer::{writer_loop, CatalogState, ChatDone, ChatWrite, WriteJob, WriterSettings};
+use super::rules::{new_chat_id, order_of, price};
 use super::{
     CartStore, Checkout, CheckoutRequest, Mutation, MutationError, MutationRequest, NoticeCursor, ProductUpdate,
     ProductUpdated, Retention, StoreError,
 };
+use crate::clock::now_ms;
 use crate::config::defaults;
 use crate::domain::{CartKey, Catalog, LiveCatalog};
 use crate::sync::lock;
@@ -72,6 +75,7 @@ impl SqliteCartStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         schema::migrate(&mut conn)?;
         holds::count_once(&mut conn)?;
+        chat::reset(&conn)?;
         let secret = match secret {
             Some(s) => s.to_vec(),
             None => schema::stored_secret(&conn)?,
@@ -206,6 +210,83 @@ impl CartStore for SqliteCartStore {
             order_of(cart, body.as_deref())
         }
         .boxed()
+    }
+
+    fn chat_post<'a>(
+        &'a self,
+        cart: &'a CartKey,
+        from: ChatSender,
+        text: &'a str,
+        client_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(ChatMessage, bool), StoreError>> {
+        let message = ChatMessage {
+            id: new_chat_id(),
+            from,
+            text: text.to_owned(),
+            at: now_ms(),
+            client_id: client_id.map(Into::into),
+        };
+        let write = ChatWrite::Post { cart: cart.clone(), message };
+        async move {
+            match self.submit(|reply| WriteJob::Chat { write, reply }).await.map_err(only_store_errors)? {
+                ChatDone::Posted(message, new) => Ok((message, new)),
+                _ => Err(StoreError::Corrupt("a chat post got another answer".into())),
+            }
+        }
+        .boxed()
+    }
+
+    fn chat_history<'a>(&'a self, cart: &'a CartKey) -> BoxFuture<'a, Result<Vec<ChatMessage>, StoreError>> {
+        let key = cart.as_str().to_owned();
+        let (ttl, cap) =
+            (u64::try_from(self.retention.chat_ttl.as_millis()).unwrap_or(u64::MAX), self.retention.chat_history);
+        async move { self.readers.run(move |conn| chat::history(conn, &key, ttl, cap)).await? }.boxed()
+    }
+
+    fn chat_claim<'a>(
+        &'a self,
+        service: &'a str,
+        lease: Duration,
+        take: usize,
+    ) -> BoxFuture<'a, Result<Vec<(CartKey, ChatMessage)>, StoreError>> {
+        let write = ChatWrite::Claim {
+            service: service.to_owned(),
+            lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+            take,
+        };
+        async move {
+            match self.submit(|reply| WriteJob::Chat { write, reply }).await.map_err(only_store_errors)? {
+                ChatDone::Handed(handed) => handed
+                    .into_iter()
+                    .map(|(cart, message)| {
+                        Ok((CartKey::parse(&cart).map_err(|e| StoreError::Corrupt(e.to_string()))?, message))
+                    })
+                    .collect(),
+                _ => Err(StoreError::Corrupt("a chat claim got another answer".into())),
+            }
+        }
+        .boxed()
+    }
+
+    fn chat_ack<'a>(&'a self, service: &'a str, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let write = ChatWrite::Ack { service: service.to_owned(), id: id.to_owned() };
+        async move {
+            match self.submit(|reply| WriteJob::Chat { write, reply }).await.map_err(only_store_errors)? {
+                ChatDone::Acked(was) => Ok(was),
+                _ => Err(StoreError::Corrupt("a chat ack got another answer".into())),
+            }
+        }
+        .boxed()
+    }
+
+    fn chat_release<'a>(&'a self, service: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        let write = ChatWrite::Release { service: service.to_owned() };
+        async move { self.submit(|reply| WriteJob::Chat { write, reply }).await.map_err(only_store_errors).map(|_| ()) }
+            .boxed()
+    }
+
+    fn chat_services(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        async move { self.readers.run(chat::services).await? }.boxed()
     }
 
     fn holds(&self) -> BoxFuture<'_, Result<BTreeMap<ProductId, u64>, StoreError>> {

@@ -71,6 +71,31 @@ const MIGRATIONS: &[&str] = &[
         product_id TEXT PRIMARY KEY,
         carts      INTEGER NOT NULL CHECK (carts >= 0)
     );",
+    // 6: the help chat (see `chat`).
+    "CREATE TABLE chat_messages (
+        seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+        cart_key  TEXT NOT NULL,
+        id        TEXT NOT NULL UNIQUE,
+        sender    TEXT NOT NULL,
+        text      TEXT NOT NULL,
+        at_ms     INTEGER NOT NULL,
+        client_id TEXT,
+        pending   INTEGER NOT NULL DEFAULT 0,
+        sent_to   TEXT
+    );
+    CREATE INDEX chat_by_cart ON chat_messages (cart_key, seq);
+    CREATE UNIQUE INDEX chat_by_client ON chat_messages (cart_key, client_id) WHERE client_id IS NOT NULL;
+    CREATE INDEX chat_waiting ON chat_messages (seq) WHERE pending = 1;
+    CREATE INDEX chat_by_age ON chat_messages (at_ms);
+    CREATE TABLE chat_owners (
+        cart_key       TEXT PRIMARY KEY,
+        service        TEXT NOT NULL,
+        lease_until_ms INTEGER NOT NULL
+    );
+    CREATE TABLE chat_services (
+        service        TEXT PRIMARY KEY,
+        lease_until_ms INTEGER NOT NULL
+    );",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

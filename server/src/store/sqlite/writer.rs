@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cartwheel_core::chat::ChatMessage;
 use cartwheel_core::{CartContents, CartLimits, Change, CheckoutReceipt, Notice, Order, PostedNotice, Product};
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
@@ -18,7 +19,7 @@ use super::queries::{
     cap_idempotency_keys, expire_carts, forget_idempotency_keys, insert_order, read_cart, remember, remembered,
     touch_cart, write_cart, write_probe, write_product,
 };
-use super::{holds, notices};
+use super::{chat, holds, notices};
 use crate::clock::now_ms;
 use crate::config::defaults;
 use crate::domain::{CartKey, Catalog, LiveCatalog};
@@ -61,6 +62,11 @@ pub(super) enum WriteJob {
         ack: Option<u64>,
         reply: oneshot::Sender<Result<NoticeCursor, MutationError>>,
     },
+    /// A help-chat write (see [`super::chat`]).
+    Chat {
+        write: ChatWrite,
+        reply: oneshot::Sender<Result<ChatDone, MutationError>>,
+    },
     /// A session renewal: the cart must not expire yet.
     Touch {
         cart: CartKey,
@@ -72,6 +78,22 @@ pub(super) enum WriteJob {
     },
 }
 
+/// The help chat's writes.
+pub(super) enum ChatWrite {
+    Post { cart: CartKey, message: ChatMessage },
+    Claim { service: String, lease_ms: u64, take: usize },
+    Ack { service: String, id: String },
+    Release { service: String },
+}
+
+/// What a help-chat write answers.
+pub(super) enum ChatDone {
+    Posted(ChatMessage, bool),
+    Handed(Vec<(String, ChatMessage)>),
+    Acked(bool),
+    Released,
+}
+
 /// What a job did, before it is known whether its batch commits.
 enum JobOutcome {
     Cart(Mutation),
@@ -79,6 +101,7 @@ enum JobOutcome {
     Checkout(Checkout),
     Notice(PostedNotice),
     Cursor(NoticeCursor),
+    Chat(ChatDone),
     Done,
 }
 
@@ -125,6 +148,12 @@ impl WriteJob {
             WriteJob::Cursor { reply, .. } => {
                 let _ = reply.send(outcome.and_then(|o| match o {
                     JobOutcome::Cursor(c) => Ok(c),
+                    _ => Err(mismatch()),
+                }));
+            }
+            WriteJob::Chat { reply, .. } => {
+                let _ = reply.send(outcome.and_then(|o| match o {
+                    JobOutcome::Chat(c) => Ok(c),
                     _ => Err(mismatch()),
                 }));
             }
@@ -246,6 +275,14 @@ pub(super) fn prune(conn: &Connection, settings: &WriterSettings) -> bool {
                 defaults::PRUNE_BATCH,
             ),
         ),
+        (
+            "chat messages",
+            chat::expire(
+                conn,
+                u64::try_from(settings.retention.chat_ttl.as_millis()).unwrap_or(u64::MAX),
+                defaults::PRUNE_BATCH,
+            ),
+        ),
     ];
     let mut more = false;
     for (what, outcome) in batches {
@@ -337,6 +374,20 @@ fn apply_job(
             Ok(JobOutcome::Notice(notices::post_notice(conn, &new_notice_id(), to, notice, cap)?))
         }
         WriteJob::Cursor { cart, ack, .. } => Ok(JobOutcome::Cursor(notices::open_cursor(conn, cart.as_str(), *ack)?)),
+        WriteJob::Chat { write, .. } => Ok(JobOutcome::Chat(match write {
+            ChatWrite::Post { cart, message } => {
+                let (message, new) = chat::post(conn, cart.as_str(), message, settings.retention.chat_history)?;
+                ChatDone::Posted(message, new)
+            }
+            ChatWrite::Claim { service, lease_ms, take } => {
+                ChatDone::Handed(chat::claim(conn, service, *lease_ms, *take)?)
+            }
+            ChatWrite::Ack { service, id } => ChatDone::Acked(chat::ack(conn, service, id)?),
+            ChatWrite::Release { service } => {
+                chat::release(conn, service)?;
+                ChatDone::Released
+            }
+        })),
         WriteJob::Probe { .. } => {
             write_probe(conn)?;
             Ok(JobOutcome::Done)
