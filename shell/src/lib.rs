@@ -8,6 +8,7 @@
 //! [`cartwheel_core::link::LINK_EVENT`] for the indicator and [`cartwheel_core::protocol::NOTICE_EVENT`] for the
 //! notices any bundle's socket brought (through its [`Link`]).
 
+use cartwheel_core::chat::{ChatMessage, ChatSender};
 use cartwheel_core::page::{mount, PageState, ViewTimings};
 use cartwheel_core::presence::Presence;
 use cartwheel_core::{Cart, Handlers, LinkReport, LinkState, Locale, Notice};
@@ -54,6 +55,21 @@ pub fn push_toast(toasts: &mut Vec<Toast>, id: u64, notice: Notice) {
 pub fn list_notice(listed: &mut Vec<Toast>, id: u64, notice: Notice) {
     listed.insert(0, Toast { id, notice, read: false });
     listed.truncate(MAX_LISTED);
+}
+
+/// Messages of the help chat the panel keeps: the newest.
+pub const MAX_CHAT: usize = 100;
+
+/// Add `message` to the conversation unless it is there already (the same frame comes on every bundle's
+/// socket, and again in `GET /api/chat`), in the order the server stored them, keeping the newest [`MAX_CHAT`].
+pub fn merge_chat(list: &mut Vec<ChatMessage>, message: ChatMessage) {
+    if list.iter().any(|m| m.id == message.id) {
+        return;
+    }
+    let at = list.partition_point(|m| m.at <= message.at);
+    list.insert(at, message);
+    let excess = list.len().saturating_sub(MAX_CHAT);
+    list.drain(..excess);
 }
 
 /// Notices listed and not read yet (the badge's number type: its text node's code is the cart badge's).
@@ -106,6 +122,8 @@ pub fn Shell(
     /// "N shoppers here" as the server counted it; the link keeps it current (`Link::show_presence`).
     online: String,
     locale: Locale,
+    chat: RwSignal<Vec<ChatMessage>>,
+    support: RwSignal<Option<bool>>,
     link: Link,
 ) -> impl IntoView {
     let count = move || cart.with(|c| c.item_count);
@@ -139,6 +157,7 @@ pub fn Shell(
                 <span class="online" data-online="">{cartwheel_mfe::server_only(online)}</span>
                 <ConnectionIndicator links link />
                 <NoticesPanel listed />
+                <HelpPanel chat support link />
                 // The page's one live announcement of a cart change: the count, with its words.
                 <a class="cart-badge" href=cart_href.clone()>
                     <span class="cart-badge-label">"Cart"</span>
@@ -210,6 +229,106 @@ fn notice_item(Toast { id, notice, .. }: Toast, list: RwSignal<Vec<Toast>>) -> i
                 "×"
             </button>
         </div>
+    }
+}
+
+/// The help chat: the session's conversation with the shop's services (read when opened, then live from any
+/// bundle's socket), and a field to write in, sent on the shell's socket or, while it is down, over REST.
+#[component]
+fn HelpPanel(chat: RwSignal<Vec<ChatMessage>>, support: RwSignal<Option<bool>>, link: Link) -> impl IntoView {
+    let draft = RwSignal::new(String::new());
+    let sending = RwSignal::new(false);
+    let error = RwSignal::new(None::<String>);
+    let opened = move |ev: leptos::ev::Event| {
+        if !event_target::<leptos::web_sys::Element>(&ev).has_attribute("open") {
+            return;
+        }
+        leptos::task::spawn_local(async move {
+            if let Some(history) = link.chat_history().await {
+                chat.try_update(|list| history.messages.into_iter().for_each(|m| merge_chat(list, m)));
+                support.try_set(Some(history.support_online));
+            }
+        });
+        focus_later("#help-text");
+    };
+    let send = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let text = draft.get_untracked();
+        if text.trim().is_empty() || sending.get_untracked() {
+            return;
+        }
+        sending.set(true);
+        error.set(None);
+        leptos::task::spawn_local(async move {
+            match link.send_chat(&text).await {
+                Ok(posted) => {
+                    draft.try_set(String::new());
+                    if let Some(posted) = posted {
+                        chat.try_update(|list| merge_chat(list, posted.message));
+                        support.try_set(Some(posted.support_online));
+                    }
+                }
+                Err(e) => {
+                    error.try_set(Some(e.message));
+                }
+            }
+            sending.try_set(false);
+        });
+    };
+    // The newest answer, read out once (the list itself is not a live region: it is re-rendered whole).
+    let latest_answer = move || {
+        chat.with(|l| {
+            l.iter().rev().find(|m| m.from == ChatSender::Service).map(|m| m.text.clone()).unwrap_or_default()
+        })
+    };
+    view! {
+        <details class="help" on:toggle=opened>
+            <summary>
+                <span class="help-label">"Help"</span>
+            </summary>
+            <div class="help-panel">
+                <p class="help-status" hidden=move || support.get() != Some(false)>
+                    "Support is offline — we will answer here."
+                </p>
+                <ol class="help-messages">
+                    {move || {
+                        chat.get()
+                            .into_iter()
+                            .map(|m| {
+                                let from = if m.from == ChatSender::Service { "service" } else { "shopper" };
+                                view! {
+                                    <li class="help-message" data-from=from>
+                                        <span class="visually-hidden">
+                                            {if from == "service" { "Support: " } else { "You: " }}
+                                        </span>
+                                        {m.text}
+                                    </li>
+                                }
+                            })
+                            .collect_view()
+                    }}
+                </ol>
+                <p class="visually-hidden" aria-live="polite">{latest_answer}</p>
+                <form class="help-form" on:submit=send>
+                    <label class="visually-hidden" for="help-text">"Your question"</label>
+                    <input
+                        id="help-text"
+                        class="help-text"
+                        name="text"
+                        type="text"
+                        maxlength="2000"
+                        autocomplete="off"
+                        placeholder="Ask about a product, an order…"
+                        prop:value=move || draft.get()
+                        on:input=move |ev| draft.set(event_target_value(&ev))
+                    />
+                    <button type="submit" class="button primary" aria-disabled=move || sending.get().to_string()>
+                        "Send"
+                    </button>
+                </form>
+                <p class="error" role="alert">{move || error.get()}</p>
+            </div>
+        </details>
     }
 }
 
@@ -350,8 +469,16 @@ fn compose(
         links.try_update(|l| record(l, report));
     });
     link.show_presence();
+    let chat = RwSignal::new(Vec::new());
+    let support = RwSignal::new(None);
+    link.on_chat(move |message| {
+        if message.from == ChatSender::Service {
+            support.try_set(Some(true));
+        }
+        chat.try_update(|list| merge_chat(list, message));
+    });
     let online = presence.online_label().unwrap_or_default();
-    view! { <Shell cart links toasts listed slots online locale link /> }
+    view! { <Shell cart links toasts listed slots online locale chat support link /> }
 }
 
 /// Server side: the shell as HTML, with the other micro-frontends' HTML in their mount points.
@@ -397,6 +524,28 @@ mod tests {
         assert_eq!(unread(&listed), MAX_LISTED as u64);
         listed.iter_mut().take(5).for_each(|t| t.read = true);
         assert_eq!(unread(&listed), MAX_LISTED as u64 - 5);
+    }
+
+    #[test]
+    fn the_conversation_drops_repeats_keeps_the_stored_order_and_the_newest() {
+        let message = |id: &str, at: u64| ChatMessage {
+            id: id.into(),
+            from: ChatSender::Shopper,
+            text: id.into(),
+            at,
+            client_id: None,
+        };
+        let mut list = Vec::new();
+        merge_chat(&mut list, message("b", 2));
+        merge_chat(&mut list, message("a", 1));
+        merge_chat(&mut list, message("b", 2));
+        merge_chat(&mut list, message("c", 2));
+        assert_eq!(list.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        for i in 0..MAX_CHAT as u64 {
+            merge_chat(&mut list, message(&format!("n{i}"), 10 + i));
+        }
+        assert_eq!(list.len(), MAX_CHAT);
+        assert_eq!(list[0].id, "n0");
     }
 
     #[test]

@@ -49,6 +49,17 @@ pub async fn fetch_notices() -> Option<(Epoch, Vec<(u64, Notice)>)> {
     answer.succeeded().then(|| json::notice_list(&answer.body)).flatten()
 }
 
+/// `GET /api/chat`: the session's conversation and whether a service is connected.
+pub async fn chat_history() -> Option<cartwheel_core::chat::ChatHistory> {
+    call("GET", "/api/chat", None, None, None).await.ok()?.read().ok()
+}
+
+/// `POST /api/chat` with `body` (see [`cartwheel_core::chat::ChatPost`]), its `client_id` also the
+/// `Idempotency-Key`, so a retry is stored once.
+pub async fn post_chat(body: &str, client_id: &str) -> Result<cartwheel_core::chat::ChatPosted, ApiError> {
+    call("POST", "/api/chat", Some(body), Some(client_id), None).await?.read()
+}
+
 /// `POST /api/notices/ack` with `body` (see [`cartwheel_core::protocol::NoticeAck`]); whether it was taken.
 pub async fn ack_notices(body: &str) -> bool {
     call("POST", "/api/notices/ack", Some(body), None, None).await.is_ok_and(|a| a.succeeded())

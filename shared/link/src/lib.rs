@@ -16,4 +16,7 @@ mod json;
 pub mod link;
 
 pub use api::{ApiError, CartRequest};
-pub use link::{checkout, mutate, on_link_reports, on_notices, refresh_reports, show_presence, CartLink, Handlers};
+pub use link::{
+    checkout, mutate, on_chat, on_link_reports, on_notices, refresh_reports, send_chat, show_presence, CartLink,
+    Handlers,
+};

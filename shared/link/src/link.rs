@@ -19,8 +19,8 @@ use cartwheel_core::notices::NoticeInbox;
 use cartwheel_core::order::CheckoutReceipt;
 use cartwheel_core::presence::{in_carts_label, online_label, IN_CARTS_ATTR, ONLINE_ATTR};
 use cartwheel_core::protocol::{
-    ClientMessage, Notice, ServerMessage, CART_EVENT, NOTICE_EVENT, NOTICE_FRAME_PREFIX, PRESENCE_EVENT,
-    PRESENCE_FRAME_PREFIX, WS_PATH,
+    ClientMessage, Notice, ServerMessage, CART_EVENT, CHAT_EVENT, CHAT_FRAME_PREFIX, NOTICE_EVENT, NOTICE_FRAME_PREFIX,
+    PRESENCE_EVENT, PRESENCE_FRAME_PREFIX, WS_PATH,
 };
 use cartwheel_core::reconnect::{ReconnectPolicy, ReconnectSchedule};
 use cartwheel_core::version::Epoch;
@@ -387,6 +387,11 @@ impl Inner {
             dispatch_text(NOTICE_EVENT, &text);
             return;
         }
+        // Likewise for the help chat, which the shell shows (see `on_chat`).
+        if text.starts_with(CHAT_FRAME_PREFIX) {
+            dispatch_text(CHAT_EVENT, &text);
+            return;
+        }
         // Likewise for the bundles that show presence (see `show_presence`).
         if text.starts_with(PRESENCE_FRAME_PREFIX) {
             dispatch_text(PRESENCE_EVENT, &text);
@@ -422,7 +427,7 @@ impl Inner {
                 }
             }
             Some(ServerMessage::ProductUpdate { data }) => self.offer_product(data),
-            Some(ServerMessage::Notice { .. } | ServerMessage::Presence { .. }) => {}
+            Some(ServerMessage::Notice { .. } | ServerMessage::Presence { .. } | ServerMessage::Chat { .. }) => {}
             Some(ServerMessage::Error { code, message }) => {
                 // The code's name is not printed: `Debug` of every code would be linked into each bundle.
                 let _ = code;
@@ -747,6 +752,36 @@ pub fn show_presence(mount: String) -> Option<EventListener> {
             }
         }
     }))
+}
+
+/// Call `f` with every help-chat message that reaches the page, from any bundle's socket (the shell keeps the
+/// conversation; repeats by id are its to drop).
+pub fn on_chat(f: impl Fn(cartwheel_core::chat::ChatMessage) + 'static) -> Option<EventListener> {
+    let window = web_sys::window()?;
+    Some(EventListener::new(&window, CHAT_EVENT, move |event| {
+        let text = event.dyn_ref::<CustomEvent>().and_then(|e| e.detail().as_string());
+        if let Some(message) = text.as_deref().and_then(|t| js_sys::JSON::parse(t).ok()).and_then(json::from_js) {
+            f(message);
+        }
+    }))
+}
+
+/// Send a help-chat message: on this bundle's socket if it is live (`Ok(None)`: the server's `CHAT` frame
+/// brings it back, to every tab), else over REST (`Ok(Some(posted))`). A fresh `client_id` per message, so a
+/// message sent again after a lost answer is stored once.
+pub async fn send_chat(text: &str) -> Result<Option<cartwheel_core::chat::ChatPosted>, ApiError> {
+    let client_id = format!("c{}", (js_sys::Math::random() * 1e15) as u64);
+    let quoted = js_sys::JSON::stringify(&JsValue::from_str(text)).ok().map(String::from).unwrap_or_default();
+    let body = format!(r#"{{"text":{quoted},"client_id":"{client_id}"}}"#);
+    let frame = format!(r#"{{"type":"CHAT",{}"#, &body[1..]);
+    let sent = CartLink::installed().is_some_and(|link| {
+        link.is_live()
+            && link.0.state.borrow().socket.as_ref().is_some_and(|s| s.open && s.ws.send_with_str(&frame).is_ok())
+    });
+    if sent {
+        return Ok(None);
+    }
+    api::post_chat(&body, &client_id).await.map(Some)
 }
 
 /// `ACK` every notice up to `upto` of `epoch`: on this bundle's socket if it is live, else over REST. Written

@@ -12,6 +12,7 @@
 
 use cartwheel_core::api::{ApiError, CartRequest};
 use cartwheel_core::cart::Cart;
+use cartwheel_core::chat::{ChatHistory, ChatMessage, ChatPosted};
 use cartwheel_core::link::{Handlers, LinkReport};
 use cartwheel_core::order::CheckoutReceipt;
 #[cfg(any(feature = "ssr", feature = "hydrate"))]
@@ -74,6 +75,37 @@ impl Link {
             return;
         }
         drop(f);
+    }
+
+    /// Hear every help-chat message that reaches this page (any bundle's socket), from when hydration is over.
+    /// Call it while the view is built.
+    pub fn on_chat(&self, f: impl Fn(ChatMessage) + 'static) {
+        #[cfg(feature = "hydrate")]
+        if self.live {
+            let start = move || -> Box<dyn std::any::Any> { Box::new(cartwheel_link::on_chat(f)) };
+            browser::collect(move |wanted| wanted.listeners.push(Box::new(start)));
+            return;
+        }
+        drop(f);
+    }
+
+    /// The session's help-chat conversation (`GET /api/chat`), `None` when it cannot be read now.
+    pub async fn chat_history(&self) -> Option<ChatHistory> {
+        #[cfg(feature = "hydrate")]
+        if self.live {
+            return cartwheel_link::api::chat_history().await;
+        }
+        None
+    }
+
+    /// Send a help-chat message (see `cartwheel_link::send_chat`): `Ok(Some(posted))` when it went over REST.
+    pub async fn send_chat(&self, text: &str) -> Result<Option<ChatPosted>, ApiError> {
+        #[cfg(feature = "hydrate")]
+        if self.live {
+            return cartwheel_link::send_chat(text).await;
+        }
+        let _ = text;
+        Err(not_connected())
     }
 
     /// Keep this bundle's presence labels current (elements with `data-in-carts-of` / `data-online` inside
