@@ -17,7 +17,7 @@ pub enum ConfigError {
     WeakSecret,
     #[error("every service token must be at least {} characters", defaults::MIN_SERVICE_TOKEN_LEN)]
     WeakServiceToken,
-    #[error("service token '{0}': write name:scopes:token, scopes among stock, price, notify joined by '+' (or 'all'), a name of 1-32 of a-z 0-9 _ -")]
+    #[error("service token '{0}': write name:scopes:token, scopes among stock, price, notify, chat joined by '+' (or 'all'), a name of 1-32 of a-z 0-9 _ -")]
     BadServiceToken(String),
     #[error("--cart-ttl-days ({cart}) must be at least --session-max-age-days ({session}): a cart may only expire once no session can name it, or a session still in use would see its cart's versions start again")]
     CartTtlBelowSessionAge { cart: u32, session: u32 },
