@@ -4,6 +4,7 @@
 import { test as base, expect, expectLive, watch } from '../support/fixtures';
 import { ShopServer } from '../support/server';
 import { HelpBot } from '../support/bot';
+import { RedisServer } from '../support/redis';
 
 const TOKEN = 'helpdesk:chat:e2e-chat-token-0123456789';
 const SECRET = 'e2e-chat-token-0123456789';
@@ -91,4 +92,29 @@ test("another shopper's page never shows this conversation", async ({ browser, s
   await bot.kill();
   await mine.close();
   await theirs.close();
+});
+
+test('the shopper on one instance and the bot on another, through Redis: every tab has the answer within a second', async ({ browser }) => {
+  const redis = await RedisServer.start();
+  const flags = ['--redis-url', redis.url, '--service-token', TOKEN];
+  const [one, two] = [await ShopServer.start(flags), await ShopServer.start(flags)];
+  const bot = await HelpBot.start(two.url, SECRET);
+  const context = await browser.newContext();
+  const [a, b] = [await context.newPage(), await context.newPage()];
+  await a.goto(one.url);
+  await b.goto(two.url);
+  for (const page of [a, b]) await expectLive(page);
+  await b.locator('details.help summary').click();
+  const started = Date.now();
+  await ask(a, 'Is the wool throw in stock?');
+  const answer = 'Support: The Wool Throw is in stock, but only 1 left.';
+  for (const page of [a, b]) {
+    await expect(page.locator('.help-message[data-from="service"]')).toHaveText([answer], { timeout: 1000 });
+  }
+  console.log(`help chat across two instances: the answer shown in both tabs ${Date.now() - started} ms after Send`);
+  await bot.kill();
+  await context.close();
+  await one.dispose();
+  await two.dispose();
+  await redis.dispose();
 });
