@@ -77,23 +77,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = AppError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let is_json = request
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-        if !is_json {
-            return Err(AppError::UnsupportedMediaType("application/json"));
-        }
-        let limit = request.extensions().get::<BodyLimit>().map_or(defaults::MAX_BODY_BYTES, |l| l.0);
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                AppError::PayloadTooLarge { limit }
-            } else {
-                AppError::InvalidJson(format!("could not read the body: {rejection}"))
-            }
-        })?;
+        let bytes = body_of(request, state, "application/json", AppError::InvalidJson).await?;
         serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
             let what = match e.classify() {
                 serde_json::error::Category::Data => "the JSON does not have the expected fields and types",
@@ -113,27 +97,38 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for FormBody<T> {
     type Rejection = AppError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let is_form = request
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
-        if !is_form {
-            return Err(AppError::UnsupportedMediaType("application/x-www-form-urlencoded"));
-        }
-        let limit = request.extensions().get::<BodyLimit>().map_or(defaults::MAX_BODY_BYTES, |l| l.0);
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                AppError::PayloadTooLarge { limit }
-            } else {
-                AppError::InvalidField(format!("could not read the form: {rejection}"))
-            }
-        })?;
+        let bytes = body_of(request, state, "application/x-www-form-urlencoded", AppError::InvalidField).await?;
         serde_urlencoded::from_bytes(&bytes)
             .map(FormBody)
             .map_err(|e| AppError::InvalidField(format!("the form does not have the expected fields: {e}")))
     }
+}
+
+/// The body of a request sent as `mime` (415 otherwise), within the body limit (413 over it); any other
+/// failure to read it is `unreadable`.
+async fn body_of<S: Send + Sync>(
+    request: Request,
+    state: &S,
+    mime: &'static str,
+    unreadable: fn(String) -> AppError,
+) -> Result<Bytes, AppError> {
+    let sent_as = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|sent| sent.trim().eq_ignore_ascii_case(mime));
+    if !sent_as {
+        return Err(AppError::UnsupportedMediaType(mime));
+    }
+    let limit = request.extensions().get::<BodyLimit>().map_or(defaults::MAX_BODY_BYTES, |l| l.0);
+    Bytes::from_request(request, state).await.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::PayloadTooLarge { limit }
+        } else {
+            unreadable(format!("could not read the body: {rejection}"))
+        }
+    })
 }
 
 /// The configured body limit, attached to requests so error messages can name it.
