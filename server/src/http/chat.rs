@@ -19,8 +19,8 @@ use super::error::AppError;
 use super::extract::{ApiJson, IdempotencyHeader};
 use super::guards::session::Session;
 use super::service::ServiceCaller;
+use super::socket::bounded;
 use super::state::AppState;
-use crate::config::defaults;
 use crate::domain::CartKey;
 use crate::realtime::chat::serve_service;
 
@@ -90,13 +90,7 @@ async fn service_socket(
         Ok(u) => u,
         Err(rejection) => return AppError::BadUpgrade(rejection.body_text()).into_response(),
     };
-    let max_message = app.config.max_ws_message_bytes;
     let (desk, connections, shutdown) = (app.sockets.chat.clone(), app.connections.clone(), app.shutdown.clone());
-    upgrade
-        .read_buffer_size(defaults::WS_READ_BUFFER_BYTES)
-        .write_buffer_size(defaults::WS_WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(defaults::WS_MAX_WRITE_BUFFER_BYTES)
-        .max_message_size(max_message)
-        .max_frame_size(max_message)
+    bounded(upgrade, app.config.max_ws_message_bytes)
         .on_upgrade(move |socket| connections.track_future(serve_service(desk, socket, caller.name, shutdown)))
 }

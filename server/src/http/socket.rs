@@ -26,6 +26,17 @@ pub fn router() -> Router<AppState> {
     Router::new().route(cartwheel_core::protocol::WS_PATH, get(upgrade))
 }
 
+/// An upgrade with bounded buffers, and messages and frames of at most `max_message` bytes (every socket the
+/// server accepts, shoppers' and services').
+pub fn bounded(upgrade: WebSocketUpgrade, max_message: usize) -> WebSocketUpgrade {
+    upgrade
+        .read_buffer_size(defaults::WS_READ_BUFFER_BYTES)
+        .write_buffer_size(defaults::WS_WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(defaults::WS_MAX_WRITE_BUFFER_BYTES)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+}
+
 async fn upgrade(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -60,21 +71,14 @@ async fn upgrade(
     };
     // A tab that only keeps its sockets open renews its session here (the `101` may set a cookie too).
     let renewal = app.sessions.renewal(&session, &app.shop).await;
-    let max_message = app.config.max_ws_message_bytes;
     let (sockets, connections) = (app.sockets.clone(), app.connections.clone());
-    let mut response = upgrade
-        .read_buffer_size(defaults::WS_READ_BUFFER_BYTES)
-        .write_buffer_size(defaults::WS_WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(defaults::WS_MAX_WRITE_BUFFER_BYTES)
-        .max_message_size(max_message)
-        .max_frame_size(max_message)
-        .on_upgrade(move |socket| {
-            connections.track_future(async move {
-                // Both end with the socket: its place in the quota and its connection's slot.
-                let _held = (permit, slot);
-                serve(socket, sockets, session.cart, peer, client_label(query.as_deref())).await;
-            })
-        });
+    let mut response = bounded(upgrade, app.config.max_ws_message_bytes).on_upgrade(move |socket| {
+        connections.track_future(async move {
+            // Both end with the socket: its place in the quota and its connection's slot.
+            let _held = (permit, slot);
+            serve(socket, sockets, session.cart, peer, client_label(query.as_deref())).await;
+        })
+    });
     if let Some(cookie) = renewal.and_then(|c| HeaderValue::from_str(&c).ok()) {
         response.headers_mut().append(SET_COOKIE, cookie);
     }
