@@ -203,14 +203,14 @@ impl Shop {
     }
 
     /// A shopper's help-chat message: stored (once per `client_id`), sent to every connection of the session,
-    /// and left waiting for a service. Answers the message and whether a service is connected anywhere.
+    /// and left waiting for a service. Answers the message as stored.
     #[tracing::instrument(skip(self, cart, text), fields(cart = cart.short()))]
     pub async fn chat_from_shopper(
         &self,
         cart: &CartKey,
         text: ChatText,
         client_id: Option<String>,
-    ) -> Result<(ChatMessage, bool), StoreError> {
+    ) -> Result<ChatMessage, StoreError> {
         let (store, fanout, metrics) = self.parts();
         let cart = cart.clone();
         // Detached like a change: a message the store took is delivered whether or not its sender waits.
@@ -228,8 +228,7 @@ impl Shop {
                     tracing::warn!(error = %e, "chat message stored; services claim it on their next round");
                 }
             }
-            let online = store.chat_services().await.unwrap_or(0) > 0;
-            Ok((message, online))
+            Ok(message)
         });
         posted.await.unwrap_or(Err(StoreError::Closed))
     }
@@ -253,7 +252,12 @@ impl Shop {
     /// The session's conversation and whether a service is connected.
     pub async fn chat_history(&self, cart: &CartKey) -> Result<ChatHistory, StoreError> {
         let messages = self.store.chat_history(cart).await?;
-        Ok(ChatHistory { messages, support_online: self.store.chat_services().await? > 0 })
+        Ok(ChatHistory { messages, support_online: self.chat_support_online().await? })
+    }
+
+    /// Whether a help-chat service is connected on any instance.
+    pub async fn chat_support_online(&self) -> Result<bool, StoreError> {
+        Ok(self.store.chat_services().await? > 0)
     }
 
     /// See [`CartStore::chat_claim`].

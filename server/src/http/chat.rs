@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cartwheel_core::chat::{valid_client_id, ChatHistory, ChatMessage, ChatPost, ChatPosted};
+use cartwheel_core::chat::{ChatHistory, ChatMessage, ChatPost, ChatPosted};
 use serde::Deserialize;
 
 use super::error::AppError;
@@ -22,7 +22,7 @@ use super::service::ServiceCaller;
 use super::socket::bounded;
 use super::state::AppState;
 use crate::domain::CartKey;
-use crate::realtime::chat::serve_service;
+use crate::realtime::chat::{serve_service, ChatRefusal};
 
 /// `/chat`, relative to `/api` (behind the session guard).
 pub fn router() -> Router<AppState> {
@@ -44,15 +44,16 @@ async fn post_message(
     IdempotencyHeader(key): IdempotencyHeader,
     ApiJson(body): ApiJson<ChatPost>,
 ) -> Result<(StatusCode, Json<ChatPosted>), AppError> {
-    let desk = &app.sockets.chat;
-    let text = desk.text(&body.text).map_err(|e| AppError::InvalidField(e.to_string()))?;
     let client_id = body.client_id.or_else(|| key.map(|k| k.as_str().to_owned()));
-    if client_id.as_deref().is_some_and(|c| !valid_client_id(c)) {
-        return Err(AppError::InvalidField("client_id: 1–64 visible ASCII characters".into()));
-    }
-    desk.allow_write(&session.cart, Instant::now())
-        .map_err(|e| AppError::RateLimited { retry_after: e.retry_after })?;
-    let (message, support_online) = app.shop.chat_from_shopper(&session.cart, text, client_id).await?;
+    let text = app.sockets.chat.accept(&session.cart, &body.text, client_id.as_deref(), Instant::now()).map_err(
+        |refusal| match refusal {
+            ChatRefusal::TooMany(e) => AppError::RateLimited { retry_after: e.retry_after },
+            invalid => AppError::InvalidField(invalid.to_string()),
+        },
+    )?;
+    let message = app.shop.chat_from_shopper(&session.cart, text, client_id).await?;
+    // Only a page without its socket asks: it is told here whether anyone will answer now.
+    let support_online = app.shop.chat_support_online().await?;
     Ok((StatusCode::CREATED, Json(ChatPosted { message, support_online })))
 }
 

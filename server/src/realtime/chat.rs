@@ -85,6 +85,40 @@ pub struct ChatDesk {
     metrics: Arc<Metrics>,
 }
 
+/// Why a shopper's message was refused before it was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatRefusal {
+    /// Empty, too long, or a bad `client_id` (`invalid_field`), in words.
+    Invalid(String),
+    /// Over the session's budget (`rate_limited`).
+    TooMany(ChatRateExceeded),
+}
+
+impl ChatRefusal {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ChatRefusal::Invalid(_) => ErrorCode::InvalidField,
+            ChatRefusal::TooMany(_) => ErrorCode::RateLimited,
+        }
+    }
+}
+
+impl std::fmt::Display for ChatRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChatRefusal::Invalid(words) => f.write_str(words),
+            ChatRefusal::TooMany(e) => {
+                write!(
+                    f,
+                    "at most {} messages a minute; the next in {} s",
+                    e.per_minute,
+                    e.retry_after.as_secs().max(1)
+                )
+            }
+        }
+    }
+}
+
 /// Refused: the session wrote `per_minute` messages in the last minute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChatRateExceeded {
@@ -125,9 +159,26 @@ impl ChatDesk {
         Ok(())
     }
 
-    /// A shopper's text, parsed against the configured length.
+    /// A message's text, parsed against the configured length.
     pub fn text(&self, text: &str) -> Result<ChatText, cartwheel_core::chat::ChatTextError> {
         ChatText::parse(text, self.settings.max_chars)
+    }
+
+    /// A shopper's message as the WebSocket and REST take it: its text and `client_id` valid, and within the
+    /// session's budget (which it then counts against).
+    pub fn accept(
+        &self,
+        cart: &CartKey,
+        text: &str,
+        client_id: Option<&str>,
+        now: Instant,
+    ) -> Result<ChatText, ChatRefusal> {
+        let text = self.text(text).map_err(|e| ChatRefusal::Invalid(e.to_string()))?;
+        if client_id.is_some_and(|c| !cartwheel_core::chat::valid_client_id(c)) {
+            return Err(ChatRefusal::Invalid("client_id: 1–64 visible ASCII characters".into()));
+        }
+        self.allow_write(cart, now).map_err(ChatRefusal::TooMany)?;
+        Ok(text)
     }
 
     /// Claim for the services here until a round hands none a new conversation (see the module doc).

@@ -302,19 +302,10 @@ impl Connection {
     /// A help-chat message from the shopper: stored and sent to every connection of the session (this one
     /// too), or refused with an `ERROR` frame (too long, too many, the store down); the socket stays open.
     async fn chat(&mut self, text: &str, client_id: Option<String>) -> Sent {
-        let desk = self.sockets.chat.clone();
-        let text = match desk.text(text) {
+        let text = match self.sockets.chat.accept(&self.cart, text, client_id.as_deref(), Instant::now()) {
             Ok(text) => text,
-            Err(e) => return self.send_error(ErrorCode::InvalidField, &e.to_string()).await,
+            Err(refusal) => return self.send_error(refusal.code(), &refusal.to_string()).await,
         };
-        if client_id.as_deref().is_some_and(|c| !cartwheel_core::chat::valid_client_id(c)) {
-            return self.send_error(ErrorCode::InvalidField, "client_id: 1–64 visible ASCII characters").await;
-        }
-        if let Err(e) = desk.allow_write(&self.cart, Instant::now()) {
-            let message =
-                format!("at most {} messages a minute; the next in {} s", e.per_minute, e.retry_after.as_secs().max(1));
-            return self.send_error(ErrorCode::RateLimited, &message).await;
-        }
         match self.sockets.shop.chat_from_shopper(&self.cart, text, client_id).await {
             Ok(_) => Ok(()),
             Err(e) => {
