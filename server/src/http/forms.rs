@@ -45,11 +45,6 @@ struct CartForm {
     expected_total_cents: Option<String>,
 }
 
-/// Why a form's change was not made: the code the page puts in words.
-struct Refusal {
-    code: ErrorCode,
-}
-
 /// `POST /cart/{action}`.
 #[tracing::instrument(skip(app, session, form), fields(cart = session.cart.short()))]
 async fn submit(
@@ -66,7 +61,7 @@ async fn submit(
             _ => format!("/#{}", mount::SHOPPING_CART),
         },
         Ok(Done::Ordered(id)) => format!("/?{}#{}", query(&[("order", &id)]), mount::SHOPPING_CART),
-        Err(Refusal { code }) => {
+        Err(code) => {
             tracing::debug!(code = code.name(), "form refused");
             let name = code.name();
             match product {
@@ -85,15 +80,15 @@ enum Done {
 }
 
 /// Run the form's change. The outer error is for what is not the shopper's doing (an unknown action: 404;
-/// storage down: 503, like the JSON API); the inner one is a refusal to show on the page.
+/// storage down: 503, like the JSON API); the inner one is a refusal to show on the page, by its code.
 async fn apply(
     app: &AppState,
     session: &Session,
     action: &str,
     form: CartForm,
-) -> Result<Result<Done, Refusal>, AppError> {
+) -> Result<Result<Done, ErrorCode>, AppError> {
     let product = form.product_id.filter(|p| !p.is_empty());
-    let refuse = |code| Ok(Err(Refusal { code }));
+    let refuse = |code| Ok(Err(code));
     let idempotency_key = match form.idempotency_key.as_deref().filter(|k| !k.is_empty()).map(IdempotencyKey::parse) {
         None => None,
         Some(Ok(key)) => Some(key),
