@@ -12,7 +12,7 @@ use cartwheel_core::chat::{ChatMessage, ChatSender};
 use cartwheel_core::page::{mount, PageState, ViewTimings};
 use cartwheel_core::presence::Presence;
 use cartwheel_core::{Cart, Handlers, LinkReport, LinkState, Locale, Notice};
-use cartwheel_mfe::Link;
+use cartwheel_mfe::{Focus, Link};
 use leptos::prelude::*;
 
 /// This bundle's name in connection reports.
@@ -82,20 +82,6 @@ pub fn initial_reports() -> Vec<LinkReport> {
     BUNDLES.iter().map(|(mfe, _)| LinkReport::connecting(mfe)).collect()
 }
 
-/// Focus the first element `selector` finds, once the view has caught up (browser only: event handlers).
-fn focus_later(selector: &'static str) {
-    set_timeout(
-        move || {
-            if let Ok(Some(el)) = document().query_selector(selector) {
-                if let Ok(el) = leptos::wasm_bindgen::JsCast::dyn_into::<leptos::web_sys::HtmlElement>(el) {
-                    let _ = el.focus();
-                }
-            }
-        },
-        std::time::Duration::ZERO,
-    );
-}
-
 /// Take toast `id` away after `ms`, or later while the pointer or the keyboard's focus is on the toasts
 /// (someone is reading it or about to dismiss it).
 fn expire_toast(toasts: RwSignal<Vec<Toast>>, id: u64, ms: u64) {
@@ -136,11 +122,11 @@ pub fn Shell(
     let show_cart = move |ev: leptos::ev::MouseEvent| {
         ev.prevent_default();
         open.set(true);
-        focus_later(".drawer-close");
+        cartwheel_mfe::focus_later(Focus::Always, ".drawer-close".to_owned());
     };
     let close = move || {
         open.set(false);
-        focus_later(".cart-bar .button");
+        cartwheel_mfe::focus_later(Focus::Always, ".cart-bar .button".to_owned());
     };
     let cart_href = format!("#{}", mount::SHOPPING_CART);
     view! {
@@ -249,7 +235,7 @@ fn HelpPanel(chat: RwSignal<Vec<ChatMessage>>, support: RwSignal<Option<bool>>, 
                 support.try_set(Some(history.support_online));
             }
         });
-        focus_later("#help-text");
+        cartwheel_mfe::focus_later(Focus::Always, "#help-text".to_owned());
     };
     let send = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();

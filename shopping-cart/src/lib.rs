@@ -14,7 +14,7 @@
 
 use cartwheel_core::page::{form, mount, PageState, ViewTimings};
 use cartwheel_core::{Cart, CartLimits, CartLine, CartRequest, Cents, Handlers, LinkReport, Locale, Order};
-use cartwheel_mfe::Link;
+use cartwheel_mfe::{Focus, Link};
 use leptos::prelude::*;
 
 /// This bundle's name in connection reports.
@@ -76,23 +76,6 @@ impl CartCtx {
     fn money(self, cents: Cents) -> String {
         self.cart.with(|c| cents.format_in(&c.currency, self.locale))
     }
-}
-
-/// Focus the element `selector` finds once the view has caught up with the latest change, if the keyboard's
-/// focus was lost meanwhile (its element left the page): never taken from where the shopper moved it.
-fn refocus(selector: String) {
-    set_timeout(
-        move || {
-            let doc = document();
-            let lost = doc.active_element().is_none_or(|a| doc.body().is_some_and(|b| *b == a));
-            if let (true, Ok(Some(el))) = (lost, doc.query_selector(&selector)) {
-                if let Ok(el) = leptos::wasm_bindgen::JsCast::dyn_into::<leptos::web_sys::HtmlElement>(el) {
-                    let _ = el.focus();
-                }
-            }
-        },
-        std::time::Duration::ZERO,
-    );
 }
 
 /// A row's changes: one in flight at a time, and what was asked meanwhile waits as one follow-up, so no tap is
@@ -190,14 +173,17 @@ impl LineChanges {
                             // The next line's remove button (the one that moved up), the one before, or the heading.
                             let target =
                                 now.items.get(index).or_else(|| index.checked_sub(1).and_then(|i| now.items.get(i)));
-                            refocus(match target {
-                                Some(l) => format!(
-                                    "#{} [data-product-id=\"{}\"] .remove",
-                                    mount::SHOPPING_CART,
-                                    l.product_id.0
-                                ),
-                                None => "#cart-title".to_owned(),
-                            });
+                            cartwheel_mfe::focus_later(
+                                Focus::IfLost,
+                                match target {
+                                    Some(l) => format!(
+                                        "#{} [data-product-id=\"{}\"] .remove",
+                                        mount::SHOPPING_CART,
+                                        l.product_id.0
+                                    ),
+                                    None => "#cart-title".to_owned(),
+                                },
+                            );
                         }
                         _ if change.is_some() => self.send(product_id, next),
                         _ => {}
@@ -260,7 +246,7 @@ pub fn ShoppingCart(
                 Ok(receipt) => {
                     order.try_set(Some(receipt.order));
                     error.try_set(None);
-                    refocus("#order-title".to_owned());
+                    cartwheel_mfe::focus_later(Focus::IfLost, "#order-title".to_owned());
                 }
                 Err(e) => {
                     error.try_set(Some(e.message));
@@ -282,7 +268,7 @@ pub fn ShoppingCart(
                 Ok(_) => {
                     error.try_set(None);
                     ctx.offer_undo(Undo { words: "Cart cleared.".to_owned(), lines });
-                    refocus("#cart-title".to_owned());
+                    cartwheel_mfe::focus_later(Focus::IfLost, "#cart-title".to_owned());
                 }
                 Err(e) => {
                     error.try_set(Some(e.message));

@@ -155,6 +155,36 @@ impl Link {
     }
 }
 
+/// When [`focus_later`] moves the keyboard's focus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Focus {
+    /// Always (the view opened something the focus belongs in).
+    Always,
+    /// Only if it was lost meanwhile (its element left the page): never taken from where the shopper moved it.
+    IfLost,
+}
+
+/// Focus the element `selector` finds once the view has caught up with the latest change (the next task: a
+/// signal's effects run first). For event handlers: it reaches the browser's document.
+pub fn focus_later(when: Focus, selector: String) {
+    use leptos::prelude::{document, set_timeout};
+    set_timeout(
+        move || {
+            let doc = document();
+            let lost = doc.active_element().is_none_or(|a| doc.body().is_some_and(|b| *b == a));
+            if when == Focus::IfLost && !lost {
+                return;
+            }
+            if let Ok(Some(el)) = doc.query_selector(&selector) {
+                if let Ok(el) = leptos::wasm_bindgen::JsCast::dyn_into::<leptos::web_sys::HtmlElement>(el) {
+                    let _ = el.focus();
+                }
+            }
+        },
+        std::time::Duration::ZERO,
+    );
+}
+
 /// A part's connection state, in a word beside its coloured dot (colour alone says nothing to many people,
 /// nor in forced-colours mode).
 #[leptos::component]
