@@ -53,16 +53,21 @@ export async function expectLive(page: Page): Promise<void> {
   await expect(page.locator('.connection tr[data-mfe="shell"]')).toHaveAttribute('data-state', 'live');
 }
 
-export const test = base.extend<{}, { server: ShopServer }>({
-  server: [
-    async ({}, use) => {
-      const server = await ShopServer.start();
-      await use(server);
-      await server.dispose();
-    },
-    { scope: 'worker' },
-  ],
-  baseURL: async ({ server }, use) => use(server.url),
-});
+/** `test` with one server per test file (worker), started with `args` (extra server flags). */
+export function testWithServer(args: string[]) {
+  return base.extend<{}, { server: ShopServer }>({
+    server: [
+      async ({}, use) => {
+        const server = await ShopServer.start(args);
+        await use(server);
+        await server.dispose();
+      },
+      { scope: 'worker' },
+    ],
+    baseURL: async ({ server }, use) => use(server.url),
+  });
+}
+
+export const test = testWithServer([]);
 
 export { expect };

@@ -1,7 +1,7 @@
 // The help chat in the browser: the example bot connected as a service, a shopper asks in the Help panel and
 // the answer arrives in every tab of the session; with no service connected the page says so, the question
 // waits and is answered when one connects; the conversation is there again after a reload.
-import { test as base, expect, expectLive, watch } from '../support/fixtures';
+import { testWithServer, expect, expectLive, watch } from '../support/fixtures';
 import { ShopServer } from '../support/server';
 import { HelpBot } from '../support/bot';
 import { RedisServer } from '../support/redis';
@@ -9,16 +9,7 @@ import { RedisServer } from '../support/redis';
 const TOKEN = 'helpdesk:chat:e2e-chat-token-0123456789';
 const SECRET = 'e2e-chat-token-0123456789';
 
-const test = base.extend<{}, { server: ShopServer }>({
-  server: [
-    async ({}, use) => {
-      const server = await ShopServer.start(['--service-token', TOKEN]);
-      await use(server);
-      await server.dispose();
-    },
-    { scope: 'worker' },
-  ],
-});
+const test = testWithServer(['--service-token', TOKEN]);
 
 async function ask(page: import('@playwright/test').Page, question: string): Promise<void> {
   const help = page.locator('details.help');

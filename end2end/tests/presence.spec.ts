@@ -1,19 +1,9 @@
 // Presence in the page: "N shoppers here" in the header and "in N carts" on a product's card, both rendered by
 // the server and kept current from PRESENCE frames without a reload.
-import { test as base, expect, expectLive, addFromPage, watch } from '../support/fixtures';
-import { ShopServer } from '../support/server';
+import { testWithServer, expect, expectLive, addFromPage, watch } from '../support/fixtures';
 
 // This file's own server, with a short presence interval so the test waits for events, not for the default.
-const test = base.extend<{}, { server: ShopServer }>({
-  server: [
-    async ({}, use) => {
-      const server = await ShopServer.start(['--presence-interval-ms', '200']);
-      await use(server);
-      await server.dispose();
-    },
-    { scope: 'worker' },
-  ],
-});
+const test = testWithServer(['--presence-interval-ms', '200']);
 
 test('"in N carts" and "N shoppers here" follow other shoppers live, and the server renders them', async ({ browser, server }) => {
   const first = await browser.newContext({ baseURL: server.url });

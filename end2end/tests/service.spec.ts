@@ -1,21 +1,11 @@
 // Backend services reach shoppers through the server: a stock or price change appears in the product list and
 // the cart while the page is open, a notice appears as a toast, and checkout turns the cart into an order.
-import { test as base, expect, expectLive, addFromPage, watch } from '../support/fixtures';
-import { ShopServer } from '../support/server';
+import { testWithServer, expect, expectLive, addFromPage, watch } from '../support/fixtures';
 
 const TOKEN = 'e2e-service-token-0123456789';
 
 // This file's own server, with the service API switched on.
-const test = base.extend<{}, { server: ShopServer }>({
-  server: [
-    async ({}, use) => {
-      const server = await ShopServer.start(['--service-token', TOKEN]);
-      await use(server);
-      await server.dispose();
-    },
-    { scope: 'worker' },
-  ],
-});
+const test = testWithServer(['--service-token', TOKEN]);
 
 const auth = { authorization: `Bearer ${TOKEN}` };
 
