@@ -332,3 +332,38 @@ async fn across_instances_the_shopper_and_the_service_meet_through_redis() {
     let waited = next_chat(&mut late).await;
     assert_eq!(waited["text"], "Still there?");
 }
+
+#[tokio::test]
+async fn a_shopper_who_hangs_up_right_after_writing_still_reaches_a_service() {
+    let server = server_with(|_| {}).await;
+    let shopper = Shopper::new(&server).await;
+    let mut bot = service(&server, TOKEN).await.unwrap();
+    let (mut tab, _) = Ws::connect_synced(&shopper).await;
+    say(&mut tab, "Gone already", "c-1").await;
+    drop(tab);
+    assert_eq!(next_chat(&mut bot).await["text"], "Gone already");
+    let history = shopper.send(reqwest::Method::GET, "/api/chat", None, &[]).await;
+    assert_eq!(history.body["messages"][0]["text"], "Gone already", "stored");
+}
+
+#[tokio::test]
+async fn a_message_handed_out_but_unanswered_when_the_server_restarts_goes_to_the_next_service() {
+    let mut server = server_with(|_| {}).await;
+    let dir = server.take_dir();
+    let db = server.db.clone();
+    let shopper = Shopper::new(&server).await;
+    let cookie = shopper.cookie.clone();
+    let mut bot = service(&server, TOKEN).await.unwrap();
+    let (mut tab, _) = Ws::connect_synced(&shopper).await;
+    say(&mut tab, "Before the restart", "c-1").await;
+    assert_eq!(next_chat(&mut bot).await["text"], "Before the restart");
+    // The service had it and had not acknowledged it when the server went down.
+    drop((tab, bot));
+    server.stop().await;
+    let server = TestServer::start_on(&db, |c| c.service_tokens = vec![TOKEN.to_owned()]).await;
+    let mut after = service(&server, TOKEN).await.unwrap();
+    assert_eq!(next_chat(&mut after).await["text"], "Before the restart");
+    let history = Shopper::with_cookie(&server, &cookie).send(reqwest::Method::GET, "/api/chat", None, &[]).await;
+    assert_eq!(history.body["messages"].as_array().map(Vec::len), Some(1));
+    drop(dir);
+}

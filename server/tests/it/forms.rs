@@ -2,7 +2,7 @@
 //! validation, Origin check and idempotency, answered with `303 See Other` back to the page, which shows the
 //! outcome in its own words.
 
-use crate::support::{Shopper, TestServer};
+use crate::support::{quantity, Shopper, TestServer};
 use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, ORIGIN};
 use reqwest::StatusCode;
 
@@ -36,13 +36,7 @@ async fn page(shopper: &Shopper, server: &TestServer, path: &str, language: Opti
 }
 
 async fn quantity_of(shopper: &Shopper, product: &str) -> u64 {
-    let cart = shopper.cart().await.body;
-    cart["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["product_id"] == product)
-        .map_or(0, |l| l["quantity"].as_u64().unwrap())
+    quantity(&shopper.cart().await.body, product)
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 
 use crate::support::process::ServerProcess;
 use crate::support::redis::RedisServer;
-use crate::support::{set_cookie, v1_session_cookie, Shopper, TestServer, Ws};
+use crate::support::{quantity, set_cookie, v1_session_cookie, Shopper, TestServer, Ws};
 use futures_util::future::join_all;
 use reqwest::header::SET_COOKIE;
 use reqwest::Method;
@@ -25,15 +25,6 @@ async fn instance(redis: &RedisServer) -> TestServer {
 /// Wait until an instance reports its subscription up again (an event only `/metrics` shows).
 async fn subscribed(server: &TestServer) {
     server.await_metric("cartwheel_redis_subscribed 1").await;
-}
-
-fn quantity(cart: &Value, product: &str) -> u64 {
-    cart["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["product_id"] == product)
-        .map_or(0, |l| l["quantity"].as_u64().unwrap())
 }
 
 async fn service(server: &TestServer, method: Method, path: &str, body: Value) -> (u16, Value) {

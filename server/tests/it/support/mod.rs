@@ -140,6 +140,16 @@ pub struct Shopper {
     pub cookie: String,
 }
 
+/// How many of `product` a cart's JSON holds (0 when it has no line of it).
+pub fn quantity(cart: &Value, product: &str) -> u64 {
+    cart["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["product_id"] == product)
+        .map_or(0, |l| l["quantity"].as_u64().unwrap())
+}
+
 pub struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
