@@ -1,19 +1,53 @@
-//! The server under test: the real release binary, started on a fresh SQLite file, pinned to its own core,
-//! with request rate limits off (the documented flag) and everything else as shipped. Also reads its RSS and
-//! CPU time from `/proc`, and pins and unlimits this process.
+//! The servers under test, as processes: our release binary on a fresh SQLite file, or the peer (node-ws, from
+//! `../shared/peers/node-ws`, installed into a copy under `target/` when needed), each pinned to its own core
+//! on a fixed loopback port (so a restart comes back where its clients reconnect), with request rate limits
+//! off (our documented flag) and everything else as shipped. Also reads their RSS and CPU time from `/proc`,
+//! and pins and unlimits this process.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+/// The service token both servers are started with (the product storm and broadcast scenarios PATCH stock).
+pub const SERVICE_TOKEN: &str = "bench-service-token-0123456789";
+
+/// Which server a process is: they speak the same contract with different paths and ids (see `Flavor`'s
+/// methods in `target.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Ours,
+    NodeWs,
+}
+
+impl Flavor {
+    pub fn label(self) -> &'static str {
+        match self {
+            Flavor::Ours => "ours",
+            Flavor::NodeWs => "node-ws",
+        }
+    }
+}
+
+/// How to start (and restart) one server.
+#[derive(Debug, Clone)]
+struct Launch {
+    program: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    cwd: Option<PathBuf>,
+    core: Option<usize>,
+}
 
 pub struct ServerProcess {
     child: Child,
     pub pid: u32,
     pub base: String,
-    _dir: TempDir,
+    pub flavor: Flavor,
+    launch: Launch,
+    _dir: Option<TempDir>,
 }
 
 /// A temporary directory removed on drop (no extra dependency for one folder).
@@ -25,58 +59,69 @@ impl Drop for TempDir {
     }
 }
 
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
 impl ServerProcess {
-    /// Start `bin` pinned to `core` (via `taskset`) with `extra` flags and wait for its address.
+    /// Our `bin` pinned to `core` (via `taskset`) with `extra` flags, on a fresh database.
     pub async fn start(bin: &Path, core: Option<usize>, extra: &[String]) -> Result<ServerProcess, String> {
         static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("cartwheel-bench-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
-        let mut command = match core {
-            Some(core) => {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(core.to_string()).arg(bin);
-                c
-            }
-            None => Command::new(bin),
+        let port = free_port()?;
+        let mut args: Vec<String> = [
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--no-rate-limit",
+            // One session holds 1,000 sockets in S1 and one address holds them all: the per-session and
+            // per-address socket caps (made for browsers) are lifted like the rate limits.
+            "--max-sockets-per-session",
+            "100000",
+            "--max-sockets-per-address",
+            "200000",
+            "--max-connections",
+            "200000",
+            "--log",
+            "warn,server=info",
+            "--service-token",
+            &format!("bench:all:{SERVICE_TOKEN}"),
+            "--database",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(dir.join("carts.sqlite3").display().to_string());
+        args.push("--site-dir".into());
+        args.push(dir.join("no-site").display().to_string());
+        args.extend(extra.iter().cloned());
+        let launch =
+            Launch { program: bin.to_owned(), args, envs: vec![("NO_COLOR".into(), "1".into())], cwd: None, core };
+        let (child, pid, base) = spawn(&launch).await?;
+        Ok(ServerProcess { child, pid, base, flavor: Flavor::Ours, launch, _dir: Some(TempDir(dir)) })
+    }
+
+    /// The peer (node-ws) pinned to `core`: `source` copied to `install` and `npm ci` run there once.
+    pub async fn start_peer(source: &Path, install: &Path, core: Option<usize>) -> Result<ServerProcess, String> {
+        install_peer(source, install).await?;
+        let port = free_port()?;
+        let launch = Launch {
+            program: "node".into(),
+            args: vec!["server.js".into()],
+            envs: vec![("PORT".into(), port.to_string()), ("SERVICE_TOKEN".into(), SERVICE_TOKEN.into())],
+            cwd: Some(install.to_owned()),
+            core,
         };
-        command
-            .args(["--bind", "127.0.0.1:0", "--no-rate-limit", "--log", "warn,server=info", "--database"])
-            .arg(dir.join("carts.sqlite3"))
-            .arg("--site-dir")
-            .arg(dir.join("no-site"))
-            .args(extra)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        let mut child = command.spawn().map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-        let pid = child.id().ok_or("server exited at once")?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let base = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.split("serving on ").nth(1) {
-                    return rest.split_whitespace().next().map(str::to_owned);
-                }
-            }
-            None
-        })
-        .await
-        .ok()
-        .flatten()
-        .ok_or("the server never printed its address")?;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(ServerProcess { child, pid, base, _dir: TempDir(dir) })
+        let (child, pid, base) = spawn(&launch).await?;
+        Ok(ServerProcess { child, pid, base, flavor: Flavor::NodeWs, launch, _dir: None })
     }
 
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kib| kib * 1024)
+        rss_of(self.pid)
     }
 
     /// User + system CPU time so far.
@@ -92,10 +137,105 @@ impl ServerProcess {
         Duration::from_millis(total * 1000 / hz)
     }
 
+    /// SIGTERM, wait for the exit (killed after 30 s), and start the same command again on the same port and
+    /// data. Returns how long the old process took to exit.
+    pub async fn restart(&mut self) -> Result<Duration, String> {
+        let asked = Instant::now();
+        let pid = i32::try_from(self.pid).map_err(|_| "pid out of range")?;
+        // taskset execs the server, so the pid is the server's own.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        if tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.is_err() {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
+        let exited = asked.elapsed();
+        let (child, pid, base) = spawn(&self.launch).await?;
+        if base != self.base {
+            return Err(format!("restarted on {base}, not {}", self.base));
+        }
+        self.child = child;
+        self.pid = pid;
+        Ok(exited)
+    }
+
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
+}
+
+/// Start `launch` and wait (30 s at most) for the line that gives its address.
+async fn spawn(launch: &Launch) -> Result<(Child, u32, String), String> {
+    let mut command = match launch.core {
+        Some(core) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(core.to_string()).arg(&launch.program);
+            c
+        }
+        None => Command::new(&launch.program),
+    };
+    command.args(&launch.args).envs(launch.envs.iter().cloned()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    if let Some(cwd) = &launch.cwd {
+        command.current_dir(cwd);
+    }
+    command.kill_on_drop(true);
+    let mut child = command.spawn().map_err(|e| format!("cannot start {}: {e}", launch.program.display()))?;
+    let pid = child.id().ok_or("the server exited at once")?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    // Ours says "serving on http://…", the peer "node-ws cart server on http://…".
+    let base = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("serving on ") || line.contains("cart server on ") {
+                if let Some(at) = line.find("http://") {
+                    return line[at..].split_whitespace().next().map(|s| s.trim_end_matches('/').to_owned());
+                }
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .ok_or("the server never printed its address")?;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, pid, base))
+}
+
+/// Copy the peer's three files to `install` and run `npm ci` there unless its lockfile is already installed.
+async fn install_peer(source: &Path, install: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(install).map_err(|e| format!("{}: {e}", install.display()))?;
+    for file in ["package.json", "package-lock.json", "server.js"] {
+        std::fs::copy(source.join(file), install.join(file))
+            .map_err(|e| format!("copy {} from {}: {e}", file, source.display()))?;
+    }
+    let lock = std::fs::read(install.join("package-lock.json")).unwrap_or_default();
+    let stamp = install.join("node_modules/.bench-installed-lock");
+    if std::fs::read(&stamp).ok().as_deref() == Some(lock.as_slice()) {
+        return Ok(());
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(install)
+        .status()
+        .await
+        .map_err(|e| format!("npm ci: {e}"))?;
+    if !status.success() {
+        return Err(format!("npm ci in {} failed: {status}", install.display()));
+    }
+    std::fs::write(&stamp, &lock).map_err(|e| format!("{}: {e}", stamp.display()))
+}
+
+/// The resident set of process `pid`, in bytes (0 when it cannot be read).
+pub fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
 }
 
 /// A real `redis-server` for the Redis-mode runs: free loopback port, fresh data directory, `appendonly yes`
@@ -108,10 +248,7 @@ pub struct RedisProcess {
 
 impl RedisProcess {
     pub async fn start(core: Option<usize>) -> Result<RedisProcess, String> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
-            .port();
+        let port = free_port()?;
         let dir = std::env::temp_dir().join(format!("cartwheel-bench-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
         let mut command = match core {
@@ -166,7 +303,8 @@ pub fn pin_self(core: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Raise the open-files limit to the hard limit (each WebSocket is a file here and one in the server).
+/// Raise the open-files limit to the hard limit (each WebSocket is a file here and one in the server, which
+/// inherits it); returns the limit now in force.
 pub fn raise_open_files() -> u64 {
     unsafe {
         let mut limit: libc::rlimit = std::mem::zeroed();

@@ -201,6 +201,7 @@ impl Server {
                 heartbeat_timeout: config.heartbeat_timeout,
                 frames: Rate { per_sec: config.ws_frames_per_sec, burst: config.ws_frame_burst },
                 send_timeout: config.send_timeout,
+                max_message: config.max_ws_message_bytes,
             },
             presence: Arc::default(),
             chat: realtime::chat::ChatDesk::new(

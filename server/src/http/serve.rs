@@ -65,6 +65,19 @@ impl Drop for Slot {
     }
 }
 
+/// An accepted TCP connection as hyper serves it: the type a WebSocket upgrade takes back from hyper
+/// ([`hyper::upgrade::Upgraded::downcast`]) to write to the socket itself.
+pub type AcceptedIo = TokioIo<std::pin::Pin<Box<tokio_io_timeout::TimeoutStream<TcpStream>>>>;
+
+/// The TCP stream of an upgraded connection, lent to the WebSocket that owns it now.
+pub struct UpgradedStream(pub std::pin::Pin<Box<tokio_io_timeout::TimeoutStream<TcpStream>>>);
+
+impl crate::realtime::ws::TcpOwner for UpgradedStream {
+    fn stream(&self) -> &TcpStream {
+        self.0.as_ref().get_ref().get_ref()
+    }
+}
+
 /// The limits the accept loop enforces.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {

@@ -1,22 +1,31 @@
-//! `GET /ws`: check the session, upgrade with bounded buffers, and hand the socket to
-//! [`crate::realtime::ws::serve`]. The route sits outside the session guard: a socket without a valid session
-//! is refused (401), never given one.
+//! `GET /ws`: check the session, upgrade, and hand the TCP stream to [`crate::realtime::ws::serve`]. The route
+//! sits outside the session guard: a socket without a valid session is refused (401), never given one.
+//!
+//! The handshake is ours rather than axum's `WebSocketUpgrade` (which the services' socket still uses, through
+//! [`bounded`]): a shopper's connection writes the hub's pre-framed bytes to the socket itself (see
+//! `realtime::wire`), so it takes the TCP stream back from hyper instead of a WebSocket stream type with its
+//! own buffers. It checks what `WebSocketUpgrade` checks (RFC 6455 §4.2.1).
 
 use std::net::SocketAddr;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::header::SET_COOKIE;
-use axum::http::HeaderValue;
+use axum::extract::{ConnectInfo, FromRequestParts, RawQuery, State};
+use axum::http::header::{
+    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, SET_COOKIE, UPGRADE,
+};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
+use base64::Engine;
+use sha1::{Digest, Sha1};
 
 use super::client::Client;
 use super::error::AppError;
 use super::guards::session::Session;
-use super::serve::ConnectionSlot;
+use super::serve::{AcceptedIo, ConnectionSlot, UpgradedStream};
 use super::state::AppState;
 use crate::config::defaults;
 use crate::realtime::quota::QuotaExceeded;
@@ -37,6 +46,57 @@ pub fn bounded(upgrade: WebSocketUpgrade, max_message: usize) -> WebSocketUpgrad
         .max_frame_size(max_message)
 }
 
+/// A checked WebSocket upgrade request: its key, and hyper's handle on the connection once it is upgraded.
+pub struct ShopperUpgrade {
+    key: HeaderValue,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ShopperUpgrade {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AppError> {
+        let refuse = |why: &str| Err(AppError::BadUpgrade(why.to_owned()));
+        if parts.method != Method::GET {
+            return refuse("a WebSocket upgrade is a GET");
+        }
+        if !has_token(&parts.headers, CONNECTION, "upgrade") {
+            return refuse("Connection header did not include 'upgrade'");
+        }
+        if !has_token(&parts.headers, UPGRADE, "websocket") {
+            return refuse("`Upgrade` header did not include 'websocket'");
+        }
+        if parts.headers.get(SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
+            return refuse("`Sec-WebSocket-Version` header did not include '13'");
+        }
+        let Some(key) = parts.headers.get(SEC_WEBSOCKET_KEY).cloned() else {
+            return refuse("`Sec-WebSocket-Key` header missing");
+        };
+        let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+            return refuse("WebSocket request couldn't be upgraded since no upgrade state was present");
+        };
+        Ok(ShopperUpgrade { key, on_upgrade })
+    }
+}
+
+/// Whether the comma-separated `name` header lists `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: axum::http::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// `Sec-WebSocket-Accept` for a client's key (RFC 6455 §4.2.2).
+fn accept_key(key: &[u8]) -> String {
+    let mut sha1 = Sha1::new();
+    sha1.update(key);
+    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha1.finalize())
+}
+
 async fn upgrade(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -44,7 +104,7 @@ async fn upgrade(
     RawQuery(query): RawQuery,
     session: Result<Session, AppError>,
     slot: Option<Extension<ConnectionSlot>>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<ShopperUpgrade, AppError>,
 ) -> Response {
     let session = match session {
         Ok(s) => s,
@@ -52,7 +112,7 @@ async fn upgrade(
     };
     let upgrade = match upgrade {
         Ok(u) => u,
-        Err(rejection) => return AppError::BadUpgrade(rejection.body_text()).into_response(),
+        Err(e) => return e.into_response(),
     };
     // Counted before the upgrade, so a refusal is still a plain HTTP answer; the permit lives as long as the
     // socket's task (or is dropped with the upgrade if it never completes).
@@ -72,15 +132,46 @@ async fn upgrade(
     // A tab that only keeps its sockets open renews its session here (the `101` may set a cookie too).
     let renewal = app.sessions.renewal(&session, &app.shop).await;
     let (sockets, connections) = (app.sockets.clone(), app.connections.clone());
-    let mut response = bounded(upgrade, app.config.max_ws_message_bytes).on_upgrade(move |socket| {
-        connections.track_future(async move {
-            // Both end with the socket: its place in the quota and its connection's slot.
-            let _held = (permit, slot);
-            serve(socket, sockets, session.cart, peer, client_label(query.as_deref())).await;
-        })
-    });
+    let ShopperUpgrade { key, on_upgrade } = upgrade;
+    tokio::spawn(connections.track_future(async move {
+        // Both end with the socket: its place in the quota and its connection's slot.
+        let _held = (permit, slot);
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "the WebSocket upgrade did not complete");
+                return;
+            }
+        };
+        let parts = match upgraded.downcast::<AcceptedIo>() {
+            Ok(parts) => parts,
+            Err(_) => {
+                tracing::error!("an upgraded connection is not the accept loop's stream; closing it");
+                return;
+            }
+        };
+        let stream = Box::new(UpgradedStream(parts.io.into_inner()));
+        serve(stream, parts.read_buf, sockets, session.cart, peer, client_label(query.as_deref())).await;
+    }));
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&accept_key(key.as_bytes())) {
+        headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+    }
     if let Some(cookie) = renewal.and_then(|c| HeaderValue::from_str(&c).ok()) {
-        response.headers_mut().append(SET_COOKIE, cookie);
+        headers.append(SET_COOKIE, cookie);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    /// The example of RFC 6455 §1.3.
+    #[test]
+    fn the_accept_key_is_the_rfcs() {
+        assert_eq!(super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
 }

@@ -2,28 +2,42 @@
 //! general notices to every connection, a targeted notice to one session's connections.
 //!
 //! The shop announces committed changes through its [`Fanout`] trait, which the hub implements for one
-//! instance (in Redis mode the [`super::bus::Bus`] wraps it). The hub serializes each frame once and hands the
-//! same bytes to every recipient.
+//! instance (in Redis mode the [`super::bus::Bus`] wraps it). The hub serializes and frames each frame once
+//! ([`super::wire`]) and hands the same bytes to every recipient.
 //!
-//! Per-cart frames go through each connection's bounded [`Mailbox`]. The hub remembers the newest version it
-//! delivered per cart and drops anything not newer, so every connection sees strictly increasing versions even
-//! if two publishers race. When a connection falls `capacity` frames behind, its queued cart updates are
-//! replaced by the newest one (a cart update is a full snapshot, so skipping intermediate versions loses
-//! nothing), and the oldest notices make room; one stalled reader never holds memory or others hostage.
+//! **Written by the publisher.** Each connection has a [`Mailbox`]: its socket (once its opening frames are
+//! out), what is queued for it, and the rest of a frame the socket took only in part. When a connection has
+//! nothing queued, a cart update or product change is written straight to its socket by whoever publishes it
+//! (a non-blocking write of the shared bytes): no task wakes, nothing is copied, and a thousand subscribers
+//! cost a thousand `write` calls. Only when a socket cannot take a frame whole does the frame (or its rest) wait
+//! in the mailbox, and the connection's own task finishes it when the socket is writable again.
 //!
-//! Frames for everyone go through one shared ring ([`tokio::sync::broadcast`]), not through every mailbox: a
-//! product change costs one serialization and one slot, whatever the number of connections. A connection that
-//! falls a whole ring behind learns it (`Lagged`) and is sent the current state of every product instead, so a
-//! stock or price change is never silently lost.
+//! **Bounded per connection.** The hub remembers the newest version it delivered per cart and drops anything
+//! not newer, and each mailbox the newest version it wrote, so every connection sees strictly increasing
+//! versions even if two publishers race. When a connection falls `capacity` frames behind, its queued cart
+//! updates are replaced by the newest one (a cart update is a full snapshot, so skipping intermediate versions
+//! loses nothing), and the oldest notices make room; one stalled reader never holds memory or others hostage.
+//!
+//! **Product changes are state, not events.** The hub keeps one slot per product on a [`ProductBoard`] holding
+//! its newest `PRODUCT_UPDATE` frame, numbered by a generation that grows with every change. A connection
+//! records the generation it has written up to; one that cannot take a change at once (busy, or its reader
+//! slow) is sent, when it can, the slots newer than that — the newest state of each product, never a backlog:
+//! a flash sale of a hundred stock changes a second costs a slow connection nothing but the newest state.
+//!
+//! The other frames for everyone (general notices, presence) go through one shared ring
+//! ([`tokio::sync::broadcast`]): one serialization and one slot, whatever the number of connections. A
+//! connection that falls a whole ring behind learns it (`Lagged`) and is sent the stored notices it has not
+//! acknowledged, so a general notice is never silently lost.
 
 use std::collections::{HashMap, VecDeque};
+use std::io;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use cartwheel_core::chat::ChatMessage;
 use cartwheel_core::version::Epoch;
-use cartwheel_core::{Cart, CartVersion, PostedNotice, Product, ServerMessage};
+use cartwheel_core::{Cart, CartVersion, PostedNotice, Product, ProductId, ServerMessage};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio::sync::{broadcast, Notify};
@@ -33,6 +47,10 @@ use crate::metrics::Metrics;
 use crate::shop::Fanout;
 use crate::store::StoreError;
 use crate::sync::lock;
+
+/// Connections a product change is written to before the publisher lets others run: a change for a hundred
+/// thousand connections is written in slices, not in one blocking stretch of the runtime.
+const PRODUCT_FANOUT_SLICE: usize = 512;
 
 /// What a frame carries, as far as queueing is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +65,11 @@ pub enum FrameKind {
     Presence,
     /// A help-chat `CHAT` message.
     Chat,
+    /// The connection's own answer (`PONG`, `ERROR`, a control frame): never dropped to make room.
+    Reply,
+    /// The cart as the connection read it (on connect, on `RESYNC`): written even if not newer — it was asked
+    /// for — and never dropped; it counts as written for the versions after it.
+    Snapshot(CartPosition),
 }
 
 /// Where a cart update is in its cart's history: `(epoch bits, version)`.
@@ -58,11 +81,14 @@ pub fn supersedes(incoming: CartPosition, sent: Option<CartPosition>) -> bool {
     sent.is_none_or(|(epoch, version)| epoch != incoming.0 || incoming.1 > version)
 }
 
-/// One serialized server frame, shared by all its recipients.
+/// One server frame, serialized and framed once, shared by all its recipients.
 #[derive(Debug, Clone)]
 pub struct Frame {
     pub kind: FrameKind,
-    pub text: Utf8Bytes,
+    /// The whole WebSocket frame: header and payload.
+    pub wire: Bytes,
+    /// Where the payload starts in `wire`.
+    header_len: usize,
     pub published_at: Instant,
 }
 
@@ -70,12 +96,23 @@ impl Frame {
     fn new(kind: FrameKind, message: &ServerMessage) -> Frame {
         // Serializing plain data with string keys cannot fail; an empty frame would be refused by clients anyway.
         let text = serde_json::to_string(message).unwrap_or_default();
-        Frame { kind, text: text.into(), published_at: Instant::now() }
+        Frame::from_text(kind, text)
     }
 
-    /// A frame serialized elsewhere (another instance), forwarded as it is.
+    /// A frame serialized elsewhere (another instance, or the connection's own answer), framed here.
     pub fn from_text(kind: FrameKind, text: String) -> Frame {
-        Frame { kind, text: text.into(), published_at: Instant::now() }
+        let wire = super::wire::text(&text);
+        Frame { kind, header_len: wire.len() - text.len(), wire, published_at: Instant::now() }
+    }
+
+    /// A frame already framed (a ping, a pong, a close).
+    pub fn control(wire: Bytes) -> Frame {
+        Frame { kind: FrameKind::Reply, wire, header_len: 0, published_at: Instant::now() }
+    }
+
+    /// The text a text frame carries (empty for a control frame).
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.wire[self.header_len..]).unwrap_or_default()
     }
 
     pub fn cart_update(cart: &Cart) -> Frame {
@@ -112,6 +149,19 @@ impl Frame {
         Frame::new(FrameKind::Presence, &ServerMessage::Presence { counts: counts.clone() })
     }
 
+    /// The cart as a connection read it for itself.
+    pub fn snapshot(cart: &Cart) -> Frame {
+        Frame::new(
+            FrameKind::Snapshot((cart.epoch.bits(), cart.version)),
+            &ServerMessage::CartUpdate { version: cart.version, data: cart.clone() },
+        )
+    }
+
+    /// The connection's own answer.
+    pub fn reply(message: &ServerMessage) -> Frame {
+        Frame::new(FrameKind::Reply, message)
+    }
+
     /// The cart's epoch and version, for a cart update.
     pub fn position(&self) -> Option<CartPosition> {
         match self.kind {
@@ -126,22 +176,105 @@ impl Frame {
     }
 }
 
-/// A connection's bounded queue of pending updates.
+/// Where a connection's frames are written without waiting: its socket, shared by its task and the hub.
+pub trait Wire: Send + Sync {
+    /// Write what the socket takes now; `WouldBlock` when it takes nothing.
+    fn try_write(&self, bytes: &[u8]) -> io::Result<usize>;
+}
+
+/// What one non-blocking write of a frame did.
+enum Wrote {
+    All,
+    /// The socket took the first part: the rest must go before anything else.
+    Part(Bytes),
+    Blocked,
+    Failed,
+}
+
+fn write_frame(wire: &dyn Wire, bytes: &Bytes) -> Wrote {
+    let mut at = 0;
+    loop {
+        match wire.try_write(&bytes[at..]) {
+            Ok(0) => return Wrote::Failed,
+            Ok(n) => {
+                at += n;
+                if at >= bytes.len() {
+                    return Wrote::All;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return if at == 0 { Wrote::Blocked } else { Wrote::Part(bytes.slice(at..)) };
+            }
+            Err(_) => return Wrote::Failed,
+        }
+    }
+}
+
+/// What became of a frame handed to a mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// On the socket (whole, or its rest left for the connection's task to finish).
+    Written,
+    /// Waiting for the connection's task; `true` if the queue was full and made room (see the module doc).
+    Queued(bool),
+    /// Not newer than what the connection already has.
+    Stale,
+}
+
+/// A connection's outgoing side (see the module doc).
 pub struct Mailbox {
-    queue: Mutex<VecDeque<Frame>>,
+    outbox: Mutex<Outbox>,
     ready: Notify,
     capacity: usize,
 }
 
-impl Mailbox {
-    fn new(capacity: usize) -> Mailbox {
-        Mailbox { queue: Mutex::new(VecDeque::new()), ready: Notify::new(), capacity: capacity.max(1) }
+struct Outbox {
+    queue: VecDeque<Frame>,
+    /// The rest of a frame the socket took only in part: nothing else may be written before it.
+    partial: Option<Bytes>,
+    /// The newest cart update written.
+    last_cart: Option<CartPosition>,
+    /// The product-board generation written up to.
+    products_seen: u64,
+    /// The socket, once the connection's opening frames are out: until then everything queues.
+    wire: Option<Arc<dyn Wire>>,
+    /// A write failed: the connection is over.
+    broken: bool,
+    /// The connection is closing: nothing but its close frame is written any more.
+    closing: bool,
+}
+
+impl Outbox {
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && self.partial.is_none() && !self.broken
     }
 
-    /// Queue `frame`; returns `true` if the queue was full and made room (see the module doc).
-    fn push(&self, frame: Frame) -> bool {
-        let mut queue = lock(&self.queue);
-        let overflowed = queue.len() >= self.capacity;
+    /// Write `frame` now if nothing is ahead of it; `false` if it must queue.
+    fn write_now(&mut self, frame: &Frame) -> bool {
+        if !self.idle() {
+            return false;
+        }
+        let Some(wire) = self.wire.clone() else { return false };
+        match write_frame(&*wire, &frame.wire) {
+            Wrote::All => true,
+            Wrote::Part(rest) => {
+                self.partial = Some(rest);
+                true
+            }
+            Wrote::Blocked => false,
+            Wrote::Failed => {
+                self.broken = true;
+                self.wire = None;
+                true
+            }
+        }
+    }
+
+    /// Queue `frame`; returns `true` if the queue was full and made room.
+    fn push(&mut self, frame: Frame, capacity: usize) -> bool {
+        let queue = &mut self.queue;
+        let overflowed = queue.len() >= capacity;
         if overflowed {
             let is_cart = |f: &Frame| matches!(f.kind, FrameKind::Cart(_));
             // Superseded snapshots go first: by the new frame if it is one, else by the newest queued one.
@@ -152,28 +285,295 @@ impl Mailbox {
                 index += 1;
                 kept
             });
-            // Still full of notices: the oldest make room.
-            while queue.len() >= self.capacity {
-                match queue.iter().position(|f| !is_cart(f)) {
+            // Still full of notices: the oldest make room (never the connection's own answers).
+            while queue.len() >= capacity {
+                let kept = |f: &Frame| matches!(f.kind, FrameKind::Reply | FrameKind::Snapshot(_));
+                match queue.iter().position(|f| !is_cart(f) && !kept(f)) {
                     Some(oldest) => drop(queue.remove(oldest)),
                     None => break,
                 }
             }
         }
         queue.push_back(frame);
-        drop(queue);
-        self.ready.notify_one();
         overflowed
     }
+}
 
-    /// The next queued update, waiting for one if necessary. Cancel-safe.
-    pub async fn next(&self) -> Frame {
-        loop {
-            if let Some(frame) = lock(&self.queue).pop_front() {
-                return frame;
-            }
-            self.ready.notified().await;
+/// What [`Mailbox::flush`] left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything is written.
+    Done,
+    /// The socket is full: wait until it is writable and flush again.
+    Blocked,
+    /// A write failed: the peer is gone.
+    Failed,
+}
+
+impl Mailbox {
+    fn new(capacity: usize, products_seen: u64) -> Mailbox {
+        Mailbox {
+            outbox: Mutex::new(Outbox {
+                queue: VecDeque::new(),
+                partial: None,
+                last_cart: None,
+                products_seen,
+                wire: None,
+                broken: false,
+                closing: false,
+            }),
+            ready: Notify::new(),
+            capacity: capacity.max(1),
         }
+    }
+
+    /// Hand `frame` to this connection: written at once when nothing is ahead of it (cart updates only: a
+    /// notice may have to be checked against a replay by the connection), else queued.
+    fn offer(&self, frame: Frame) -> Offered {
+        let mut outbox = lock(&self.outbox);
+        if outbox.closing {
+            return Offered::Stale;
+        }
+        if let Some(position) = frame.position() {
+            if !supersedes(position, outbox.last_cart) {
+                return Offered::Stale;
+            }
+            if outbox.write_now(&frame) {
+                outbox.last_cart = Some(position);
+                let wake = outbox.partial.is_some() || outbox.broken;
+                drop(outbox);
+                if wake {
+                    self.ready.notify_one();
+                }
+                return Offered::Written;
+            }
+        }
+        let overflowed = outbox.push(frame, self.capacity);
+        drop(outbox);
+        self.ready.notify_one();
+        Offered::Queued(overflowed)
+    }
+
+    /// Hand this connection product change `generation`: written at once if it is the next one this connection
+    /// lacks and nothing is ahead of it; otherwise its task is woken to send what the board holds.
+    fn offer_product(&self, generation: u64, frame: &Frame) -> bool {
+        let mut outbox = lock(&self.outbox);
+        if outbox.closing || outbox.products_seen >= generation {
+            return false;
+        }
+        if outbox.products_seen + 1 == generation && outbox.write_now(frame) {
+            outbox.products_seen = generation;
+            let wake = outbox.partial.is_some() || outbox.broken;
+            drop(outbox);
+            if wake {
+                self.ready.notify_one();
+            }
+            return true;
+        }
+        drop(outbox);
+        self.ready.notify_one();
+        false
+    }
+
+    /// Queue one of the connection's own frames (an answer, its snapshot, a replayed notice); the connection
+    /// writes it with its next [`Mailbox::flush`].
+    pub fn push_own(&self, frame: Frame) {
+        let mut outbox = lock(&self.outbox);
+        outbox.push(frame, usize::MAX);
+    }
+
+    /// Start writing straight to `wire` (the connection's opening frames are queued or out).
+    pub fn attach(&self, wire: Arc<dyn Wire>) {
+        lock(&self.outbox).wire = Some(wire);
+    }
+
+    /// Stop writing: the connection is closing. Queued updates are dropped; its own answers (the `ERROR` that
+    /// says why it closes) and the rest of a frame begun on the socket stay, so the close frame follows them.
+    pub fn detach(&self) {
+        let mut outbox = lock(&self.outbox);
+        outbox.wire = None;
+        outbox.queue.retain(|f| f.kind == FrameKind::Reply);
+        outbox.closing = true;
+    }
+
+    /// Wait until there is something to write. Cancel-safe.
+    pub async fn wanted(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Write to `wire`, without waiting, whatever is owed: the rest of a partial frame, the queue (cart updates
+    /// not newer than what was written are skipped), then the newest state of every product changed since the
+    /// last one written. Returns the frames written whole and what is left.
+    pub fn flush(&self, wire: &dyn Wire, hub: &CartHub) -> (u64, Flushed) {
+        let mut outbox = lock(&self.outbox);
+        let mut written = 0;
+        loop {
+            if outbox.broken {
+                return (written, Flushed::Failed);
+            }
+            if let Some(rest) = outbox.partial.take() {
+                match write_frame(wire, &rest) {
+                    Wrote::All => written += 1,
+                    Wrote::Part(rest) => {
+                        outbox.partial = Some(rest);
+                        return (written, Flushed::Blocked);
+                    }
+                    Wrote::Blocked => {
+                        outbox.partial = Some(rest);
+                        return (written, Flushed::Blocked);
+                    }
+                    Wrote::Failed => {
+                        outbox.broken = true;
+                        return (written, Flushed::Failed);
+                    }
+                }
+                continue;
+            }
+            let Some(frame) = outbox.queue.pop_front() else {
+                if outbox.closing {
+                    return (written, Flushed::Done);
+                }
+                let (n, flushed) = write_products(&mut outbox, wire, hub);
+                return (written + n, flushed);
+            };
+            let position = frame.position();
+            if position.is_some_and(|p| !supersedes(p, outbox.last_cart)) {
+                continue;
+            }
+            match write_frame(wire, &frame.wire) {
+                Wrote::All => {
+                    written += 1;
+                    if !matches!(frame.kind, FrameKind::Reply | FrameKind::Snapshot(_)) {
+                        hub.metrics.broadcast_latency.observe(frame.published_at.elapsed().as_secs_f64());
+                    }
+                }
+                Wrote::Part(rest) => outbox.partial = Some(rest),
+                Wrote::Blocked => {
+                    // Not written after all: it goes first next time.
+                    outbox.queue.push_front(frame);
+                    return (written, Flushed::Blocked);
+                }
+                Wrote::Failed => {
+                    outbox.broken = true;
+                    return (written, Flushed::Failed);
+                }
+            }
+            let shown = match frame.kind {
+                FrameKind::Snapshot(at) => Some(at).filter(|at| supersedes(*at, outbox.last_cart)),
+                _ => position,
+            };
+            if shown.is_some() {
+                outbox.last_cart = shown;
+            }
+        }
+    }
+}
+
+/// The newest state of every product changed since the last one `outbox` wrote, oldest change first. Its
+/// mark moves past each frame written, so a frame the socket could not take is read from the board again
+/// next time — by then perhaps a newer state of that product.
+fn write_products(outbox: &mut Outbox, wire: &dyn Wire, hub: &CartHub) -> (u64, Flushed) {
+    let mut written = 0;
+    for (generation, frame) in hub.products.since(outbox.products_seen) {
+        match write_frame(wire, &frame.wire) {
+            Wrote::All => {
+                written += 1;
+                outbox.products_seen = generation;
+            }
+            Wrote::Part(rest) => {
+                outbox.products_seen = generation;
+                outbox.partial = Some(rest);
+                return (written, Flushed::Blocked);
+            }
+            Wrote::Blocked => return (written, Flushed::Blocked),
+            Wrote::Failed => {
+                outbox.broken = true;
+                return (written, Flushed::Failed);
+            }
+        }
+    }
+    (written, Flushed::Done)
+}
+
+/// Product change `generation` to each of `mailboxes` that can take it now (the others are woken to catch up).
+fn write_product(generation: u64, frame: &Frame, mailboxes: &[Arc<Mailbox>], metrics: &Metrics) {
+    for mailbox in mailboxes {
+        if mailbox.offer_product(generation, frame) {
+            written(frame, metrics);
+        }
+    }
+}
+
+/// Count a frame the publisher wrote itself.
+fn written(frame: &Frame, metrics: &Metrics) {
+    metrics.ws_messages_sent.inc();
+    metrics.broadcast_latency.observe(frame.published_at.elapsed().as_secs_f64());
+}
+
+/// The newest `PRODUCT_UPDATE` frame of every product that changed, one slot each (see the module doc).
+pub struct ProductBoard {
+    slots: Mutex<Slots>,
+}
+
+#[derive(Default)]
+struct Slots {
+    products: Vec<ProductSlot>,
+    /// The generation of the newest slot.
+    generation: u64,
+}
+
+struct ProductSlot {
+    id: ProductId,
+    /// `(epoch bits, revision)`: a newer revision of the same epoch, or any revision of another, replaces it.
+    position: (u64, u64),
+    generation: u64,
+    frame: Frame,
+}
+
+impl ProductBoard {
+    fn new() -> ProductBoard {
+        ProductBoard { slots: Mutex::new(Slots::default()) }
+    }
+
+    /// Put `frame` (a `PRODUCT_UPDATE` of `product` at `position`) in its product's slot unless the slot holds
+    /// the same or a newer state; returns its generation if it did.
+    fn publish(&self, product: &ProductId, position: (u64, u64), frame: Frame) -> Option<u64> {
+        let mut slots = lock(&self.slots);
+        let generation = slots.generation + 1;
+        match slots.products.iter_mut().find(|slot| slot.id == *product) {
+            Some(slot) => {
+                let newer = slot.position.0 != position.0 || position.1 > slot.position.1;
+                if !newer {
+                    return None;
+                }
+                slot.position = position;
+                slot.generation = generation;
+                slot.frame = frame;
+            }
+            None => slots.products.push(ProductSlot { id: product.clone(), position, generation, frame }),
+        }
+        slots.generation = generation;
+        Some(generation)
+    }
+
+    fn generation(&self) -> u64 {
+        lock(&self.slots).generation
+    }
+
+    /// The slots changed after `seen`, oldest change first, with their generations.
+    fn since(&self, seen: u64) -> Vec<(u64, Frame)> {
+        let slots = lock(&self.slots);
+        if slots.generation <= seen {
+            return Vec::new();
+        }
+        let mut fresh: Vec<(u64, Frame)> = slots
+            .products
+            .iter()
+            .filter(|slot| slot.generation > seen)
+            .map(|slot| (slot.generation, slot.frame.clone()))
+            .collect();
+        fresh.sort_by_key(|(generation, _)| *generation);
+        fresh
     }
 }
 
@@ -187,6 +587,7 @@ pub struct CartHub {
     topics: Mutex<HashMap<CartKey, CartTopic>>,
     mailbox_capacity: usize,
     everyone: broadcast::Sender<Frame>,
+    products: ProductBoard,
     /// Rung when shopper messages wait or a service let go: this instance's chat desk claims again.
     chat_waiting: Arc<Notify>,
     metrics: Arc<Metrics>,
@@ -200,6 +601,7 @@ impl CartHub {
             topics: Mutex::new(HashMap::new()),
             mailbox_capacity,
             everyone,
+            products: ProductBoard::new(),
             chat_waiting: Arc::new(Notify::new()),
             metrics,
         })
@@ -210,14 +612,38 @@ impl CartHub {
         self.chat_waiting.clone()
     }
 
-    /// Start receiving the frames for everyone (product updates, general notices).
+    /// Start receiving the frames for everyone but product updates (general notices, presence).
     pub fn everyone(&self) -> broadcast::Receiver<Frame> {
         self.everyone.subscribe()
     }
 
+    /// Publish a product's new state to every connection here (see [`ProductBoard`]); `false` if the board
+    /// already held it or a newer one.
+    pub fn publish_product(&self, product: &Product, frame: Frame) -> bool {
+        let position = (product.epoch.bits(), product.revision);
+        let Some(generation) = self.products.publish(&product.id, position, frame.clone()) else {
+            return false;
+        };
+        let mailboxes: Vec<Arc<Mailbox>> =
+            lock(&self.topics).values().flat_map(|topic| topic.mailboxes.iter().cloned()).collect();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if mailboxes.len() > PRODUCT_FANOUT_SLICE => {
+                let metrics = self.metrics.clone();
+                runtime.spawn(async move {
+                    for slice in mailboxes.chunks(PRODUCT_FANOUT_SLICE) {
+                        write_product(generation, &frame, slice, &metrics);
+                        tokio::task::yield_now().await;
+                    }
+                });
+            }
+            _ => write_product(generation, &frame, &mailboxes, &self.metrics),
+        }
+        true
+    }
+
     /// Start receiving updates of `key`; they stop when the subscription is dropped.
     pub fn subscribe(self: &Arc<Self>, key: &CartKey) -> Subscription {
-        let mailbox = Arc::new(Mailbox::new(self.mailbox_capacity));
+        let mailbox = Arc::new(Mailbox::new(self.mailbox_capacity, self.products.generation()));
         let mut topics = lock(&self.topics);
         topics
             .entry(key.clone())
@@ -229,22 +655,30 @@ impl CartHub {
 
     /// Deliver an already-serialized frame to the local subscribers of `key`; returns how many it reached.
     pub fn deliver(&self, key: &CartKey, frame: Frame) -> usize {
-        let mut topics = lock(&self.topics);
-        let Some(topic) = topics.get_mut(key) else {
-            return 0;
-        };
-        if let Some(position) = frame.position() {
-            if !supersedes(position, topic.newest) {
+        let mailboxes = {
+            let mut topics = lock(&self.topics);
+            let Some(topic) = topics.get_mut(key) else {
                 return 0;
+            };
+            if let Some(position) = frame.position() {
+                if !supersedes(position, topic.newest) {
+                    return 0;
+                }
+                topic.newest = Some(position);
             }
-            topic.newest = Some(position);
-        }
-        for mailbox in &topic.mailboxes {
-            if mailbox.push(frame.clone()) {
-                self.metrics.slow_consumer_events.inc();
+            topic.mailboxes.clone()
+        };
+        // Outside the topics' lock: writing to a thousand sockets must not hold up other carts.
+        for mailbox in &mailboxes {
+            match mailbox.offer(frame.clone()) {
+                Offered::Written => written(&frame, &self.metrics),
+                Offered::Queued(true) => {
+                    self.metrics.slow_consumer_events.inc();
+                }
+                Offered::Queued(false) | Offered::Stale => {}
             }
         }
-        topic.mailboxes.len()
+        mailboxes.len()
     }
 
     /// Hand `frame` to every connection through the shared ring; returns how many receivers it reached.
@@ -287,7 +721,7 @@ impl CartHub {
                 self.deliver(key, Frame::cart_update(cart));
             }
             Event::ProductChanged(product) => {
-                self.broadcast(Frame::product_update(product));
+                self.publish_product(product, Frame::product_update(product));
             }
         }
     }
@@ -336,8 +770,8 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub async fn next(&self) -> Frame {
-        self.mailbox.next().await
+    pub fn mailbox(&self) -> &Mailbox {
+        &self.mailbox
     }
 }
 
@@ -350,9 +784,79 @@ impl Drop for Subscription {
 }
 
 #[cfg(test)]
+impl Mailbox {
+    fn kinds(&self) -> Vec<FrameKind> {
+        lock(&self.outbox).queue.iter().map(|f| f.kind).collect()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use cartwheel_core::Notice;
+
+    /// A socket that takes `room` bytes, then would block; it keeps what it took.
+    #[derive(Default)]
+    struct Socket {
+        taken: Mutex<Vec<u8>>,
+        room: Mutex<usize>,
+    }
+
+    impl Socket {
+        fn with_room(room: usize) -> Arc<Socket> {
+            let socket = Arc::new(Socket::default());
+            *socket.room.lock().unwrap() = room;
+            socket
+        }
+
+        fn give(&self, room: usize) {
+            *self.room.lock().unwrap() = room;
+        }
+
+        /// The texts of the whole frames taken so far (server frames: unmasked, as `wire` writes them).
+        fn texts(&self) -> Vec<String> {
+            let bytes = self.taken.lock().unwrap().clone();
+            let (mut texts, mut at) = (Vec::new(), 0);
+            while at + 2 <= bytes.len() {
+                let (len, start) = match bytes[at + 1] {
+                    126 => (u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize, at + 4),
+                    n => (n as usize, at + 2),
+                };
+                assert!(start + len <= bytes.len(), "a frame cut short");
+                texts.push(String::from_utf8(bytes[start..start + len].to_vec()).unwrap());
+                at = start + len;
+            }
+            texts
+        }
+
+        fn versions(&self) -> Vec<u64> {
+            self.texts()
+                .iter()
+                .filter_map(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+                .filter_map(|v| v["version"].as_u64())
+                .collect()
+        }
+    }
+
+    impl Wire for Socket {
+        fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+            let mut room = self.room.lock().unwrap();
+            if *room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = bytes.len().min(*room);
+            *room -= n;
+            self.taken.lock().unwrap().extend_from_slice(&bytes[..n]);
+            Ok(n)
+        }
+    }
+
+    /// Flush `s`'s mailbox into a socket with room for everything; what it got.
+    fn flushed(hub: &CartHub, s: &Subscription) -> Arc<Socket> {
+        let socket = Socket::with_room(usize::MAX);
+        assert_eq!(s.mailbox().flush(&*socket, hub).1, Flushed::Done);
+        socket
+    }
 
     fn cart(v: CartVersion) -> Cart {
         let mut c = Cart::empty("EUR");
@@ -383,9 +887,9 @@ mod tests {
         let a = key("a");
         let (s1, s2, other) = (hub.subscribe(&a), hub.subscribe(&a), hub.subscribe(&key("b")));
         hub.announce(&cart_event(&a, 1));
-        assert_eq!(s1.next().await.version(), Some(1));
-        assert_eq!(s2.next().await.version(), Some(1));
-        assert!(other.mailbox.queue.lock().unwrap().is_empty());
+        assert_eq!(flushed(&hub, &s1).versions(), [1]);
+        assert_eq!(flushed(&hub, &s2).versions(), [1]);
+        assert!(flushed(&hub, &other).texts().is_empty());
     }
 
     #[tokio::test]
@@ -397,9 +901,7 @@ mod tests {
         hub.announce(&cart_event(&a, 1));
         hub.announce(&cart_event(&a, 2));
         hub.announce(&cart_event(&a, 3));
-        assert_eq!(s.next().await.version(), Some(2));
-        assert_eq!(s.next().await.version(), Some(3));
-        assert!(s.mailbox.queue.lock().unwrap().is_empty());
+        assert_eq!(flushed(&hub, &s).versions(), [2, 3]);
     }
 
     /// A restored database or a flushed Redis starts the cart again at a low version in another epoch: the
@@ -415,9 +917,8 @@ mod tests {
         let event = |c: &Cart| vec![Event::CartChanged { key: a.clone(), cart: c.clone() }];
         hub.announce(&event(&fresh));
         hub.announce(&event(&fresh));
-        assert_eq!(s.next().await.position(), Some((0, 7)));
-        assert_eq!(s.next().await.position(), Some((0xb, 1)), "version 1 of epoch B follows version 7 of A");
-        assert!(s.mailbox.queue.lock().unwrap().is_empty(), "a repeat within the new epoch is dropped");
+        assert_eq!(s.mailbox().kinds(), [FrameKind::Cart((0, 7)), FrameKind::Cart((0xb, 1))], "the repeat is dropped");
+        assert_eq!(flushed(&hub, &s).versions(), [7, 1], "version 1 of epoch B follows version 7 of A");
     }
 
     #[tokio::test]
@@ -429,8 +930,8 @@ mod tests {
         for v in 1..=5 {
             hub.announce(&cart_event(&a, v));
         }
-        assert_eq!(s.mailbox.queue.lock().unwrap().len(), 1, "bounded: the fifth push replaced the queue");
-        assert_eq!(s.next().await.version(), Some(5));
+        assert_eq!(s.mailbox().kinds().len(), 1, "bounded: the fifth push replaced the queue");
+        assert_eq!(flushed(&hub, &s).versions(), [5]);
         assert_eq!(metrics.slow_consumer_events.get(), 1);
     }
 
@@ -445,21 +946,46 @@ mod tests {
         hub.notify(Some(&a), &Epoch::default(), &notice("second")).await.unwrap();
         // Full: a notice makes the older snapshot (version 1) go, not a notice.
         assert_eq!(hub.notify(Some(&a), &Epoch::default(), &notice("third")).await.unwrap(), 1);
-        let kinds: Vec<FrameKind> = s.mailbox.queue.lock().unwrap().iter().map(|f| f.kind).collect();
+        let kinds = s.mailbox().kinds();
         assert_eq!(kinds, [FrameKind::Notice(1), FrameKind::Cart((0, 2)), FrameKind::Notice(1), FrameKind::Notice(1)]);
         // Full of notices and one snapshot: a newer snapshot replaces the old one.
         hub.announce(&cart_event(&a, 3));
-        let kinds: Vec<FrameKind> = s.mailbox.queue.lock().unwrap().iter().map(|f| f.kind).collect();
+        let kinds = s.mailbox().kinds();
         assert_eq!(kinds, [FrameKind::Notice(1), FrameKind::Notice(1), FrameKind::Notice(1), FrameKind::Cart((0, 3))]);
         // Notices only: the oldest makes room.
         let only_notices = hub.subscribe(&key("b"));
         for i in 0..5 {
             hub.notify(Some(&key("b")), &Epoch::default(), &notice(&format!("n{i}"))).await.unwrap();
         }
-        let texts: Vec<String> =
-            only_notices.mailbox.queue.lock().unwrap().iter().map(|f| f.text.to_string()).collect();
+        let texts = flushed(&hub, &only_notices).texts();
         assert_eq!(texts.len(), 4);
         assert!(texts[0].contains("n1") && texts[3].contains("n4"), "{texts:?}");
+    }
+
+    /// Once attached, a connection with nothing queued is written by the publisher itself; a frame the socket
+    /// takes only in part is finished first, whole, by the connection's flush, and what came meanwhile follows.
+    #[tokio::test]
+    async fn the_publisher_writes_to_an_idle_socket_and_a_partial_frame_stays_whole() {
+        let hub = hub(8);
+        let a = key("a");
+        let s = hub.subscribe(&a);
+        let socket = Socket::with_room(usize::MAX);
+        s.mailbox().attach(socket.clone());
+        hub.announce(&cart_event(&a, 1));
+        assert_eq!(socket.versions(), [1], "written without a flush");
+        assert!(s.mailbox().kinds().is_empty());
+        socket.give(10);
+        hub.announce(&cart_event(&a, 2));
+        hub.announce(&cart_event(&a, 3));
+        assert_eq!(s.mailbox().kinds(), [FrameKind::Cart((0, 3))], "queued behind the rest of version 2");
+        socket.give(usize::MAX);
+        assert_eq!(s.mailbox().flush(&*socket, &hub).1, Flushed::Done);
+        assert_eq!(socket.versions(), [1, 2, 3]);
+        // Detached (closing): nothing more is written or queued.
+        s.mailbox().detach();
+        hub.announce(&cart_event(&a, 4));
+        assert_eq!(socket.versions(), [1, 2, 3]);
+        assert!(s.mailbox().kinds().is_empty());
     }
 
     #[tokio::test]
@@ -474,6 +1000,68 @@ mod tests {
             hub.notify(None, &Epoch::default(), &notice(&format!("{i}"))).await.unwrap();
         }
         assert!(matches!(one.recv().await, Err(broadcast::error::RecvError::Lagged(1))), "ring of 8, 9 sent");
+    }
+
+    fn product(id: &str, revision: u64, stock: u32) -> Product {
+        let mut p = crate::domain::catalog::Catalog::built_in().unwrap().products()[0].clone();
+        p.id = ProductId(id.to_owned());
+        p.revision = revision;
+        p.stock = stock;
+        p
+    }
+
+    fn publish(hub: &CartHub, p: &Product) -> bool {
+        hub.publish_product(p, Frame::product_update(p))
+    }
+
+    fn stocks(socket: &Socket) -> Vec<(String, u64)> {
+        socket
+            .texts()
+            .iter()
+            .map(|t| match serde_json::from_str(t).unwrap() {
+                ServerMessage::ProductUpdate { data } => (data.id.0, u64::from(data.stock)),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// A connection whose socket is full while a product changes a hundred times is then sent its newest state
+    /// once, not a hundred frames: product changes are state, latest wins, one slot per product.
+    #[tokio::test]
+    async fn product_changes_are_conflated_per_product_latest_wins() {
+        let hub = hub(4);
+        let s = hub.subscribe(&key("a"));
+        let socket = Socket::with_room(0);
+        s.mailbox().attach(socket.clone());
+        for revision in 1..=100 {
+            assert!(publish(&hub, &product("a", revision, revision as u32)));
+        }
+        assert!(publish(&hub, &product("b", 101, 7)));
+        assert!(stocks(&socket).is_empty(), "the socket took nothing");
+        socket.give(usize::MAX);
+        assert_eq!(s.mailbox().flush(&*socket, &hub).1, Flushed::Done);
+        assert_eq!(stocks(&socket), [("a".to_owned(), 100), ("b".to_owned(), 7)]);
+        // Idle again: the next change is written by the publisher.
+        assert!(publish(&hub, &product("b", 102, 8)));
+        assert_eq!(stocks(&socket).last(), Some(&("b".to_owned(), 8)));
+        // A stale or repeated revision (two publishers racing) is not news; another epoch is.
+        assert!(!publish(&hub, &product("a", 99, 1)));
+        assert!(!publish(&hub, &product("a", 100, 1)));
+        let mut other_epoch = product("a", 1, 3);
+        other_epoch.epoch = Epoch::from_bits(0xb);
+        assert!(publish(&hub, &other_epoch));
+        assert_eq!(stocks(&socket).last(), Some(&("a".to_owned(), 3)));
+        assert_eq!(stocks(&socket).len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_gets_only_later_product_changes() {
+        let hub = hub(4);
+        publish(&hub, &product("a", 1, 1));
+        let s = hub.subscribe(&key("a"));
+        assert!(flushed(&hub, &s).texts().is_empty());
+        publish(&hub, &product("b", 2, 2));
+        assert_eq!(stocks(&flushed(&hub, &s)), [("b".to_owned(), 2)]);
     }
 
     #[test]

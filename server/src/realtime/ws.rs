@@ -3,26 +3,31 @@
 //!
 //! The connection first sends a `CART_UPDATE` snapshot, then every newer version the hub delivers, every
 //! `PRODUCT_UPDATE` and the `NOTICE`s meant for it, answers `PING` with `PONG` and `RESYNC` with a fresh
-//! snapshot, and refuses anything else with an `ERROR` frame while staying open. When the store cannot be
+//! snapshot, and refuses anything else with an `ERROR` frame while staying open. The bytes on the wire are
+//! [`super::wire`]'s; frames for many connections are written by their publisher (see [`super::hub`]), this
+//! task writes the connection's own and finishes what a full socket could not take. When the store cannot be
 //! read (Redis unreachable), it says so in an `ERROR` frame, stays open and tries the snapshot again every
 //! [`defaults::SNAPSHOT_RETRY`]. It closes with 1009 for an oversized frame, 1008 for a client that floods
 //! frames, 1001 when the server shuts down or the peer stops answering heartbeats — and it drops a peer that
 //! stops reading rather than buffer for it without bound.
 
 use std::collections::HashSet;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::Bytes;
 use cartwheel_core::protocol::close;
 use cartwheel_core::{ClientMessage, ErrorCode, ServerMessage};
+use tokio::net::TcpStream;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{sleep_until, timeout, Instant as TokioInstant};
 use tokio_util::sync::CancellationToken;
 
-use super::hub::{supersedes, CartHub, CartPosition, Frame, FrameKind};
+use super::hub::{CartHub, Flushed, Frame, FrameKind, Mailbox, Wire};
 use super::presence::PresenceBoard;
+use super::wire::{self, Decoder, Incoming, WireError};
 use crate::clock::now_ms;
 use crate::config::defaults;
 use crate::domain::CartKey;
@@ -39,6 +44,8 @@ pub struct SocketLimits {
     pub frames: Rate,
     /// One frame's write may take this long (`--send-timeout`): a peer that stopped reading is dropped.
     pub send_timeout: Duration,
+    /// The largest message (and frame) a client may send (`--max-ws-message-bytes`); larger closes with 1009.
+    pub max_message: usize,
 }
 
 /// Everything a WebSocket connection needs from the server; one per server, shared by every connection.
@@ -89,18 +96,53 @@ pub fn client_label(query: Option<&str>) -> String {
     value.chars().filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-').take(32).collect()
 }
 
-/// Serve one upgraded connection of `cart` until it ends.
-pub async fn serve(socket: WebSocket, sockets: Arc<Sockets>, cart: CartKey, peer: SocketAddr, client: String) {
+/// The TCP connection a WebSocket was upgraded from, lent by whatever owns it (the HTTP layer's stream).
+pub trait TcpOwner: Send + Sync + 'static {
+    fn stream(&self) -> &TcpStream;
+}
+
+/// A connection's socket as the hub writes to it.
+struct Socket(Box<dyn TcpOwner>);
+
+impl Socket {
+    fn tcp(&self) -> &TcpStream {
+        self.0.stream()
+    }
+}
+
+impl Wire for Socket {
+    fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        self.tcp().try_write(bytes)
+    }
+}
+
+/// Bytes read from the socket at a time (on the stack of a synchronous read, so an idle connection holds none).
+const READ_CHUNK: usize = 2048;
+/// Reads per turn of the loop before the connection's other work gets a look in.
+const READS_PER_TURN: usize = 8;
+
+/// Serve one upgraded connection of `cart` until it ends; `read_ahead` is what the HTTP layer had already read
+/// past the upgrade request.
+pub async fn serve(
+    tcp: Box<dyn TcpOwner>,
+    read_ahead: Bytes,
+    sockets: Arc<Sockets>,
+    cart: CartKey,
+    peer: SocketAddr,
+    client: String,
+) {
     let started = Instant::now();
     let metrics = sockets.metrics.clone();
     metrics.ws_connections_total.inc();
     metrics.ws_connections_open.inc();
     tracing::info!(cart = cart.short(), peer = %peer, client, "websocket connected");
+    let decoder = Decoder::new(sockets.limits.max_message);
     let mut conn = Connection {
-        socket,
+        socket: Arc::new(Socket(tcp)),
+        decoder,
+        read_ahead,
         sockets,
         cart,
-        last_sent: None,
         sent: 0,
         snapshot_due: None,
         notices_due: None,
@@ -121,10 +163,12 @@ pub async fn serve(socket: WebSocket, sockets: Arc<Sockets>, cart: CartKey, peer
 }
 
 struct Connection {
-    socket: WebSocket,
+    socket: Arc<Socket>,
+    decoder: Decoder,
+    read_ahead: Bytes,
     sockets: Arc<Sockets>,
     cart: CartKey,
-    last_sent: Option<CartPosition>,
+    /// Frames this task wrote (the hub counts its own).
     sent: u64,
     /// When to try again a snapshot the store could not give.
     snapshot_due: Option<TokioInstant>,
@@ -143,6 +187,15 @@ const NOTICE_IN_FLIGHT_MS: u64 = 10_000;
 /// A write either went out or ended the connection.
 type Sent = Result<(), Ending>;
 
+/// What reading the socket gave.
+enum Read {
+    Open,
+    /// The peer closed the TCP connection.
+    Eof,
+    Failed(WireError),
+    Broken,
+}
+
 impl Connection {
     async fn run(&mut self) -> Ending {
         // Subscribe before reading the snapshot: a change committed in between then arrives as a newer frame
@@ -150,196 +203,239 @@ impl Connection {
         let subscription = self.sockets.hub.subscribe(&self.cart);
         let mut everyone = self.sockets.hub.everyone();
         let mut everyone_open = true;
-        if let Err(ending) = self.send_snapshot().await {
-            return ending;
-        }
+        let mailbox = subscription.mailbox();
+        self.queue_snapshot(mailbox).await;
         // Then every stored notice the session has not acknowledged (live ones may come twice: clients drop a
         // notice whose id they have shown).
-        if let Err(ending) = self.send_stored_notices().await {
-            return ending;
-        }
+        self.queue_stored_notices(mailbox).await;
         // All the counts now; then what changes, with everyone (at most one frame per presence interval). Not
         // before the first count (the server just started): zeros would blank the labels the page was rendered
         // with, and the first count follows within an interval.
         let counts = self.sockets.presence.current();
         if counts.online > 0 {
-            if let Err(ending) = self.send(Message::Text(Frame::presence(&counts).text)).await {
-                return ending;
-            }
+            mailbox.push_own(Frame::presence(&counts));
         }
+        if let Err(ending) = self.flush(mailbox).await {
+            return ending;
+        }
+        // The opening frames are out (or queued behind a full socket): from now on the hub may write here.
+        mailbox.attach(self.socket.clone());
         let limits = self.sockets.limits;
         let mut frames = TokenBucket::new(limits.frames, Instant::now());
         let mut heartbeat =
             tokio::time::interval_at(TokioInstant::now() + limits.heartbeat_interval, limits.heartbeat_interval);
         let mut pong_deadline: Option<TokioInstant> = None;
         let far_future = TokioInstant::now() + Duration::from_secs(86_400 * 365);
+        let shutdown = self.sockets.shutdown.clone();
+        let mut incoming = Vec::new();
+        let ahead = std::mem::take(&mut self.read_ahead);
+        let mut read = if ahead.is_empty() { Read::Open } else { self.decode(&ahead, &mut incoming) };
 
         loop {
-            tokio::select! {
-                () = self.sockets.shutdown.cancelled() => {
-                    self.close(close::GOING_AWAY, "server shutting down").await;
-                    return Ending::ServerShutdown;
-                }
-                frame = subscription.next() => {
-                    if let Err(ending) = self.send_frame(frame).await {
+            // What was read last turn (or read ahead by the HTTP layer): handled before waiting again.
+            if !incoming.is_empty() || !matches!(read, Read::Open) {
+                pong_deadline = None;
+                for message in std::mem::take(&mut incoming) {
+                    if let Err(ending) = self.handle(mailbox, &mut frames, message).await {
                         return ending;
                     }
                 }
+                match std::mem::replace(&mut read, Read::Open) {
+                    Read::Open => {}
+                    Read::Eof | Read::Broken => return Ending::ClientGone,
+                    Read::Failed(error) => {
+                        let too_big = matches!(error, WireError::TooBig { .. });
+                        self.close(mailbox, error.close_code(), "invalid frame").await;
+                        return if too_big { Ending::MessageTooBig } else { Ending::ReadError };
+                    }
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    self.close(mailbox, close::GOING_AWAY, "server shutting down").await;
+                    return Ending::ServerShutdown;
+                }
+                () = mailbox.wanted() => {
+                    if let Err(ending) = self.flush(mailbox).await {
+                        return ending;
+                    }
+                }
+                ready = self.socket.tcp().readable() => {
+                    read = match ready {
+                        Ok(()) => self.read_now(&mut incoming),
+                        Err(_) => Read::Broken,
+                    };
+                }
                 received = everyone.recv(), if everyone_open => {
-                    let sent = match received {
-                        Ok(frame) => self.send_frame(frame).await,
+                    match received {
+                        Ok(frame) => {
+                            if !matches!(frame.kind, FrameKind::Notice(seq) if self.replayed.remove(&seq)) {
+                                mailbox.push_own(frame);
+                            }
+                        }
                         Err(RecvError::Lagged(missed)) => {
                             tracing::warn!(cart = self.cart.short(), missed, "fell behind the broadcast ring");
                             self.sockets.metrics.broadcast_lagged.inc();
                             // General notices in the gap are stored: send what is not acknowledged again.
-                            match self.send_catalog().await {
-                                Ok(()) => self.send_stored_notices().await,
-                                ended => ended,
-                            }
+                            // (Product changes do not use the ring: see `ProductBoard`.)
+                            self.queue_stored_notices(mailbox).await;
                         }
                         // Only when the hub is gone, i.e. the server is stopping.
-                        Err(RecvError::Closed) => {
-                            everyone_open = false;
-                            Ok(())
-                        }
-                    };
-                    if let Err(ending) = sent {
-                        return ending;
+                        Err(RecvError::Closed) => everyone_open = false,
                     }
-                }
-                incoming = self.socket.recv() => {
-                    pong_deadline = None;
-                    let message = match incoming {
-                        None => return Ending::ClientGone,
-                        Some(Ok(m)) => m,
-                        Some(Err(e)) => return self.read_failed(e).await,
-                    };
-                    match message {
-                        Message::Text(text) => {
-                            if frames.take(Instant::now()).is_err() {
-                                // Closing either way: whether the explanation got through does not change the ending.
-                                let _ = self.send_error(ErrorCode::RateLimited, "too many messages; closing").await;
-                                self.close(close::POLICY_VIOLATION, "rate limited").await;
-                                return Ending::Flooding;
-                            }
-                            if let Err(ending) = self.handle_text(text.as_str()).await {
-                                return ending;
-                            }
-                        }
-                        Message::Binary(_) => {
-                            if frames.take(Instant::now()).is_err() {
-                                self.close(close::POLICY_VIOLATION, "rate limited").await;
-                                return Ending::Flooding;
-                            }
-                            if let Err(ending) =
-                                self.send_error(ErrorCode::InvalidMessage, "send JSON text frames").await
-                            {
-                                return ending;
-                            }
-                        }
-                        // tungstenite answers pings itself; any frame proves the peer is alive. Control frames
-                        // count against the frame rate too: each Ping costs the server a Pong, so a flood of
-                        // them is a flood like any other.
-                        Message::Ping(_) | Message::Pong(_) => {
-                            if frames.take(Instant::now()).is_err() {
-                                self.close(close::POLICY_VIOLATION, "rate limited").await;
-                                return Ending::Flooding;
-                            }
-                        }
-                        Message::Close(_) => return Ending::ClientClosed,
+                    if let Err(ending) = self.flush(mailbox).await {
+                        return ending;
                     }
                 }
                 _ = heartbeat.tick() => {
                     if pong_deadline.is_none() {
                         pong_deadline = Some(TokioInstant::now() + limits.heartbeat_timeout);
                     }
-                    if let Err(ending) = self.send(Message::Ping(Default::default())).await {
+                    mailbox.push_own(Frame::control(wire::ping()));
+                    if let Err(ending) = self.flush(mailbox).await {
                         return ending;
                     }
                 }
                 () = sleep_until(self.snapshot_due.unwrap_or(far_future)), if self.snapshot_due.is_some() => {
-                    if let Err(ending) = self.send_snapshot().await {
+                    self.queue_snapshot(mailbox).await;
+                    if let Err(ending) = self.flush(mailbox).await {
                         return ending;
                     }
                 }
                 () = sleep_until(self.notices_due.unwrap_or(far_future)), if self.notices_due.is_some() => {
-                    if let Err(ending) = self.send_stored_notices().await {
+                    self.queue_stored_notices(mailbox).await;
+                    if let Err(ending) = self.flush(mailbox).await {
                         return ending;
                     }
                 }
                 () = sleep_until(pong_deadline.unwrap_or(far_future)), if pong_deadline.is_some() => {
-                    self.close(close::GOING_AWAY, "heartbeat timeout").await;
+                    self.close(mailbox, close::GOING_AWAY, "heartbeat timeout").await;
                     return Ending::HeartbeatTimeout;
                 }
             }
         }
     }
 
-    async fn handle_text(&mut self, text: &str) -> Sent {
+    /// Read what the socket has now, without waiting, into `incoming`.
+    fn read_now(&mut self, incoming: &mut Vec<Incoming>) -> Read {
+        let mut buffer = [0u8; READ_CHUNK];
+        for _ in 0..READS_PER_TURN {
+            match self.socket.tcp().try_read(&mut buffer) {
+                Ok(0) => return Read::Eof,
+                Ok(n) => {
+                    if let Err(error) = self.decoder.feed(&buffer[..n], incoming) {
+                        return Read::Failed(error);
+                    }
+                    if incoming.iter().any(|m| matches!(m, Incoming::Close(_))) {
+                        return Read::Open;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Read::Open,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Read::Broken,
+            }
+        }
+        Read::Open
+    }
+
+    fn decode(&mut self, bytes: &[u8], incoming: &mut Vec<Incoming>) -> Read {
+        match self.decoder.feed(bytes, incoming) {
+            Ok(()) => Read::Open,
+            Err(error) => Read::Failed(error),
+        }
+    }
+
+    /// One message from the client. Every frame counts against the frame rate, control frames too: each Ping
+    /// costs the server a Pong, so a flood of them is a flood like any other.
+    async fn handle(&mut self, mailbox: &Mailbox, frames: &mut TokenBucket, message: Incoming) -> Sent {
+        if let Incoming::Close(code) = message {
+            // The close handshake: answer with the client's code, then the connection is over.
+            mailbox.detach();
+            mailbox.push_own(Frame::control(wire::close_frame(code.unwrap_or(close::NORMAL), "")));
+            let _ = self.flush(mailbox).await;
+            return Err(Ending::ClientClosed);
+        }
+        if frames.take(Instant::now()).is_err() {
+            if matches!(message, Incoming::Text(_)) {
+                // Closing either way: whether the explanation got through does not change the ending.
+                self.queue_error(mailbox, ErrorCode::RateLimited, "too many messages; closing");
+            }
+            self.close(mailbox, close::POLICY_VIOLATION, "rate limited").await;
+            return Err(Ending::Flooding);
+        }
+        match message {
+            Incoming::Text(text) => self.handle_text(mailbox, &text).await,
+            Incoming::Binary => {
+                self.queue_error(mailbox, ErrorCode::InvalidMessage, "send JSON text frames");
+                self.flush(mailbox).await
+            }
+            Incoming::Ping(payload) => {
+                mailbox.push_own(Frame::control(wire::pong(&payload)));
+                self.flush(mailbox).await
+            }
+            Incoming::Pong | Incoming::Close(_) => Ok(()),
+        }
+    }
+
+    async fn handle_text(&mut self, mailbox: &Mailbox, text: &str) -> Sent {
         match serde_json::from_str::<ClientMessage>(text) {
             Ok(ClientMessage::Ping { id }) => {
-                self.send_message(&ServerMessage::Pong { id, server_time_ms: now_ms() }).await
+                mailbox.push_own(Frame::reply(&ServerMessage::Pong { id, server_time_ms: now_ms() }));
             }
-            Ok(ClientMessage::Resync) => self.send_snapshot().await,
-            Ok(ClientMessage::Chat { text, client_id }) => self.chat(&text, client_id).await,
+            Ok(ClientMessage::Resync) => self.queue_snapshot(mailbox).await,
+            Ok(ClientMessage::Chat { text, client_id }) => self.chat(mailbox, &text, client_id).await,
             Ok(ClientMessage::Ack { upto, epoch }) => {
                 // Lost, it only means the notices come again on the next connect (and are dropped by id).
                 if let Err(e) = self.sockets.shop.ack_notices(&self.cart, &epoch, upto).await {
                     tracing::warn!(cart = self.cart.short(), error = %e, "cannot record a notice acknowledgement");
                 }
-                Ok(())
             }
             Err(e) => {
                 let message = format!(
                     "not a known message: {e}; expected {{\"type\":\"PING\",\"id\":n}}, {{\"type\":\"RESYNC\"}}, \
                      {{\"type\":\"ACK\",\"upto\":n,\"epoch\":\"…\"}} or {{\"type\":\"CHAT\",\"text\":\"…\"}}"
                 );
-                self.send_error(ErrorCode::InvalidMessage, &message).await
+                self.queue_error(mailbox, ErrorCode::InvalidMessage, &message);
             }
         }
+        self.flush(mailbox).await
     }
 
     /// A help-chat message from the shopper: stored and sent to every connection of the session (this one
     /// too), or refused with an `ERROR` frame (too long, too many, the store down); the socket stays open.
-    async fn chat(&mut self, text: &str, client_id: Option<String>) -> Sent {
+    async fn chat(&mut self, mailbox: &Mailbox, text: &str, client_id: Option<String>) {
         let text = match self.sockets.chat.accept(&self.cart, text, client_id.as_deref(), Instant::now()) {
             Ok(text) => text,
-            Err(refusal) => return self.send_error(refusal.code(), &refusal.to_string()).await,
+            Err(refusal) => return self.queue_error(mailbox, refusal.code(), &refusal.to_string()),
         };
-        match self.sockets.shop.chat_from_shopper(&self.cart, text, client_id).await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                tracing::warn!(cart = self.cart.short(), error = %e, "cannot store a help-chat message");
-                self.send_error(ErrorCode::ServiceUnavailable, "the message could not be sent; send it again").await
-            }
+        if let Err(e) = self.sockets.shop.chat_from_shopper(&self.cart, text, client_id).await {
+            tracing::warn!(cart = self.cart.short(), error = %e, "cannot store a help-chat message");
+            self.queue_error(mailbox, ErrorCode::ServiceUnavailable, "the message could not be sent; send it again");
         }
     }
 
-    async fn send_snapshot(&mut self) -> Sent {
+    /// The cart as it is now, queued to be written whatever this connection already has (a `RESYNC` asks for
+    /// it); when the store cannot say, an `ERROR` once per outage and another try later.
+    async fn queue_snapshot(&mut self, mailbox: &Mailbox) {
         match self.sockets.shop.cart(&self.cart).await {
             Ok(cart) => {
                 self.snapshot_due = None;
-                let frame = Frame::cart_update(&cart);
-                if let Some(position) = frame.position().filter(|p| supersedes(*p, self.last_sent)) {
-                    self.last_sent = Some(position);
-                }
-                self.send(Message::Text(frame.text)).await
+                mailbox.push_own(Frame::snapshot(&cart));
             }
             Err(e) => {
                 tracing::warn!(cart = self.cart.short(), error = %e, "cannot load cart for a snapshot");
                 // Said once per outage, not once per retry.
                 let first = self.snapshot_due.replace(TokioInstant::now() + defaults::SNAPSHOT_RETRY).is_none();
-                if !first {
-                    return Ok(());
+                if first {
+                    let message = "the cart cannot be read right now; it will be sent as soon as it can";
+                    self.queue_error(mailbox, ErrorCode::ServiceUnavailable, message);
                 }
-                let message = "the cart cannot be read right now; it will be sent as soon as it can";
-                self.send_error(ErrorCode::ServiceUnavailable, message).await
             }
         }
     }
 
     /// The session's stored notices after its cursor, oldest first; retried later if the store cannot say.
-    async fn send_stored_notices(&mut self) -> Sent {
+    async fn queue_stored_notices(&mut self, mailbox: &Mailbox) {
         match self.sockets.shop.notices(&self.cart).await {
             Ok(list) => {
                 self.notices_due = None;
@@ -352,98 +448,58 @@ impl Connection {
                     .map(|n| n.seq)
                     .collect();
                 for notice in &list.notices {
-                    self.send(Message::Text(Frame::notice(&list.epoch, notice).text)).await?;
+                    mailbox.push_own(Frame::notice(&list.epoch, notice));
                 }
                 self.sockets.metrics.notices_replayed.inc_by(u64::try_from(count).unwrap_or(u64::MAX));
-                Ok(())
             }
             Err(e) => {
                 tracing::warn!(cart = self.cart.short(), error = %e, "cannot read stored notices");
                 self.notices_due = Some(TokioInstant::now() + defaults::SNAPSHOT_RETRY);
-                Ok(())
             }
         }
     }
 
-    /// Every product as it is now: what a connection that missed product updates needs to be exact again.
-    async fn send_catalog(&mut self) -> Sent {
-        let catalog = self.sockets.shop.catalog();
-        for product in catalog.products() {
-            self.send_frame(Frame::product_update(product)).await?;
-        }
-        Ok(())
+    fn queue_error(&self, mailbox: &Mailbox, code: ErrorCode, message: &str) {
+        mailbox.push_own(Frame::reply(&ServerMessage::Error { code, message: message.to_owned() }));
     }
 
-    /// Forward a hub frame; a cart update only if this connection has not shown that version or a newer one.
-    async fn send_frame(&mut self, frame: Frame) -> Sent {
-        if let FrameKind::Notice(seq) = frame.kind {
-            if self.replayed.remove(&seq) {
-                return Ok(());
-            }
-        }
-        if let Some(position) = frame.position() {
-            if !supersedes(position, self.last_sent) {
-                return Ok(());
-            }
-            self.last_sent = Some(position);
-        }
-        let published_at = frame.published_at;
-        self.send(Message::Text(frame.text)).await?;
-        self.sockets.metrics.broadcast_latency.observe(published_at.elapsed().as_secs_f64());
-        Ok(())
-    }
-
-    async fn send_error(&mut self, code: ErrorCode, message: &str) -> Sent {
-        self.send_message(&ServerMessage::Error { code, message: message.to_owned() }).await
-    }
-
-    async fn send_message(&mut self, message: &ServerMessage) -> Sent {
-        match serde_json::to_string(message) {
-            Ok(text) => self.send(Message::Text(text.into())).await,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot serialize a server message");
-                Ok(())
+    /// Write what the mailbox holds; a peer that takes nothing for the send timeout has stopped reading.
+    async fn flush(&mut self, mailbox: &Mailbox) -> Sent {
+        loop {
+            let (written, flushed) = mailbox.flush(&*self.socket, &self.sockets.hub);
+            self.sent += written;
+            self.sockets.metrics.ws_messages_sent.inc_by(written);
+            match flushed {
+                Flushed::Done => return Ok(()),
+                Flushed::Failed => return Err(Ending::ClientGone),
+                Flushed::Blocked => match timeout(self.sockets.limits.send_timeout, self.socket.tcp().writable()).await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(Ending::ClientGone),
+                    Err(_) => return Err(Ending::StoppedReading),
+                },
             }
         }
     }
 
-    /// Write one message; a peer that does not take it within the send timeout has stopped reading.
-    async fn send(&mut self, message: Message) -> Sent {
-        match timeout(self.sockets.limits.send_timeout, self.socket.send(message)).await {
-            Ok(Ok(())) => {
-                self.sent += 1;
-                self.sockets.metrics.ws_messages_sent.inc();
-                Ok(())
-            }
-            Ok(Err(_)) => Err(Ending::ClientGone),
-            Err(_) => Err(Ending::StoppedReading),
-        }
-    }
-
-    async fn read_failed(&mut self, error: axum::Error) -> Ending {
-        let too_big = error
-            .into_inner()
-            .downcast_ref::<tungstenite::Error>()
-            .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
-        if too_big {
-            self.close(close::MESSAGE_TOO_BIG, "message too big").await;
-            Ending::MessageTooBig
-        } else {
-            Ending::ReadError
-        }
-    }
-
-    /// Send a close frame and give the peer a moment to answer it, so the close handshake completes.
-    async fn close(&mut self, code: u16, reason: &'static str) {
-        let frame = CloseFrame { code, reason: reason.into() };
-        let limit = self.sockets.limits.send_timeout;
-        if timeout(limit, self.socket.send(Message::Close(Some(frame)))).await.is_err() {
+    /// Send a close frame (after nothing but the rest of a frame already begun) and give the peer a moment to
+    /// answer it, so the close handshake completes.
+    async fn close(&mut self, mailbox: &Mailbox, code: u16, reason: &'static str) {
+        mailbox.detach();
+        mailbox.push_own(Frame::control(wire::close_frame(code, reason)));
+        if self.flush(mailbox).await.is_err() {
             return;
         }
         let _ = timeout(Duration::from_secs(1), async {
-            while let Some(Ok(message)) = self.socket.recv().await {
-                if matches!(message, Message::Close(_)) {
-                    break;
+            let mut incoming = Vec::new();
+            loop {
+                if self.socket.tcp().readable().await.is_err() {
+                    return;
+                }
+                match self.read_now(&mut incoming) {
+                    Read::Open if incoming.iter().any(|m| matches!(m, Incoming::Close(_))) => return,
+                    Read::Open => incoming.clear(),
+                    _ => return,
                 }
             }
         })

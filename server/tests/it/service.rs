@@ -421,6 +421,41 @@ async fn a_connection_that_falls_behind_the_broadcast_ring_still_gets_every_prod
     server.await_metric("cartwheel_ws_broadcast_lagged_total 1").await;
 }
 
+/// Product changes are state: a connection whose reader cannot keep up with a flash sale is sent the newest
+/// stock, not every change queued behind the ones it has not read (which is what a queue per connection, or a
+/// ring it reads in order, would do).
+#[tokio::test]
+async fn a_connection_that_cannot_keep_up_is_sent_the_newest_state_of_a_product_not_every_change() {
+    const CHANGES: u64 = 300;
+    let server = TestServer::start_with(|c| {
+        c.service_tokens = vec![TOKEN.to_owned()];
+        c.no_rate_limit = true;
+        // Small kernel buffers on both sides, so the connection backs up after a few dozen frames; the stalled
+        // reader must outlast the storm, however slow the machine.
+        c.socket_send_buffer_bytes = 4096;
+        c.send_timeout = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let shopper = server.shopper().await;
+    let mut ws = shopper.ws_with_small_receive_buffer().await;
+    assert_eq!(ws.next_json().await["type"], "CART_UPDATE");
+    // The reader does not read while a service changes the stock 300 times …
+    for stock in 1..=CHANGES {
+        assert_eq!(patch_product(&server, "beeswax-candle", json!({ "stock": stock })).await.status, 200);
+    }
+    // … then reads: it ends on the last change, in order, having been sent a fraction of them.
+    let mut received = Vec::new();
+    while received.last() != Some(&CHANGES) {
+        let v = ws.next_json().await;
+        assert_eq!(v["type"], "PRODUCT_UPDATE", "{v}");
+        assert_eq!(v["data"]["id"], "beeswax-candle");
+        received.push(v["data"]["stock"].as_u64().unwrap());
+    }
+    assert!(received.windows(2).all(|w| w[0] < w[1]), "never an older stock after a newer one: {received:?}");
+    assert!(received.len() < (CHANGES / 2) as usize, "{} of {CHANGES} changes were sent", received.len());
+    ws.assert_quiet().await;
+}
+
 #[tokio::test]
 async fn a_token_may_do_only_what_its_scopes_name_and_its_changes_are_counted_by_name() {
     const INVENTORY: &str = "inventory-token-000000001";

@@ -44,8 +44,14 @@ pub const MAX_WS_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// WebSocket close codes the server uses (RFC 6455 §7.4.1).
 pub mod close {
+    /// The close handshake's answer to a client that closed without a code.
+    pub const NORMAL: u16 = 1000;
     /// Server shutting down or the peer stopped answering heartbeats: reconnect.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client's bytes were not valid WebSocket (unmasked, reserved bits, a lone continuation, …).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text message that was not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// The client broke a rule (flooding): reconnect, but slower.
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A frame exceeded [`super::MAX_WS_MESSAGE_BYTES`].

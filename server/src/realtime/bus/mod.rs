@@ -131,7 +131,7 @@ impl Bus {
     /// After a gap in the subscription: the shared stock and prices, and every local cart, as they are now.
     async fn catch_up(&self) -> Result<(), StoreError> {
         for product in self.store.reload_catalog().await? {
-            self.hub.broadcast(Frame::product_update(&product));
+            self.hub.publish_product(&product, Frame::product_update(&product));
         }
         for key in self.hub.subscribed_keys() {
             let cart = self.store.load(&key).await?;
@@ -155,10 +155,13 @@ impl Bus {
             Audience::Product => {
                 // The catalog learns the new state too: this instance prices carts and answers
                 // `GET /api/products` with it.
-                if let Ok(ServerMessage::ProductUpdate { data }) = serde_json::from_str(&envelope.frame) {
-                    self.store.live_catalog().merge(std::slice::from_ref(&data));
+                match serde_json::from_str(&envelope.frame) {
+                    Ok(ServerMessage::ProductUpdate { data }) => {
+                        self.store.live_catalog().merge(std::slice::from_ref(&data));
+                        self.hub.publish_product(&data, Frame::from_text(FrameKind::Product, envelope.frame));
+                    }
+                    _ => tracing::warn!("ignored a product envelope whose frame is not a PRODUCT_UPDATE"),
                 }
-                self.hub.broadcast(Frame::from_text(FrameKind::Product, envelope.frame));
             }
             // Its own notices were delivered here when they were sent.
             Audience::Notice(_) if envelope.origin == self.format.origin() => {}
@@ -203,7 +206,7 @@ impl Fanout for Bus {
         async move {
             let frame = Frame::notice(epoch, notice);
             let envelope =
-                Envelope::new(Audience::Notice(session.cloned()), self.format.origin(), frame.text.to_string());
+                Envelope::new(Audience::Notice(session.cloned()), self.format.origin(), frame.text().to_owned());
             self.store.publish(envelope.encode()).await?;
             Ok(self.hub.deliver_notice(session, frame))
         }
@@ -214,7 +217,8 @@ impl Fanout for Bus {
         async move {
             let frame = Frame::chat(message);
             let here = self.hub.deliver(session, frame.clone());
-            let envelope = Envelope::new(Audience::Chat(session.clone()), self.format.origin(), frame.text.to_string());
+            let envelope =
+                Envelope::new(Audience::Chat(session.clone()), self.format.origin(), frame.text().to_owned());
             self.store.publish(envelope.encode()).await?;
             Ok(here)
         }
