@@ -64,6 +64,9 @@ struct Args {
     /// S7: idle connections to open (capped by the open-file limit, which the report states).
     #[arg(long, default_value_t = 100_000)]
     connections: usize,
+    /// An extra flag for our server (repeatable), e.g. `--server-arg=--presence-interval-ms=600000`.
+    #[arg(long, allow_hyphen_values = true)]
+    server_arg: Vec<String>,
     /// Run through Redis: start a redis-server (on the server core) and `--instances` servers sharing it.
     #[arg(long)]
     redis: bool,
@@ -321,12 +324,13 @@ async fn run_one(
             servers.push(ServerProcess::start_peer(&args.peer_source, &args.peer_install, server_core).await?)
         }
         (Some(redis), Flavor::Ours) => {
-            let flags = ["--redis-url".to_owned(), redis.url.clone()];
+            let mut flags = vec!["--redis-url".to_owned(), redis.url.clone()];
+            flags.extend(args.server_arg.iter().cloned());
             for _ in 0..args.instances.max(1) {
                 servers.push(ServerProcess::start(&args.server, server_core, &flags).await?);
             }
         }
-        (None, Flavor::Ours) => servers.push(ServerProcess::start(&args.server, server_core, &[]).await?),
+        (None, Flavor::Ours) => servers.push(ServerProcess::start(&args.server, server_core, &args.server_arg).await?),
     }
     let limit = std::time::Duration::from_secs(600);
     let outcome = match kind {

@@ -23,8 +23,10 @@
 //! records the generation it has written up to; one that cannot take a change at once (busy, or its reader
 //! slow) is sent, when it can, the slots newer than that — the newest state of each product, never a backlog:
 //! a flash sale of a hundred stock changes a second costs a slow connection nothing but the newest state.
+//! Presence counts go the same way: the publisher writes what changed to every connection that has all the
+//! earlier changes, and one that missed some is sent all the counts from the board.
 //!
-//! The other frames for everyone (general notices, presence) go through one shared ring
+//! General notices, the other frames for everyone, go through one shared ring
 //! ([`tokio::sync::broadcast`]): one serialization and one slot, whatever the number of connections. A
 //! connection that falls a whole ring behind learns it (`Lagged`) and is sent the stored notices it has not
 //! acknowledged, so a general notice is never silently lost.
@@ -443,7 +445,9 @@ impl Mailbox {
             match write_frame(wire, &frame.wire) {
                 Wrote::All => {
                     written += 1;
-                    if !matches!(frame.kind, FrameKind::Reply | FrameKind::Snapshot(_)) {
+                    // Commit → written: what the connection was sent because something changed (not its own
+                    // answers, nor the presence counts it is sent on a timer).
+                    if !matches!(frame.kind, FrameKind::Reply | FrameKind::Snapshot(_) | FrameKind::Presence) {
                         hub.metrics.broadcast_latency.observe(frame.published_at.elapsed().as_secs_f64());
                     }
                 }
@@ -507,10 +511,13 @@ fn write_product(generation: u64, frame: &Frame, mailboxes: &[Arc<Mailbox>], met
 /// Count a frame the publisher wrote itself.
 fn written(frame: &Frame, metrics: &Metrics) {
     metrics.ws_messages_sent.inc();
-    metrics.broadcast_latency.observe(frame.published_at.elapsed().as_secs_f64());
+    if frame.kind != FrameKind::Presence {
+        metrics.broadcast_latency.observe(frame.published_at.elapsed().as_secs_f64());
+    }
 }
 
-/// The newest `PRODUCT_UPDATE` frame of every product that changed, one slot each (see the module doc).
+/// The newest `PRODUCT_UPDATE` frame of every product that changed, one slot each, and the presence counts
+/// (see the module doc).
 pub struct ProductBoard {
     slots: Mutex<Slots>,
 }
@@ -522,8 +529,16 @@ struct Slots {
     generation: u64,
 }
 
+/// What a board slot holds the newest state of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Topic {
+    Product(ProductId),
+    /// The presence counts (one slot: a connection that missed changes is sent all the counts).
+    Presence,
+}
+
 struct ProductSlot {
-    id: ProductId,
+    id: Topic,
     /// `(epoch bits, revision)`: a newer revision of the same epoch, or any revision of another, replaces it.
     position: (u64, u64),
     generation: u64,
@@ -537,10 +552,10 @@ impl ProductBoard {
 
     /// Put `frame` (a `PRODUCT_UPDATE` of `product` at `position`) in its product's slot unless the slot holds
     /// the same or a newer state; returns its generation if it did.
-    fn publish(&self, product: &ProductId, position: (u64, u64), frame: Frame) -> Option<u64> {
+    fn publish(&self, topic: Topic, position: (u64, u64), frame: Frame) -> Option<u64> {
         let mut slots = lock(&self.slots);
         let generation = slots.generation + 1;
-        match slots.products.iter_mut().find(|slot| slot.id == *product) {
+        match slots.products.iter_mut().find(|slot| slot.id == topic) {
             Some(slot) => {
                 let newer = slot.position.0 != position.0 || position.1 > slot.position.1;
                 if !newer {
@@ -550,7 +565,7 @@ impl ProductBoard {
                 slot.generation = generation;
                 slot.frame = frame;
             }
-            None => slots.products.push(ProductSlot { id: product.clone(), position, generation, frame }),
+            None => slots.products.push(ProductSlot { id: topic, position, generation, frame }),
         }
         slots.generation = generation;
         Some(generation)
@@ -621,9 +636,27 @@ impl CartHub {
     /// already held it or a newer one.
     pub fn publish_product(&self, product: &Product, frame: Frame) -> bool {
         let position = (product.epoch.bits(), product.revision);
-        let Some(generation) = self.products.publish(&product.id, position, frame.clone()) else {
-            return false;
-        };
+        match self.products.publish(Topic::Product(product.id.clone()), position, frame.clone()) {
+            Some(generation) => {
+                self.fan_out_state(generation, frame);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Publish presence counts to every connection here: `changes` is written to connections that have every
+    /// earlier one; a connection that missed some is sent `all` the counts instead (the board's slot).
+    /// `number` orders the publications (the presence loop's count).
+    pub fn publish_presence(&self, changes: Frame, all: Frame, number: u64) {
+        if let Some(generation) = self.products.publish(Topic::Presence, (0, number), all) {
+            self.fan_out_state(generation, changes);
+        }
+    }
+
+    /// Board change `generation` to every connection here: written by this task to those that can take it
+    /// now, in slices when there are many; the others are woken to send what the board holds.
+    fn fan_out_state(&self, generation: u64, frame: Frame) {
         let mailboxes: Vec<Arc<Mailbox>> =
             lock(&self.topics).values().flat_map(|topic| topic.mailboxes.iter().cloned()).collect();
         match tokio::runtime::Handle::try_current() {
@@ -638,7 +671,6 @@ impl CartHub {
             }
             _ => write_product(generation, &frame, &mailboxes, &self.metrics),
         }
-        true
     }
 
     /// Start receiving updates of `key`; they stop when the subscription is dropped.

@@ -1,7 +1,8 @@
 //! Presence: every interval, this instance reports its sessions with an open connection and reads the counts
 //! (shoppers online on every instance, carts holding each product) through the shop, and hands what changed to
 //! every connection here as one `PRESENCE` frame — so each connection gets at most one per interval, however
-//! much happens. A new connection gets all the counts at once ([`PresenceBoard::current`]).
+//! much happens (written by this task to every idle socket: see [`super::hub`]). A new connection gets all the
+//! counts at once ([`PresenceBoard::current`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,6 +45,7 @@ pub async fn run(
 ) {
     let mut ticks = tokio::time::interval(timing.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut published = 0;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -57,14 +59,16 @@ pub async fn run(
                 continue;
             }
         };
-        let changes = {
+        let (changes, all) = {
             let mut current = lock(&board.current);
             let changes = next.changes_since(&current);
+            let all = changes.is_some().then(|| Frame::presence(&next));
             *current = next;
-            changes
+            (changes, all)
         };
-        if let Some(changes) = changes {
-            hub.broadcast(Frame::presence(&changes));
+        if let (Some(changes), Some(all)) = (changes, all) {
+            published += 1;
+            hub.publish_presence(Frame::presence(&changes), all, published);
         }
     }
 }

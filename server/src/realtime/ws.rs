@@ -228,8 +228,11 @@ impl Connection {
         let far_future = TokioInstant::now() + Duration::from_secs(86_400 * 365);
         let shutdown = self.sockets.shutdown.clone();
         let mut incoming = Vec::new();
+        // Decoded and let go at once: even empty, these bytes can hold on to the HTTP layer's whole read
+        // buffer (several KiB) for as long as the connection lives.
         let ahead = std::mem::take(&mut self.read_ahead);
         let mut read = if ahead.is_empty() { Read::Open } else { self.decode(&ahead, &mut incoming) };
+        drop(ahead);
 
         loop {
             // What was read last turn (or read ahead by the HTTP layer): handled before waiting again.
