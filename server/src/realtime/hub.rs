@@ -52,7 +52,7 @@ use crate::sync::lock;
 
 /// Connections a product change is written to before the publisher lets others run: a change for a hundred
 /// thousand connections is written in slices, not in one blocking stretch of the runtime.
-const PRODUCT_FANOUT_SLICE: usize = 512;
+const PRODUCT_FANOUT_SLICE: usize = 16;
 
 /// What a frame carries, as far as queueing is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -432,6 +432,10 @@ impl Mailbox {
                 continue;
             }
             let Some(frame) = outbox.queue.pop_front() else {
+                // An idle connection keeps no queue's worth of memory.
+                if outbox.queue.capacity() > 0 {
+                    outbox.queue = VecDeque::new();
+                }
                 if outbox.closing {
                     return (written, Flushed::Done);
                 }

@@ -204,10 +204,10 @@ impl Connection {
         let mut everyone = self.sockets.hub.everyone();
         let mut everyone_open = true;
         let mailbox = subscription.mailbox();
-        self.queue_snapshot(mailbox).await;
+        Box::pin(self.queue_snapshot(mailbox)).await;
         // Then every stored notice the session has not acknowledged (live ones may come twice: clients drop a
         // notice whose id they have shown).
-        self.queue_stored_notices(mailbox).await;
+        Box::pin(self.queue_stored_notices(mailbox)).await;
         // All the counts now; then what changes, with everyone (at most one frame per presence interval). Not
         // before the first count (the server just started): zeros would blank the labels the page was rendered
         // with, and the first count follows within an interval.
@@ -222,10 +222,10 @@ impl Connection {
         mailbox.attach(self.socket.clone());
         let limits = self.sockets.limits;
         let mut frames = TokenBucket::new(limits.frames, Instant::now());
-        let mut heartbeat =
-            tokio::time::interval_at(TokioInstant::now() + limits.heartbeat_interval, limits.heartbeat_interval);
+        // One timer for every deadline (the next heartbeat, a missing pong, a retry of what the store could
+        // not give): a connection holds one, not one per purpose.
+        let mut next_ping = TokioInstant::now() + limits.heartbeat_interval;
         let mut pong_deadline: Option<TokioInstant> = None;
-        let far_future = TokioInstant::now() + Duration::from_secs(86_400 * 365);
         let shutdown = self.sockets.shutdown.clone();
         let mut incoming = Vec::new();
         // Decoded and let go at once: even empty, these bytes can hold on to the HTTP layer's whole read
@@ -239,7 +239,8 @@ impl Connection {
             if !incoming.is_empty() || !matches!(read, Read::Open) {
                 pong_deadline = None;
                 for message in std::mem::take(&mut incoming) {
-                    if let Err(ending) = self.handle(mailbox, &mut frames, message).await {
+                    // Boxed, like every rare and large step below, so an idle connection's task stays small.
+                    if let Err(ending) = Box::pin(self.handle(mailbox, &mut frames, message)).await {
                         return ending;
                     }
                 }
@@ -248,14 +249,19 @@ impl Connection {
                     Read::Eof | Read::Broken => return Ending::ClientGone,
                     Read::Failed(error) => {
                         let too_big = matches!(error, WireError::TooBig { .. });
-                        self.close(mailbox, error.close_code(), "invalid frame").await;
+                        Box::pin(self.close(mailbox, error.close_code(), "invalid frame")).await;
                         return if too_big { Ending::MessageTooBig } else { Ending::ReadError };
                     }
                 }
             }
+            let deadline = [Some(next_ping), pong_deadline, self.snapshot_due, self.notices_due]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(next_ping);
             tokio::select! {
                 () = shutdown.cancelled() => {
-                    self.close(mailbox, close::GOING_AWAY, "server shutting down").await;
+                    Box::pin(self.close(mailbox, close::GOING_AWAY, "server shutting down")).await;
                     return Ending::ServerShutdown;
                 }
                 () = mailbox.wanted() => {
@@ -280,8 +286,8 @@ impl Connection {
                             tracing::warn!(cart = self.cart.short(), missed, "fell behind the broadcast ring");
                             self.sockets.metrics.broadcast_lagged.inc();
                             // General notices in the gap are stored: send what is not acknowledged again.
-                            // (Product changes do not use the ring: see `ProductBoard`.)
-                            self.queue_stored_notices(mailbox).await;
+                            // (Product changes and presence do not use the ring: see `ProductBoard`.)
+                            Box::pin(self.queue_stored_notices(mailbox)).await;
                         }
                         // Only when the hub is gone, i.e. the server is stopping.
                         Err(RecvError::Closed) => everyone_open = false,
@@ -290,30 +296,28 @@ impl Connection {
                         return ending;
                     }
                 }
-                _ = heartbeat.tick() => {
-                    if pong_deadline.is_none() {
-                        pong_deadline = Some(TokioInstant::now() + limits.heartbeat_timeout);
+                () = sleep_until(deadline) => {
+                    let now = TokioInstant::now();
+                    if pong_deadline.is_some_and(|d| d <= now) {
+                        Box::pin(self.close(mailbox, close::GOING_AWAY, "heartbeat timeout")).await;
+                        return Ending::HeartbeatTimeout;
                     }
-                    mailbox.push_own(Frame::control(wire::ping()));
+                    if next_ping <= now {
+                        next_ping = now + limits.heartbeat_interval;
+                        if pong_deadline.is_none() {
+                            pong_deadline = Some(now + limits.heartbeat_timeout);
+                        }
+                        mailbox.push_own(Frame::control(wire::ping()));
+                    }
+                    if self.snapshot_due.is_some_and(|d| d <= now) {
+                        Box::pin(self.queue_snapshot(mailbox)).await;
+                    }
+                    if self.notices_due.is_some_and(|d| d <= now) {
+                        Box::pin(self.queue_stored_notices(mailbox)).await;
+                    }
                     if let Err(ending) = self.flush(mailbox).await {
                         return ending;
                     }
-                }
-                () = sleep_until(self.snapshot_due.unwrap_or(far_future)), if self.snapshot_due.is_some() => {
-                    self.queue_snapshot(mailbox).await;
-                    if let Err(ending) = self.flush(mailbox).await {
-                        return ending;
-                    }
-                }
-                () = sleep_until(self.notices_due.unwrap_or(far_future)), if self.notices_due.is_some() => {
-                    self.queue_stored_notices(mailbox).await;
-                    if let Err(ending) = self.flush(mailbox).await {
-                        return ending;
-                    }
-                }
-                () = sleep_until(pong_deadline.unwrap_or(far_future)), if pong_deadline.is_some() => {
-                    self.close(mailbox, close::GOING_AWAY, "heartbeat timeout").await;
-                    return Ending::HeartbeatTimeout;
                 }
             }
         }
@@ -475,12 +479,14 @@ impl Connection {
             match flushed {
                 Flushed::Done => return Ok(()),
                 Flushed::Failed => return Err(Ending::ClientGone),
-                Flushed::Blocked => match timeout(self.sockets.limits.send_timeout, self.socket.tcp().writable()).await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Err(Ending::ClientGone),
-                    Err(_) => return Err(Ending::StoppedReading),
-                },
+                Flushed::Blocked => {
+                    let writable = Box::pin(timeout(self.sockets.limits.send_timeout, self.socket.tcp().writable()));
+                    match writable.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return Err(Ending::ClientGone),
+                        Err(_) => return Err(Ending::StoppedReading),
+                    }
+                }
             }
         }
     }
