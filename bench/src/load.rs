@@ -112,6 +112,8 @@ pub struct StormReport {
     pub rss_after: u64,
     /// `PRODUCT_UPDATE` frames the connections received, against patches × connections.
     pub product_frames: u64,
+    /// The revision of the last change (base + PATCHes, or one more for each retried PATCH applied twice).
+    pub final_revision: u64,
 }
 
 /// `n` sessions (cookies) from `GET /api/cart` on `base`.
@@ -239,7 +241,8 @@ pub async fn run(servers: &[ServerProcess], scenario: &Scenario) -> Result<Repor
         epoch: Instant::now(),
         sent: (0..scenario.carts).map(|_| (0..=per_cart).map(|_| AtomicU64::new(0)).collect()).collect(),
         storm_start: AtomicU64::new(u64::MAX),
-        everyone_at: (0..patches).map(|_| AtomicU64::new(0)).collect(),
+        // Slack for a retried PATCH that the server had applied already (one more revision than PATCHes).
+        everyone_at: (0..patches + STORM_IN_FLIGHT).map(|_| AtomicU64::new(0)).collect(),
         base_revision,
         final_revision: AtomicU64::new(if patches == 0 { base_revision } else { u64::MAX }),
     });
@@ -344,21 +347,31 @@ pub async fn run(servers: &[ServerProcess], scenario: &Scenario) -> Result<Repor
                 let (http, base, clocks) = (http.clone(), base.clone(), clocks.clone());
                 calls.push(tokio::spawn(async move {
                     let at = clocks.now();
-                    let answer = patch(&http, flavor, &base, k + 1).await;
+                    // A connection the server dropped (a keep-alive it closed) is tried again, twice.
+                    let mut answer = patch(&http, flavor, &base, k + 1).await;
+                    for _ in 0..2 {
+                        match &answer {
+                            Err(e) if e.starts_with("PATCH: ") => answer = patch(&http, flavor, &base, k + 1).await,
+                            _ => break,
+                        }
+                    }
                     drop(permit);
                     answer.map(|(took, revision)| (at, took, revision))
                 }));
             }
-            let mut sent_at = vec![0u64; storm.patches()];
+            let mut sent_at = vec![0u64; storm.patches() + STORM_IN_FLIGHT];
+            let mut last = clocks.base_revision;
             for call in calls {
                 let (at, took, revision) = call.await.map_err(|e| e.to_string())??;
                 out.patch.push(took.as_micros() as u64);
+                last = last.max(revision);
                 let slot = revision.checked_sub(clocks.base_revision + 1).map(|i| i as usize);
                 match slot.and_then(|i| sent_at.get_mut(i)) {
                     Some(slot) => *slot = at,
                     None => return Err(format!("a PATCH made revision {revision}, outside the storm's")),
                 }
             }
+            out.final_revision = last;
             out.seconds = begun.elapsed().as_secs_f64();
             out.rss_after = rss();
             Ok::<_, String>((out, sent_at))
@@ -376,7 +389,7 @@ pub async fn run(servers: &[ServerProcess], scenario: &Scenario) -> Result<Repor
     let mut patch_sent_at = Vec::new();
     if let Some(storm) = storm {
         let (out, sent_at) = storm.await.map_err(|e| e.to_string())??;
-        clocks.final_revision.store(clocks.base_revision + out.patches as u64, Ordering::Release);
+        clocks.final_revision.store(out.final_revision, Ordering::Release);
         report.storm = Some(out);
         patch_sent_at = sent_at;
     }
@@ -420,7 +433,7 @@ pub async fn run(servers: &[ServerProcess], scenario: &Scenario) -> Result<Repor
         // Over the connections that reached each revision; those that did not show in `left_behind`.
         for (slot, sent) in clocks.everyone_at.iter().zip(patch_sent_at) {
             let last = slot.load(Ordering::Acquire);
-            if last > 0 {
+            if last > 0 && sent > 0 {
                 storm.everyone.push(last.saturating_sub(sent));
             }
         }

@@ -114,6 +114,9 @@ pub async fn run(server: &mut ServerProcess, carts: usize, per_cart: usize) -> R
                     _ => break None,
                 }
             };
+            // Its file goes now: ten thousand closed sockets kept open while their clients reconnect would
+            // double this process's files.
+            drop(ws);
             let now_ms = |o: Instant| o.elapsed().as_millis() as u64;
             let mut delay = schedule.closed_with(now_ms(origin), code, jitter.unit());
             loop {

@@ -33,6 +33,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
@@ -356,25 +357,31 @@ impl Mailbox {
         Offered::Queued(overflowed)
     }
 
-    /// Hand this connection product change `generation`: written at once if it is the next one this connection
-    /// lacks and nothing is ahead of it; otherwise its task is woken to send what the board holds.
-    fn offer_product(&self, generation: u64, frame: &Frame) -> bool {
+    /// Bring this connection up to the board: when nothing is ahead of it, write the newest state of every
+    /// slot changed since it last had them (usually one frame); otherwise wake its task, which does the same
+    /// when its socket can take it. Returns the frames written.
+    fn catch_up(&self, board: &ProductBoard, metrics: &Metrics) -> u64 {
         let mut outbox = lock(&self.outbox);
-        if outbox.closing || outbox.products_seen >= generation {
-            return false;
+        if outbox.closing || outbox.products_seen >= board.generation() {
+            return 0;
         }
-        if outbox.products_seen + 1 == generation && outbox.write_now(frame) {
-            outbox.products_seen = generation;
-            let wake = outbox.partial.is_some() || outbox.broken;
-            drop(outbox);
-            if wake {
+        let wire = match outbox.wire.clone() {
+            Some(wire) if outbox.idle() => wire,
+            _ => {
+                drop(outbox);
                 self.ready.notify_one();
+                return 0;
             }
-            return true;
+        };
+        let (written, flushed) = write_products(&mut outbox, &*wire, board, metrics);
+        if flushed == Flushed::Failed {
+            outbox.wire = None;
         }
         drop(outbox);
-        self.ready.notify_one();
-        false
+        if flushed != Flushed::Done {
+            self.ready.notify_one();
+        }
+        written
     }
 
     /// Queue one of the connection's own frames (an answer, its snapshot, a replayed notice); the connection
@@ -439,7 +446,7 @@ impl Mailbox {
                 if outbox.closing {
                     return (written, Flushed::Done);
                 }
-                let (n, flushed) = write_products(&mut outbox, wire, hub);
+                let (n, flushed) = write_products(&mut outbox, wire, &hub.products, &hub.metrics);
                 return (written + n, flushed);
             };
             let position = frame.position();
@@ -480,13 +487,16 @@ impl Mailbox {
 /// The newest state of every product changed since the last one `outbox` wrote, oldest change first. Its
 /// mark moves past each frame written, so a frame the socket could not take is read from the board again
 /// next time — by then perhaps a newer state of that product.
-fn write_products(outbox: &mut Outbox, wire: &dyn Wire, hub: &CartHub) -> (u64, Flushed) {
+fn write_products(outbox: &mut Outbox, wire: &dyn Wire, board: &ProductBoard, metrics: &Metrics) -> (u64, Flushed) {
     let mut written = 0;
-    for (generation, frame) in hub.products.since(outbox.products_seen) {
+    for (generation, frame) in board.since(outbox.products_seen) {
         match write_frame(wire, &frame.wire) {
             Wrote::All => {
                 written += 1;
                 outbox.products_seen = generation;
+                if frame.kind != FrameKind::Presence {
+                    metrics.broadcast_latency.observe(frame.published_at.elapsed().as_secs_f64());
+                }
             }
             Wrote::Part(rest) => {
                 outbox.products_seen = generation;
@@ -501,15 +511,6 @@ fn write_products(outbox: &mut Outbox, wire: &dyn Wire, hub: &CartHub) -> (u64, 
         }
     }
     (written, Flushed::Done)
-}
-
-/// Product change `generation` to each of `mailboxes` that can take it now (the others are woken to catch up).
-fn write_product(generation: u64, frame: &Frame, mailboxes: &[Arc<Mailbox>], metrics: &Metrics) {
-    for mailbox in mailboxes {
-        if mailbox.offer_product(generation, frame) {
-            written(frame, metrics);
-        }
-    }
 }
 
 /// Count a frame the publisher wrote itself.
@@ -547,6 +548,9 @@ struct ProductSlot {
     position: (u64, u64),
     generation: u64,
     frame: Frame,
+    /// What changed from the generation before (the presence counts): sent instead of `frame` to a connection
+    /// that has every earlier change.
+    delta: Option<Frame>,
 }
 
 impl ProductBoard {
@@ -556,7 +560,7 @@ impl ProductBoard {
 
     /// Put `frame` (a `PRODUCT_UPDATE` of `product` at `position`) in its product's slot unless the slot holds
     /// the same or a newer state; returns its generation if it did.
-    fn publish(&self, topic: Topic, position: (u64, u64), frame: Frame) -> Option<u64> {
+    fn publish(&self, topic: Topic, position: (u64, u64), frame: Frame, delta: Option<Frame>) -> Option<u64> {
         let mut slots = lock(&self.slots);
         let generation = slots.generation + 1;
         match slots.products.iter_mut().find(|slot| slot.id == topic) {
@@ -568,8 +572,9 @@ impl ProductBoard {
                 slot.position = position;
                 slot.generation = generation;
                 slot.frame = frame;
+                slot.delta = delta;
             }
-            None => slots.products.push(ProductSlot { id: topic, position, generation, frame }),
+            None => slots.products.push(ProductSlot { id: topic, position, generation, frame, delta }),
         }
         slots.generation = generation;
         Some(generation)
@@ -589,7 +594,13 @@ impl ProductBoard {
             .products
             .iter()
             .filter(|slot| slot.generation > seen)
-            .map(|slot| (slot.generation, slot.frame.clone()))
+            .map(|slot| {
+                let frame = match &slot.delta {
+                    Some(delta) if slot.generation == seen + 1 => delta,
+                    _ => &slot.frame,
+                };
+                (slot.generation, frame.clone())
+            })
             .collect();
         fresh.sort_by_key(|(generation, _)| *generation);
         fresh
@@ -601,12 +612,22 @@ struct CartTopic {
     mailboxes: Vec<Arc<Mailbox>>,
 }
 
+type Topics = Mutex<HashMap<CartKey, CartTopic>>;
+
+/// Every connection here.
+fn all_mailboxes(topics: &Topics) -> Vec<Arc<Mailbox>> {
+    lock(topics).values().flat_map(|topic| topic.mailboxes.iter().cloned()).collect()
+}
+
 /// The subscriptions of this process, by cart, and the ring of frames for everyone.
 pub struct CartHub {
-    topics: Mutex<HashMap<CartKey, CartTopic>>,
+    topics: Arc<Topics>,
     mailbox_capacity: usize,
     everyone: broadcast::Sender<Frame>,
-    products: ProductBoard,
+    products: Arc<ProductBoard>,
+    /// A pass bringing every connection up to the board is running; `again`: the board moved during it.
+    passing: Arc<AtomicBool>,
+    again: Arc<AtomicBool>,
     /// Rung when shopper messages wait or a service let go: this instance's chat desk claims again.
     chat_waiting: Arc<Notify>,
     metrics: Arc<Metrics>,
@@ -617,10 +638,12 @@ impl CartHub {
     pub fn new(mailbox_capacity: usize, broadcast_capacity: usize, metrics: Arc<Metrics>) -> Arc<CartHub> {
         let (everyone, _) = broadcast::channel(broadcast_capacity.max(1));
         Arc::new(CartHub {
-            topics: Mutex::new(HashMap::new()),
+            topics: Arc::new(Mutex::new(HashMap::new())),
             mailbox_capacity,
             everyone,
-            products: ProductBoard::new(),
+            products: Arc::new(ProductBoard::new()),
+            passing: Arc::new(AtomicBool::new(false)),
+            again: Arc::new(AtomicBool::new(false)),
             chat_waiting: Arc::new(Notify::new()),
             metrics,
         })
@@ -640,41 +663,82 @@ impl CartHub {
     /// already held it or a newer one.
     pub fn publish_product(&self, product: &Product, frame: Frame) -> bool {
         let position = (product.epoch.bits(), product.revision);
-        match self.products.publish(Topic::Product(product.id.clone()), position, frame.clone()) {
-            Some(generation) => {
-                self.fan_out_state(generation, frame);
-                true
-            }
-            None => false,
+        let published = self.products.publish(Topic::Product(product.id.clone()), position, frame, None).is_some();
+        if published {
+            self.fan_out_state();
         }
+        published
     }
 
-    /// Publish presence counts to every connection here: `changes` is written to connections that have every
-    /// earlier one; a connection that missed some is sent `all` the counts instead (the board's slot).
-    /// `number` orders the publications (the presence loop's count).
+    /// Publish presence counts to every connection here: `changes` goes to connections that have every earlier
+    /// change, `all` the counts to one that missed some. `number` orders the publications (the presence loop's).
     pub fn publish_presence(&self, changes: Frame, all: Frame, number: u64) {
-        if let Some(generation) = self.products.publish(Topic::Presence, (0, number), all) {
-            self.fan_out_state(generation, changes);
+        if self.products.publish(Topic::Presence, (0, number), all, Some(changes)).is_some() {
+            self.fan_out_state();
         }
     }
 
-    /// Board change `generation` to every connection here: written by this task to those that can take it
-    /// now, in slices when there are many; the others are woken to send what the board holds.
-    fn fan_out_state(&self, generation: u64, frame: Frame) {
-        let mailboxes: Vec<Arc<Mailbox>> =
-            lock(&self.topics).values().flat_map(|topic| topic.mailboxes.iter().cloned()).collect();
+    /// Bring every connection here up to the board. One pass at a time, over the connections in slices with a
+    /// yield between them (a change for a hundred thousand connections is not one blocking stretch of the
+    /// runtime); a change published during a pass makes it go round again, and each connection is then
+    /// written only the newest state of what changed — so a flash sale costs a pass per round, not a pass
+    /// and a wake-up of every connection per change.
+    fn fan_out_state(&self) {
+        self.again.store(true, Ordering::Release);
+        if self.passing.swap(true, Ordering::AcqRel) {
+            return; // the running pass goes round again
+        }
+        let topics = self.topics_snapshot();
+        let (board, metrics) = (self.products.clone(), self.metrics.clone());
+        let (passing, again) = (self.passing.clone(), self.again.clone());
+        let pass = move |mailboxes: &[Arc<Mailbox>]| {
+            for mailbox in mailboxes {
+                let n = mailbox.catch_up(&board, &metrics);
+                metrics.ws_messages_sent.inc_by(n);
+            }
+        };
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) if mailboxes.len() > PRODUCT_FANOUT_SLICE => {
-                let metrics = self.metrics.clone();
+            Ok(runtime) if topics.len() > PRODUCT_FANOUT_SLICE => {
+                let hub_topics = self.topics_handle();
                 runtime.spawn(async move {
-                    for slice in mailboxes.chunks(PRODUCT_FANOUT_SLICE) {
-                        write_product(generation, &frame, slice, &metrics);
-                        tokio::task::yield_now().await;
+                    let mut mailboxes = topics;
+                    loop {
+                        again.store(false, Ordering::Release);
+                        for slice in mailboxes.chunks(PRODUCT_FANOUT_SLICE) {
+                            pass(slice);
+                            tokio::task::yield_now().await;
+                        }
+                        passing.store(false, Ordering::Release);
+                        // Moved meanwhile, and no other pass took over: round again, over who is here now.
+                        if !again.load(Ordering::Acquire) || passing.swap(true, Ordering::AcqRel) {
+                            return;
+                        }
+                        mailboxes = all_mailboxes(&hub_topics);
                     }
                 });
             }
-            _ => write_product(generation, &frame, &mailboxes, &self.metrics),
+            // A few connections: written here and now.
+            _ => {
+                let mut mailboxes = topics;
+                loop {
+                    self.again.store(false, Ordering::Release);
+                    pass(&mailboxes);
+                    self.passing.store(false, Ordering::Release);
+                    if !self.again.load(Ordering::Acquire) || self.passing.swap(true, Ordering::AcqRel) {
+                        return;
+                    }
+                    mailboxes = self.topics_snapshot();
+                }
+            }
         }
+    }
+
+    fn topics_snapshot(&self) -> Vec<Arc<Mailbox>> {
+        all_mailboxes(&self.topics)
+    }
+
+    fn topics_handle(&self) -> Arc<Topics> {
+        self.topics.clone()
     }
 
     /// Start receiving updates of `key`; they stop when the subscription is dropped.

@@ -456,6 +456,49 @@ async fn a_connection_that_cannot_keep_up_is_sent_the_newest_state_of_a_product_
     ws.assert_quiet().await;
 }
 
+/// Many connections (more than one slice of the fan-out pass) and changes faster than the pass goes round:
+/// every connection ends on the last stock, never sees an older one after a newer one, and is sent no more
+/// frames than there were changes.
+#[tokio::test]
+async fn a_storm_of_product_changes_reaches_every_connection_in_order_ending_on_the_last() {
+    const CONNECTIONS: usize = 40;
+    const CHANGES: u64 = 100;
+    let server = TestServer::start_with(|c| {
+        c.service_tokens = vec![TOKEN.to_owned()];
+        c.no_rate_limit = true;
+    })
+    .await;
+    let mut sockets = Vec::new();
+    for _ in 0..CONNECTIONS / 4 {
+        let shopper = server.shopper().await;
+        for _ in 0..4 {
+            let (ws, _) = Ws::connect_synced(&shopper).await;
+            sockets.push(ws);
+        }
+    }
+    let storm = async {
+        let calls = (1..=CHANGES).map(|stock| patch_product(&server, "beeswax-candle", json!({ "stock": stock })));
+        for answer in futures_util::future::join_all(calls).await {
+            assert_eq!(answer.status, 200);
+        }
+        product(&server, "beeswax-candle").await["stock"].as_u64().unwrap()
+    };
+    let last = storm.await;
+    for ws in &mut sockets {
+        let mut received = Vec::new();
+        loop {
+            let v = ws.next_json().await;
+            assert_eq!(v["type"], "PRODUCT_UPDATE", "{v}");
+            received.push(v["data"]["revision"].as_u64().unwrap());
+            if v["data"]["stock"].as_u64() == Some(last) {
+                break;
+            }
+        }
+        assert!(received.windows(2).all(|w| w[0] < w[1]), "revisions only grow: {received:?}");
+        assert!(received.len() as u64 <= CHANGES);
+    }
+}
+
 #[tokio::test]
 async fn a_token_may_do_only_what_its_scopes_name_and_its_changes_are_counted_by_name() {
     const INVENTORY: &str = "inventory-token-000000001";
