@@ -294,3 +294,104 @@ async fn a_change_whose_client_hangs_up_right_after_sending_still_reaches_every_
     assert_eq!(update["data"]["items"][0]["product_id"], id.as_str(), "{update}");
     assert_eq!(shopper.cart().await.version(), 1, "what the tab shows is what is stored");
 }
+
+/// A WebSocket opened by hand over raw TCP (the handshake written out), with its first frames unread.
+async fn raw_socket(server: &TestServer, cookie: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nCookie: {cookie}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        addr = server.addr
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    // The answer's head, byte by byte, so no frame after it is read here.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.unwrap());
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "the RFC's accept key: {head}");
+    tcp
+}
+
+/// A client frame as a browser sends it: masked.
+fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [7, 1, 9, 3];
+    assert!(payload.len() < 126);
+    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Server frames until a close frame: its code (`None` if the connection ended without one), and the texts
+/// before it.
+async fn close_code_of(tcp: &mut tokio::net::TcpStream) -> (Option<u16>, Vec<String>) {
+    let mut texts = Vec::new();
+    let code = frames_until_close(tcp, &mut texts).await;
+    (code, texts)
+}
+
+async fn frames_until_close(tcp: &mut tokio::net::TcpStream, texts: &mut Vec<String>) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let (first, second) = (tcp.read_u8().await.ok()?, tcp.read_u8().await.ok()?);
+        assert_eq!(second & 0x80, 0, "server frames are never masked");
+        let len = match second & 0x7f {
+            126 => usize::from(tcp.read_u16().await.ok()?),
+            127 => usize::try_from(tcp.read_u64().await.ok()?).unwrap(),
+            n => usize::from(n),
+        };
+        let mut payload = vec![0; len];
+        tcp.read_exact(&mut payload).await.ok()?;
+        match first & 0x0f {
+            0x8 => return Some(u16::from_be_bytes([payload[0], payload[1]])),
+            0x1 => texts.push(String::from_utf8(payload).unwrap()),
+            _ => {}
+        }
+    }
+}
+
+/// What a server must refuse, sent over raw TCP: an unmasked frame closes with 1002, text that is not UTF-8
+/// with 1007; a frame after a valid one is still answered first.
+#[tokio::test]
+async fn bytes_that_are_not_websocket_close_with_the_rfcs_codes() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    let shopper = server.shopper().await;
+
+    let mut tcp = raw_socket(&server, &shopper.cookie).await;
+    let mut bytes = masked(0x1, br#"{"type":"PING","id":7}"#);
+    bytes.extend_from_slice(&[0x81, 2, b'h', b'i']); // unmasked
+    tcp.write_all(&bytes).await.unwrap();
+    let (code, texts) = close_code_of(&mut tcp).await;
+    assert_eq!(code, Some(close::PROTOCOL_ERROR));
+    assert!(texts.iter().any(|t| t.contains(r#""type":"PONG","id":7"#)), "the valid frame first: {texts:?}");
+
+    let mut tcp = raw_socket(&server, &shopper.cookie).await;
+    tcp.write_all(&masked(0x1, &[0xff, 0xfe, 0xfd])).await.unwrap();
+    assert_eq!(close_code_of(&mut tcp).await.0, Some(close::INVALID_PAYLOAD));
+
+    // The client's own close is answered with its code.
+    let mut tcp = raw_socket(&server, &shopper.cookie).await;
+    tcp.write_all(&masked(0x8, &4321u16.to_be_bytes())).await.unwrap();
+    assert_eq!(close_code_of(&mut tcp).await.0, Some(4321));
+    server.await_metric(r#"cartwheel_ws_disconnects_total{reason="read_error"} 2"#).await;
+    server.await_metric(r#"cartwheel_ws_disconnects_total{reason="client_closed"} 1"#).await;
+}
+
+/// A client that sends a message and hangs up at once: the server handles what it read, sees the end, and
+/// lets the connection go (no task, slot or quota left behind).
+#[tokio::test]
+async fn a_client_that_hangs_up_right_after_sending_is_let_go() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    let shopper = server.shopper().await;
+    let mut tcp = raw_socket(&server, &shopper.cookie).await;
+    tcp.write_all(&masked(0x1, br#"{"type":"RESYNC"}"#)).await.unwrap();
+    drop(tcp);
+    server.await_metric(r#"cartwheel_ws_disconnects_total{reason="client_gone"} 1"#).await;
+    server.await_metric("cartwheel_ws_connections_open 0").await;
+}
