@@ -18,7 +18,7 @@
 //! updates are replaced by the newest one (a cart update is a full snapshot, so skipping intermediate versions
 //! loses nothing), and the oldest notices make room; one stalled reader never holds memory or others hostage.
 //!
-//! **Product changes are state, not events.** The hub keeps one slot per product on a [`ProductBoard`] holding
+//! **Product changes are state, not events.** The hub keeps one slot per product on a [`StateBoard`] holding
 //! its newest `PRODUCT_UPDATE` frame, numbered by a generation that grows with every change. A connection
 //! records the generation it has written up to; one that cannot take a change at once (busy, or its reader
 //! slow) is sent, when it can, the slots newer than that — the newest state of each product, never a backlog:
@@ -53,7 +53,7 @@ use crate::sync::lock;
 
 /// Connections a product change is written to before the publisher lets others run: a change for a hundred
 /// thousand connections is written in slices, not in one blocking stretch of the runtime.
-const PRODUCT_FANOUT_SLICE: usize = 16;
+const FANOUT_SLICE: usize = 16;
 
 /// What a frame carries, as far as queueing is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,7 +239,7 @@ struct Outbox {
     /// The newest cart update written.
     last_cart: Option<CartPosition>,
     /// The product-board generation written up to.
-    products_seen: u64,
+    board_seen: u64,
     /// The socket, once the connection's opening frames are out: until then everything queues.
     wire: Option<Arc<dyn Wire>>,
     /// A write failed: the connection is over.
@@ -314,13 +314,13 @@ pub enum Flushed {
 }
 
 impl Mailbox {
-    fn new(capacity: usize, products_seen: u64) -> Mailbox {
+    fn new(capacity: usize, board_seen: u64) -> Mailbox {
         Mailbox {
             outbox: Mutex::new(Outbox {
                 queue: VecDeque::new(),
                 partial: None,
                 last_cart: None,
-                products_seen,
+                board_seen,
                 wire: None,
                 broken: false,
                 closing: false,
@@ -360,9 +360,9 @@ impl Mailbox {
     /// Bring this connection up to the board: when nothing is ahead of it, write the newest state of every
     /// slot changed since it last had them (usually one frame); otherwise wake its task, which does the same
     /// when its socket can take it. Returns the frames written.
-    fn catch_up(&self, board: &ProductBoard, metrics: &Metrics) -> u64 {
+    fn catch_up(&self, board: &StateBoard, metrics: &Metrics) -> u64 {
         let mut outbox = lock(&self.outbox);
-        if outbox.closing || outbox.products_seen >= board.generation() {
+        if outbox.closing || outbox.board_seen >= board.generation() {
             return 0;
         }
         let wire = match outbox.wire.clone() {
@@ -373,7 +373,7 @@ impl Mailbox {
                 return 0;
             }
         };
-        let (written, flushed) = write_products(&mut outbox, &*wire, board, metrics);
+        let (written, flushed) = write_board(&mut outbox, &*wire, board, metrics);
         if flushed == Flushed::Failed {
             outbox.wire = None;
         }
@@ -446,7 +446,7 @@ impl Mailbox {
                 if outbox.closing {
                     return (written, Flushed::Done);
                 }
-                let (n, flushed) = write_products(&mut outbox, wire, &hub.products, &hub.metrics);
+                let (n, flushed) = write_board(&mut outbox, wire, &hub.board, &hub.metrics);
                 return (written + n, flushed);
             };
             let position = frame.position();
@@ -456,11 +456,7 @@ impl Mailbox {
             match write_frame(wire, &frame.wire) {
                 Wrote::All => {
                     written += 1;
-                    // Commit → written: what the connection was sent because something changed (not its own
-                    // answers, nor the presence counts it is sent on a timer).
-                    if !matches!(frame.kind, FrameKind::Reply | FrameKind::Snapshot(_) | FrameKind::Presence) {
-                        hub.metrics.broadcast_latency.observe(frame.published_at.elapsed().as_secs_f64());
-                    }
+                    observe_latency(&frame, &hub.metrics);
                 }
                 Wrote::Part(rest) => outbox.partial = Some(rest),
                 Wrote::Blocked => {
@@ -487,19 +483,17 @@ impl Mailbox {
 /// The newest state of every product changed since the last one `outbox` wrote, oldest change first. Its
 /// mark moves past each frame written, so a frame the socket could not take is read from the board again
 /// next time — by then perhaps a newer state of that product.
-fn write_products(outbox: &mut Outbox, wire: &dyn Wire, board: &ProductBoard, metrics: &Metrics) -> (u64, Flushed) {
+fn write_board(outbox: &mut Outbox, wire: &dyn Wire, board: &StateBoard, metrics: &Metrics) -> (u64, Flushed) {
     let mut written = 0;
-    for (generation, frame) in board.since(outbox.products_seen) {
+    for (generation, frame) in board.since(outbox.board_seen) {
         match write_frame(wire, &frame.wire) {
             Wrote::All => {
                 written += 1;
-                outbox.products_seen = generation;
-                if frame.kind != FrameKind::Presence {
-                    metrics.broadcast_latency.observe(frame.published_at.elapsed().as_secs_f64());
-                }
+                outbox.board_seen = generation;
+                observe_latency(&frame, metrics);
             }
             Wrote::Part(rest) => {
-                outbox.products_seen = generation;
+                outbox.board_seen = generation;
                 outbox.partial = Some(rest);
                 return (written, Flushed::Blocked);
             }
@@ -516,20 +510,26 @@ fn write_products(outbox: &mut Outbox, wire: &dyn Wire, board: &ProductBoard, me
 /// Count a frame the publisher wrote itself.
 fn written(frame: &Frame, metrics: &Metrics) {
     metrics.ws_messages_sent.inc();
-    if frame.kind != FrameKind::Presence {
+    observe_latency(frame, metrics);
+}
+
+/// Commit → written, for what a connection was sent because something changed: not its own answers, nor the
+/// presence counts it is sent on a timer.
+fn observe_latency(frame: &Frame, metrics: &Metrics) {
+    if !matches!(frame.kind, FrameKind::Reply | FrameKind::Snapshot(_) | FrameKind::Presence) {
         metrics.broadcast_latency.observe(frame.published_at.elapsed().as_secs_f64());
     }
 }
 
 /// The newest `PRODUCT_UPDATE` frame of every product that changed, one slot each, and the presence counts
 /// (see the module doc).
-pub struct ProductBoard {
+pub struct StateBoard {
     slots: Mutex<Slots>,
 }
 
 #[derive(Default)]
 struct Slots {
-    products: Vec<ProductSlot>,
+    slots: Vec<StateSlot>,
     /// The generation of the newest slot.
     generation: u64,
 }
@@ -542,7 +542,7 @@ enum Topic {
     Presence,
 }
 
-struct ProductSlot {
+struct StateSlot {
     id: Topic,
     /// `(epoch bits, revision)`: a newer revision of the same epoch, or any revision of another, replaces it.
     position: (u64, u64),
@@ -553,9 +553,9 @@ struct ProductSlot {
     delta: Option<Frame>,
 }
 
-impl ProductBoard {
-    fn new() -> ProductBoard {
-        ProductBoard { slots: Mutex::new(Slots::default()) }
+impl StateBoard {
+    fn new() -> StateBoard {
+        StateBoard { slots: Mutex::new(Slots::default()) }
     }
 
     /// Put `frame` (a `PRODUCT_UPDATE` of `product` at `position`) in its product's slot unless the slot holds
@@ -563,7 +563,7 @@ impl ProductBoard {
     fn publish(&self, topic: Topic, position: (u64, u64), frame: Frame, delta: Option<Frame>) -> Option<u64> {
         let mut slots = lock(&self.slots);
         let generation = slots.generation + 1;
-        match slots.products.iter_mut().find(|slot| slot.id == topic) {
+        match slots.slots.iter_mut().find(|slot| slot.id == topic) {
             Some(slot) => {
                 let newer = slot.position.0 != position.0 || position.1 > slot.position.1;
                 if !newer {
@@ -574,7 +574,7 @@ impl ProductBoard {
                 slot.frame = frame;
                 slot.delta = delta;
             }
-            None => slots.products.push(ProductSlot { id: topic, position, generation, frame, delta }),
+            None => slots.slots.push(StateSlot { id: topic, position, generation, frame, delta }),
         }
         slots.generation = generation;
         Some(generation)
@@ -591,7 +591,7 @@ impl ProductBoard {
             return Vec::new();
         }
         let mut fresh: Vec<(u64, Frame)> = slots
-            .products
+            .slots
             .iter()
             .filter(|slot| slot.generation > seen)
             .map(|slot| {
@@ -614,6 +614,40 @@ struct CartTopic {
 
 type Topics = Mutex<HashMap<CartKey, CartTopic>>;
 
+/// Whether a pass bringing every connection up to the board is running, and whether the board moved since it
+/// began its round: one pass at a time, which goes round again rather than a second starting.
+#[derive(Default)]
+struct Pass {
+    running: AtomicBool,
+    again: AtomicBool,
+}
+
+impl Pass {
+    /// The board moved: `true` if the caller is to run the pass (none was running).
+    fn start(&self) -> bool {
+        self.again.store(true, Ordering::Release);
+        let started = !self.running.swap(true, Ordering::AcqRel);
+        if started {
+            self.again.store(false, Ordering::Release);
+        }
+        started
+    }
+
+    /// A round ended: `true` if the board moved during it and this pass is to go round once more (else it has
+    /// stopped, and the next change starts one).
+    fn round_again(&self) -> bool {
+        if self.again.swap(false, Ordering::AcqRel) {
+            return true;
+        }
+        self.running.store(false, Ordering::Release);
+        // Moved between the check and the stop: take it back unless a new pass already did.
+        self.again.load(Ordering::Acquire) && !self.running.swap(true, Ordering::AcqRel) && {
+            self.again.store(false, Ordering::Release);
+            true
+        }
+    }
+}
+
 /// Every connection here.
 fn all_mailboxes(topics: &Topics) -> Vec<Arc<Mailbox>> {
     lock(topics).values().flat_map(|topic| topic.mailboxes.iter().cloned()).collect()
@@ -624,10 +658,8 @@ pub struct CartHub {
     topics: Arc<Topics>,
     mailbox_capacity: usize,
     everyone: broadcast::Sender<Frame>,
-    products: Arc<ProductBoard>,
-    /// A pass bringing every connection up to the board is running; `again`: the board moved during it.
-    passing: Arc<AtomicBool>,
-    again: Arc<AtomicBool>,
+    board: Arc<StateBoard>,
+    pass: Arc<Pass>,
     /// Rung when shopper messages wait or a service let go: this instance's chat desk claims again.
     chat_waiting: Arc<Notify>,
     metrics: Arc<Metrics>,
@@ -641,9 +673,8 @@ impl CartHub {
             topics: Arc::new(Mutex::new(HashMap::new())),
             mailbox_capacity,
             everyone,
-            products: Arc::new(ProductBoard::new()),
-            passing: Arc::new(AtomicBool::new(false)),
-            again: Arc::new(AtomicBool::new(false)),
+            board: Arc::new(StateBoard::new()),
+            pass: Arc::default(),
             chat_waiting: Arc::new(Notify::new()),
             metrics,
         })
@@ -659,11 +690,11 @@ impl CartHub {
         self.everyone.subscribe()
     }
 
-    /// Publish a product's new state to every connection here (see [`ProductBoard`]); `false` if the board
+    /// Publish a product's new state to every connection here (see [`StateBoard`]); `false` if the board
     /// already held it or a newer one.
     pub fn publish_product(&self, product: &Product, frame: Frame) -> bool {
         let position = (product.epoch.bits(), product.revision);
-        let published = self.products.publish(Topic::Product(product.id.clone()), position, frame, None).is_some();
+        let published = self.board.publish(Topic::Product(product.id.clone()), position, frame, None).is_some();
         if published {
             self.fan_out_state();
         }
@@ -673,7 +704,7 @@ impl CartHub {
     /// Publish presence counts to every connection here: `changes` goes to connections that have every earlier
     /// change, `all` the counts to one that missed some. `number` orders the publications (the presence loop's).
     pub fn publish_presence(&self, changes: Frame, all: Frame, number: u64) {
-        if self.products.publish(Topic::Presence, (0, number), all, Some(changes)).is_some() {
+        if self.board.publish(Topic::Presence, (0, number), all, Some(changes)).is_some() {
             self.fan_out_state();
         }
     }
@@ -684,66 +715,46 @@ impl CartHub {
     /// written only the newest state of what changed — so a flash sale costs a pass per round, not a pass
     /// and a wake-up of every connection per change.
     fn fan_out_state(&self) {
-        self.again.store(true, Ordering::Release);
-        if self.passing.swap(true, Ordering::AcqRel) {
+        if !self.pass.start() {
             return; // the running pass goes round again
         }
-        let topics = self.topics_snapshot();
-        let (board, metrics) = (self.products.clone(), self.metrics.clone());
-        let (passing, again) = (self.passing.clone(), self.again.clone());
-        let pass = move |mailboxes: &[Arc<Mailbox>]| {
+        let (board, metrics) = (self.board.clone(), self.metrics.clone());
+        let bring_up = move |mailboxes: &[Arc<Mailbox>]| {
             for mailbox in mailboxes {
-                let n = mailbox.catch_up(&board, &metrics);
-                metrics.ws_messages_sent.inc_by(n);
+                metrics.ws_messages_sent.inc_by(mailbox.catch_up(&board, &metrics));
             }
         };
+        let mut mailboxes = all_mailboxes(&self.topics);
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) if topics.len() > PRODUCT_FANOUT_SLICE => {
-                let hub_topics = self.topics_handle();
+            Ok(runtime) if mailboxes.len() > FANOUT_SLICE => {
+                let (topics, pass) = (self.topics.clone(), self.pass.clone());
                 runtime.spawn(async move {
-                    let mut mailboxes = topics;
                     loop {
-                        again.store(false, Ordering::Release);
-                        for slice in mailboxes.chunks(PRODUCT_FANOUT_SLICE) {
-                            pass(slice);
+                        for slice in mailboxes.chunks(FANOUT_SLICE) {
+                            bring_up(slice);
                             tokio::task::yield_now().await;
                         }
-                        passing.store(false, Ordering::Release);
-                        // Moved meanwhile, and no other pass took over: round again, over who is here now.
-                        if !again.load(Ordering::Acquire) || passing.swap(true, Ordering::AcqRel) {
+                        if !pass.round_again() {
                             return;
                         }
-                        mailboxes = all_mailboxes(&hub_topics);
+                        mailboxes = all_mailboxes(&topics);
                     }
                 });
             }
             // A few connections: written here and now.
-            _ => {
-                let mut mailboxes = topics;
-                loop {
-                    self.again.store(false, Ordering::Release);
-                    pass(&mailboxes);
-                    self.passing.store(false, Ordering::Release);
-                    if !self.again.load(Ordering::Acquire) || self.passing.swap(true, Ordering::AcqRel) {
-                        return;
-                    }
-                    mailboxes = self.topics_snapshot();
+            _ => loop {
+                bring_up(&mailboxes);
+                if !self.pass.round_again() {
+                    return;
                 }
-            }
+                mailboxes = all_mailboxes(&self.topics);
+            },
         }
-    }
-
-    fn topics_snapshot(&self) -> Vec<Arc<Mailbox>> {
-        all_mailboxes(&self.topics)
-    }
-
-    fn topics_handle(&self) -> Arc<Topics> {
-        self.topics.clone()
     }
 
     /// Start receiving updates of `key`; they stop when the subscription is dropped.
     pub fn subscribe(self: &Arc<Self>, key: &CartKey) -> Subscription {
-        let mailbox = Arc::new(Mailbox::new(self.mailbox_capacity, self.products.generation()));
+        let mailbox = Arc::new(Mailbox::new(self.mailbox_capacity, self.board.generation()));
         let mut topics = lock(&self.topics);
         topics
             .entry(key.clone())

@@ -118,8 +118,7 @@ impl Decoder {
         } else {
             self.pending.extend_from_slice(bytes);
             let buffer = std::mem::take(&mut self.pending);
-            let used = self.parse(&buffer, out);
-            let used = used?;
+            let used = self.parse(&buffer, out)?;
             self.pending = buffer;
             self.pending.drain(..used);
         }

@@ -286,7 +286,7 @@ impl Connection {
                             tracing::warn!(cart = self.cart.short(), missed, "fell behind the broadcast ring");
                             self.sockets.metrics.broadcast_lagged.inc();
                             // General notices in the gap are stored: send what is not acknowledged again.
-                            // (Product changes and presence do not use the ring: see `ProductBoard`.)
+                            // (Product changes and presence do not use the ring: see `StateBoard`.)
                             Box::pin(self.queue_stored_notices(mailbox)).await;
                         }
                         // Only when the hub is gone, i.e. the server is stopping.
@@ -330,7 +330,7 @@ impl Connection {
             match self.socket.tcp().try_read(&mut buffer) {
                 Ok(0) => return Read::Eof,
                 Ok(n) => {
-                    if let Err(error) = self.decoder.feed(&buffer[..n], incoming) {
+                    if let Read::Failed(error) = self.decode(&buffer[..n], incoming) {
                         return Read::Failed(error);
                     }
                     if incoming.iter().any(|m| matches!(m, Incoming::Close(_))) {
