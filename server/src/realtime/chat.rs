@@ -191,8 +191,13 @@ impl ChatDesk {
             }
             seats.sort_by_key(|(_, busy)| *busy);
             let mut took = false;
+            // Once a seat that could take a new conversation finds none, the rest of this round only renews
+            // and collects follow-ups: a shopper's message committed while the round is under way would
+            // otherwise go to a busier seat further down. The commit rings the desk, so the next round, sorted
+            // afresh, hands it to the least busy.
+            let mut none_waiting = false;
             for (id, busy) in seats {
-                let take = usize::from(busy < self.settings.in_flight);
+                let take = usize::from(busy < self.settings.in_flight && !none_waiting);
                 let handed = match self.shop.chat_claim(&id, self.settings.lease, take).await {
                     Ok(handed) => handed,
                     Err(e) => {
@@ -201,6 +206,7 @@ impl ChatDesk {
                     }
                 };
                 took |= !handed.is_empty();
+                none_waiting |= take == 1 && handed.is_empty();
                 let gone = {
                     let mut all = lock(&self.seats);
                     match all.iter_mut().find(|s| s.id == id) {
