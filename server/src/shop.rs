@@ -298,9 +298,10 @@ impl Shop {
         Ok(Presence { online, in_carts: self.store.holds().await? })
     }
 
-    /// The session's stored notices after its cursor, in the store's epoch.
-    pub async fn notices(&self, cart: &CartKey) -> Result<NoticeList, StoreError> {
-        let (cursor, notices) = self.store.notices_after(cart).await?;
+    /// The session's stored notices after its cursor, in the store's epoch (`issued_ms`: when its token was
+    /// issued, where the general notices start for a session read for the first time).
+    pub async fn notices(&self, cart: &CartKey, issued_ms: Option<u64>) -> Result<NoticeList, StoreError> {
+        let (cursor, notices) = self.store.notices_after(cart, issued_ms).await?;
         Ok(NoticeList { epoch: self.store.catalog().epoch().clone(), cursor: cursor.upto, notices })
     }
 

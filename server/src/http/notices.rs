@@ -18,7 +18,7 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn list(State(shop): State<Shop>, session: Session) -> Result<Json<NoticeList>, AppError> {
-    Ok(Json(shop.notices(&session.cart).await?))
+    Ok(Json(shop.notices(&session.cart, session.issued_ms()).await?))
 }
 
 /// Answer of `POST /api/notices/ack`.

@@ -151,7 +151,8 @@ async fn upgrade(
             }
         };
         let stream = Box::new(UpgradedStream(parts.io.into_inner()));
-        serve(stream, parts.read_buf, sockets, session.cart, peer, client_label(query.as_deref())).await;
+        let issued_ms = session.issued_ms();
+        serve(stream, parts.read_buf, sockets, session.cart, issued_ms, peer, client_label(query.as_deref())).await;
     }));
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -122,12 +122,13 @@ const READ_CHUNK: usize = 2048;
 const READS_PER_TURN: usize = 8;
 
 /// Serve one upgraded connection of `cart` until it ends; `read_ahead` is what the HTTP layer had already read
-/// past the upgrade request.
+/// past the upgrade request, `issued_ms` when the session's token was issued (see [`Shop::notices`]).
 pub async fn serve(
     tcp: Box<dyn TcpOwner>,
     read_ahead: Bytes,
     sockets: Arc<Sockets>,
     cart: CartKey,
+    issued_ms: Option<u64>,
     peer: SocketAddr,
     client: String,
 ) {
@@ -143,6 +144,7 @@ pub async fn serve(
         read_ahead,
         sockets,
         cart,
+        issued_ms,
         sent: 0,
         snapshot_due: None,
         notices_due: None,
@@ -168,6 +170,8 @@ struct Connection {
     read_ahead: Bytes,
     sockets: Arc<Sockets>,
     cart: CartKey,
+    /// When the session's token was issued: where its general notices start if the store has not seen it yet.
+    issued_ms: Option<u64>,
     /// Frames this task wrote (the hub counts its own).
     sent: u64,
     /// When to try again a snapshot the store could not give.
@@ -443,7 +447,7 @@ impl Connection {
 
     /// The session's stored notices after its cursor, oldest first; retried later if the store cannot say.
     async fn queue_stored_notices(&mut self, mailbox: &Mailbox) {
-        match self.sockets.shop.notices(&self.cart).await {
+        match self.sockets.shop.notices(&self.cart, self.issued_ms).await {
             Ok(list) => {
                 self.notices_due = None;
                 let count = list.notices.len();

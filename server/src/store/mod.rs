@@ -219,11 +219,14 @@ pub trait CartStore: Send + Sync + 'static {
         notice: &'a Notice,
     ) -> BoxFuture<'a, Result<PostedNotice, StoreError>>;
 
-    /// `cart`'s cursor and the stored notices after it (see [`NoticeCursor`]), oldest first; a session seen for
-    /// the first time gets a cursor (general notices from now on).
+    /// `cart`'s cursor and the stored notices after it (see [`NoticeCursor`]), oldest first. A session seen for
+    /// the first time gets a cursor: general notices from those sent at `issued_ms` on (when its token was
+    /// issued: what was posted between the page and its first socket is not lost), or from now on when that is
+    /// not known.
     fn notices_after<'a>(
         &'a self,
         cart: &'a CartKey,
+        issued_ms: Option<u64>,
     ) -> BoxFuture<'a, Result<(NoticeCursor, Vec<PostedNotice>), StoreError>>;
 
     /// Every notice up to `upto` was shown to `cart`'s session: move its cursor there (never down).

@@ -71,6 +71,14 @@ impl Seed {
     }
 }
 
+impl Session {
+    /// When the token was issued, in milliseconds since the Unix epoch (`None`: a version 1 token). General
+    /// notices start there for a session the notice store has not seen yet.
+    pub fn issued_ms(&self) -> Option<u64> {
+        self.issued.map(|secs| secs.saturating_mul(1_000))
+    }
+}
+
 impl fmt::Debug for Session {
     // Never print the token.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,6 +1,8 @@
--- Open a session's notice cursor (general notices from the current sequence on) if it has none, and move it up
--- to an acknowledged seq (never down, never past the last notice given).
--- KEYS: 1 cursor (`<upto> <general_from>`), 2 sequence. ARGV: 1 acknowledged seq or '', 2 ttl ms.
+-- Open a session's notice cursor if it has none — general notices from those sent at the session's issue time
+-- on, or from the current sequence on when that is not known — and move it up to an acknowledged seq (never
+-- down, never past the last notice given).
+-- KEYS: 1 cursor (`<upto> <general_from>`), 2 sequence, 3 the general notices (by seq).
+-- ARGV: 1 acknowledged seq or '', 2 ttl ms, 3 the session's issue time in ms or ''.
 -- Answers {upto, general_from}.
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
 local current = redis.call('GET', KEYS[1])
@@ -8,6 +10,19 @@ local upto, from = 0, seq
 if current then
   local u, f = string.match(current, '^(%d+) (%d+)$')
   upto, from = tonumber(u) or 0, tonumber(f) or seq
+elseif ARGV[3] ~= '' then
+  -- After the newest general notice sent before the session existed (0: every one kept is newer). The set is
+  -- capped, and this runs once per session.
+  local issued = tonumber(ARGV[3])
+  from = 0
+  local kept = redis.call('ZREVRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+  for i = 1, #kept, 2 do
+    local ok, notice = pcall(cjson.decode, kept[i])
+    if ok and type(notice) == 'table' and tonumber(notice.sent_at_ms) and tonumber(notice.sent_at_ms) < issued then
+      from = tonumber(kept[i + 1])
+      break
+    end
+  end
 end
 if ARGV[1] ~= '' then
   local acked = math.min(tonumber(ARGV[1]), seq)

@@ -288,12 +288,21 @@ impl RedisCartStore {
         }
     }
 
-    /// Run `cursor.lua`: open `cart`'s cursor if it has none, and move it up to `ack`.
-    async fn run_cursor(&self, cart: &CartKey, ack: Option<u64>) -> Result<NoticeCursor, StoreError> {
+    /// Run `cursor.lua`: open `cart`'s cursor if it has none (general notices from `issued_ms` on, or from now
+    /// on), and move it up to `ack`.
+    async fn run_cursor(
+        &self,
+        cart: &CartKey,
+        ack: Option<u64>,
+        issued_ms: Option<u64>,
+    ) -> Result<NoticeCursor, StoreError> {
         let mut c = self.connection.clone();
         let mut invocation = self.cursor.key(keys::notice_cursor(cart));
-        invocation.key(keys::NOTICE_SEQ);
-        invocation.arg(ack.map(|n| n.to_string()).unwrap_or_default()).arg(millis(self.retention.cart_expiry));
+        invocation.key(keys::NOTICE_SEQ).key(keys::NOTICES);
+        invocation
+            .arg(ack.map(|n| n.to_string()).unwrap_or_default())
+            .arg(millis(self.retention.cart_expiry))
+            .arg(issued_ms.map(|n| n.to_string()).unwrap_or_default());
         let (upto, general_from): (u64, u64) = self.call(invocation.invoke_async(&mut c)).await?;
         Ok(NoticeCursor { upto, general_from })
     }
@@ -887,9 +896,10 @@ impl CartStore for RedisCartStore {
     fn notices_after<'a>(
         &'a self,
         cart: &'a CartKey,
+        issued_ms: Option<u64>,
     ) -> BoxFuture<'a, Result<(NoticeCursor, Vec<PostedNotice>), StoreError>> {
         async move {
-            let cursor = self.run_cursor(cart, None).await?;
+            let cursor = self.run_cursor(cart, None, issued_ms).await?;
             let after = |seq: u64| format!("({seq}");
             let (own, general): (Vec<String>, Vec<String>) = self
                 .query(
@@ -921,7 +931,7 @@ impl CartStore for RedisCartStore {
     }
 
     fn ack_notices<'a>(&'a self, cart: &'a CartKey, upto: u64) -> BoxFuture<'a, Result<NoticeCursor, StoreError>> {
-        async move { self.run_cursor(cart, Some(upto)).await }.boxed()
+        async move { self.run_cursor(cart, Some(upto), None).await }.boxed()
     }
 
     fn probe_write(&self) -> BoxFuture<'_, Result<(), StoreError>> {

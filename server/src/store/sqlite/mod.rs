@@ -175,6 +175,7 @@ impl CartStore for SqliteCartStore {
     fn notices_after<'a>(
         &'a self,
         cart: &'a CartKey,
+        issued_ms: Option<u64>,
     ) -> BoxFuture<'a, Result<(NoticeCursor, Vec<PostedNotice>), StoreError>> {
         async move {
             let key = cart.as_str().to_owned();
@@ -183,7 +184,9 @@ impl CartStore for SqliteCartStore {
                 Some(cursor) => cursor,
                 None => {
                     let cart = cart.clone();
-                    self.submit(|reply| WriteJob::Cursor { cart, ack: None, reply }).await.map_err(only_store_errors)?
+                    self.submit(|reply| WriteJob::Cursor { cart, ack: None, issued_ms, reply })
+                        .await
+                        .map_err(only_store_errors)?
                 }
             };
             let (key, ttl, limit) =
@@ -198,7 +201,9 @@ impl CartStore for SqliteCartStore {
     fn ack_notices<'a>(&'a self, cart: &'a CartKey, upto: u64) -> BoxFuture<'a, Result<NoticeCursor, StoreError>> {
         let cart = cart.clone();
         async move {
-            self.submit(|reply| WriteJob::Cursor { cart, ack: Some(upto), reply }).await.map_err(only_store_errors)
+            self.submit(|reply| WriteJob::Cursor { cart, ack: Some(upto), issued_ms: None, reply })
+                .await
+                .map_err(only_store_errors)
         }
         .boxed()
     }

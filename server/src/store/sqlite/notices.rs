@@ -52,15 +52,28 @@ pub(super) fn cursor(conn: &Connection, key: &str) -> Result<Option<NoticeCursor
         .optional()?)
 }
 
-/// The session's cursor, made (general notices from now on) if it has none, then moved up to `ack` if given
-/// (never down, never past the last notice given); returns it as it is now.
-pub(super) fn open_cursor(conn: &Connection, key: &str, ack: Option<u64>) -> Result<NoticeCursor, StoreError> {
+/// The session's cursor, made if it has none — general notices from those sent at `issued_ms` on (when its
+/// token was issued), or from now on when that is not known — then moved up to `ack` if given (never down,
+/// never past the last notice given); returns it as it is now.
+pub(super) fn open_cursor(
+    conn: &Connection,
+    key: &str,
+    ack: Option<u64>,
+    issued_ms: Option<u64>,
+) -> Result<NoticeCursor, StoreError> {
     let last = to_sql(last_seq(conn)?);
+    // The newest general notice sent before the session existed (0: none is kept, so every one kept is newer).
+    let from: i64 = match issued_ms {
+        Some(ms) => conn
+            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM notices WHERE cart_key IS NULL AND created_ms < ?1")?
+            .query_row([to_sql(ms)], |r| r.get(0))?,
+        None => last,
+    };
     conn.prepare_cached(
         "INSERT INTO notice_cursors (cart_key, upto, general_from, updated_at) VALUES (?1, 0, ?2, ?3) \
          ON CONFLICT (cart_key) DO NOTHING",
     )?
-    .execute(params![key, last, now_secs()])?;
+    .execute(params![key, from.min(last), now_secs()])?;
     if let Some(upto) = ack {
         conn.prepare_cached("UPDATE notice_cursors SET upto = MAX(upto, ?2), updated_at = ?3 WHERE cart_key = ?1")?
             .execute(params![key, to_sql(upto).min(last), now_secs()])?;
@@ -145,7 +158,7 @@ mod tests {
     fn a_session_gets_its_own_and_the_general_notices_after_its_cursor_in_order() {
         let conn = store();
         post_notice(&conn, "n1", None, &notice("before the session"), 10).unwrap();
-        let fresh = open_cursor(&conn, "a", None).unwrap();
+        let fresh = open_cursor(&conn, "a", None, None).unwrap();
         assert_eq!(fresh, NoticeCursor { upto: 0, general_from: 1 });
         post_notice(&conn, "n2", Some("a"), &notice("for a"), 10).unwrap();
         post_notice(&conn, "n3", Some("b"), &notice("for b"), 10).unwrap();
@@ -153,17 +166,40 @@ mod tests {
         let list = after(&conn, "a", fresh, DAY_MS, 100).unwrap();
         assert_eq!(messages(&list), ["for a", "for all"], "not b's, not the one from before the session");
         assert_eq!(list.iter().map(|n| n.seq).collect::<Vec<_>>(), [2, 4]);
-        let acked = open_cursor(&conn, "a", Some(2)).unwrap();
+        let acked = open_cursor(&conn, "a", Some(2), None).unwrap();
         assert_eq!(messages(&after(&conn, "a", acked, DAY_MS, 100).unwrap()), ["for all"]);
-        assert_eq!(open_cursor(&conn, "a", Some(1)).unwrap().upto, 2, "never down");
-        assert_eq!(open_cursor(&conn, "a", Some(99)).unwrap().upto, 4, "never past the last notice");
+        assert_eq!(open_cursor(&conn, "a", Some(1), None).unwrap().upto, 2, "never down");
+        assert_eq!(open_cursor(&conn, "a", Some(99), None).unwrap().upto, 4, "never past the last notice");
         assert!(after(&conn, "a", cursor(&conn, "a").unwrap().unwrap(), DAY_MS, 100).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_session_first_seen_later_gets_the_general_notices_from_when_it_was_issued() {
+        let conn = store();
+        for id in ["g1", "g2", "g3"] {
+            post_notice(&conn, id, None, &notice(id), 10).unwrap();
+        }
+        post_notice(&conn, "own", Some("a"), &notice("own"), 10).unwrap();
+        let at = |id: &str| -> u64 {
+            conn.query_row("SELECT created_ms FROM notices WHERE id = ?1", [id], |r| r.get::<_, i64>(0)).unwrap() as u64
+        };
+        conn.execute("UPDATE notices SET created_ms = created_ms - 1000 WHERE id IN ('g1', 'g2')", []).unwrap();
+        // Issued between g2 and g3: g3 is for it, not the two before.
+        let issued = at("g2") + 1;
+        let c = open_cursor(&conn, "a", None, Some(issued)).unwrap();
+        assert_eq!(c, NoticeCursor { upto: 0, general_from: 2 });
+        assert_eq!(messages(&after(&conn, "a", c, DAY_MS, 100).unwrap()), ["g3", "own"]);
+        // Made once: a later read with another issue time (a renewed token) does not move it.
+        assert_eq!(open_cursor(&conn, "a", None, Some(0)).unwrap(), c);
+        // Issued before every notice kept: all of them; after the newest: none.
+        assert_eq!(open_cursor(&conn, "b", None, Some(0)).unwrap().general_from, 0);
+        assert_eq!(open_cursor(&conn, "c", None, Some(u64::MAX / 2)).unwrap().general_from, 3);
     }
 
     #[test]
     fn an_audience_keeps_its_newest_up_to_the_cap_and_old_ones_expire() {
         let conn = store();
-        let c = open_cursor(&conn, "a", None).unwrap();
+        let c = open_cursor(&conn, "a", None, None).unwrap();
         for n in 0..5 {
             post_notice(&conn, &format!("t{n}"), Some("a"), &notice(&format!("t{n}")), 3).unwrap();
             post_notice(&conn, &format!("g{n}"), None, &notice(&format!("g{n}")), 2).unwrap();

@@ -60,6 +60,8 @@ pub(super) enum WriteJob {
     Cursor {
         cart: CartKey,
         ack: Option<u64>,
+        /// When the session's token was issued, for a cursor made now (see [`notices::open_cursor`]).
+        issued_ms: Option<u64>,
         reply: oneshot::Sender<Result<NoticeCursor, MutationError>>,
     },
     /// A help-chat write (see [`super::chat`]).
@@ -373,7 +375,9 @@ fn apply_job(
             let to = to.as_ref().map(CartKey::as_str);
             Ok(JobOutcome::Notice(notices::post_notice(conn, &new_notice_id(), to, notice, cap)?))
         }
-        WriteJob::Cursor { cart, ack, .. } => Ok(JobOutcome::Cursor(notices::open_cursor(conn, cart.as_str(), *ack)?)),
+        WriteJob::Cursor { cart, ack, issued_ms, .. } => {
+            Ok(JobOutcome::Cursor(notices::open_cursor(conn, cart.as_str(), *ack, *issued_ms)?))
+        }
         WriteJob::Chat { write, .. } => Ok(JobOutcome::Chat(match write {
             ChatWrite::Post { cart, message } => {
                 let (message, new) = chat::post(conn, cart.as_str(), message, settings.retention.chat_history)?;
