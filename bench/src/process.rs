@@ -168,14 +168,7 @@ impl ServerProcess {
 
 /// Start `launch` and wait (30 s at most) for the line that gives its address.
 async fn spawn(launch: &Launch) -> Result<(Child, u32, String), String> {
-    let mut command = match launch.core {
-        Some(core) => {
-            let mut c = Command::new("taskset");
-            c.arg("-c").arg(core.to_string()).arg(&launch.program);
-            c
-        }
-        None => Command::new(&launch.program),
-    };
+    let mut command = pinned(launch.program.as_os_str(), launch.core);
     command.args(&launch.args).envs(launch.envs.iter().cloned()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     if let Some(cwd) = &launch.cwd {
         command.current_dir(cwd);
@@ -183,15 +176,40 @@ async fn spawn(launch: &Launch) -> Result<(Child, u32, String), String> {
     command.kill_on_drop(true);
     let mut child = command.spawn().map_err(|e| format!("cannot start {}: {e}", launch.program.display()))?;
     let pid = child.id().ok_or("the server exited at once")?;
+    // Ours says "serving on http://…", the peer "node-ws cart server on http://…".
+    let base = await_line(&mut child, "the server never printed its address", |line| {
+        let at = line.find("http://").filter(|_| line.contains("serving on ") || line.contains("cart server on "))?;
+        line[at..].split_whitespace().next().map(|s| s.trim_end_matches('/').to_owned())
+    })
+    .await?;
+    Ok((child, pid, base))
+}
+
+/// `program`, pinned to `core` with `taskset` when one is given.
+fn pinned(program: &std::ffi::OsStr, core: Option<usize>) -> Command {
+    match core {
+        Some(core) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(core.to_string()).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Read `child`'s stdout (30 s at most) until `found` makes something of a line, then keep draining it in the
+/// background so the child never blocks on a full pipe; `missing` is the error otherwise.
+async fn await_line<T>(
+    child: &mut Child,
+    missing: &str,
+    mut found: impl FnMut(&str) -> Option<T>,
+) -> Result<T, String> {
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
-    // Ours says "serving on http://…", the peer "node-ws cart server on http://…".
-    let base = tokio::time::timeout(Duration::from_secs(30), async {
+    let answer = tokio::time::timeout(Duration::from_secs(30), async {
         while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("serving on ") || line.contains("cart server on ") {
-                if let Some(at) = line.find("http://") {
-                    return line[at..].split_whitespace().next().map(|s| s.trim_end_matches('/').to_owned());
-                }
+            if let Some(answer) = found(&line) {
+                return Some(answer);
             }
         }
         None
@@ -199,9 +217,9 @@ async fn spawn(launch: &Launch) -> Result<(Child, u32, String), String> {
     .await
     .ok()
     .flatten()
-    .ok_or("the server never printed its address")?;
+    .ok_or_else(|| missing.to_owned())?;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, pid, base))
+    Ok(answer)
 }
 
 /// Copy the peer's three files to `install` and run `npm ci` there unless its lockfile is already installed.
@@ -251,14 +269,7 @@ impl RedisProcess {
         let port = free_port()?;
         let dir = std::env::temp_dir().join(format!("cartwheel-bench-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
-        let mut command = match core {
-            Some(core) => {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(core.to_string()).arg("redis-server");
-                c
-            }
-            None => Command::new("redis-server"),
-        };
+        let mut command = pinned("redis-server".as_ref(), core);
         command
             .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--daemonize", "no"])
             .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
@@ -267,21 +278,10 @@ impl RedisProcess {
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
         let mut child = command.spawn().map_err(|e| format!("cannot start redis-server: {e}"))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("Ready to accept connections") {
-                    return Some(());
-                }
-            }
-            None
+        await_line(&mut child, "redis-server never became ready", |line| {
+            line.contains("Ready to accept connections").then_some(())
         })
-        .await
-        .ok()
-        .flatten()
-        .ok_or("redis-server never became ready")?;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        .await?;
         Ok(RedisProcess { child, url: format!("redis://127.0.0.1:{port}/"), _dir: TempDir(dir) })
     }
 
