@@ -75,7 +75,8 @@ impl Retention {
 pub struct NoticeCursor {
     /// Every notice up to this `seq` was acknowledged.
     pub upto: u64,
-    /// General notices start after this `seq` for this session: the sequence when it was first seen.
+    /// General notices start after this `seq` for this session: just before the first one sent once its token
+    /// was issued (the sequence when it was first seen, for a token that does not say).
     pub general_from: u64,
 }
 

@@ -11,15 +11,16 @@ if current then
   local u, f = string.match(current, '^(%d+) (%d+)$')
   upto, from = tonumber(u) or 0, tonumber(f) or seq
 elseif ARGV[3] ~= '' then
-  -- After the newest general notice sent before the session existed (0: every one kept is newer). The set is
-  -- capped, and this runs once per session.
+  -- Just before the first general notice sent at or after the issue time (none: after every one so far). The
+  -- first such rather than the newest older one: should the instances' clocks disagree, a notice is shown once
+  -- too often rather than lost. The set is capped (`--shop-notices-cap`), and this runs once per session.
   local issued = tonumber(ARGV[3])
-  from = 0
-  local kept = redis.call('ZREVRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+  local kept = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
   for i = 1, #kept, 2 do
-    local ok, notice = pcall(cjson.decode, kept[i])
-    if ok and type(notice) == 'table' and tonumber(notice.sent_at_ms) and tonumber(notice.sent_at_ms) < issued then
-      from = tonumber(kept[i + 1])
+    -- Members are written by the store: `{"id":"ntc_…","seq":n,"sent_at_ms":t,…}`.
+    local sent = tonumber(string.match(kept[i], '"sent_at_ms":(%d+)'))
+    if sent and sent >= issued then
+      from = tonumber(kept[i + 1]) - 1
       break
     end
   end

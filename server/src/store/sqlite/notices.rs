@@ -1,7 +1,8 @@
 //! Stored notices in SQLite: one table for targeted (a session's inbox) and general notices (`cart_key` NULL),
 //! numbered by one `AUTOINCREMENT` sequence — never reused, even after deletes — and a cursor per session: what
-//! it acknowledged (`upto`) and where general notices start for it (`general_from`: the sequence when the
-//! session was first seen, so a new shopper is not handed a week of old announcements).
+//! it acknowledged (`upto`) and where general notices start for it (`general_from`: just before the first one
+//! sent once its token was issued, so a new shopper is not handed a week of old announcements and loses none
+//! sent after its page).
 
 use cartwheel_core::{Notice, PostedNotice};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -62,18 +63,21 @@ pub(super) fn open_cursor(
     issued_ms: Option<u64>,
 ) -> Result<NoticeCursor, StoreError> {
     let last = to_sql(last_seq(conn)?);
-    // The newest general notice sent before the session existed (0: none is kept, so every one kept is newer).
+    // Just before the first general notice sent at or after the issue time (none: after every one so far). The
+    // first such rather than the newest older one: should the instances' clocks disagree, a notice is shown
+    // once too often rather than lost.
     let from: i64 = match issued_ms {
         Some(ms) => conn
-            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM notices WHERE cart_key IS NULL AND created_ms < ?1")?
-            .query_row([to_sql(ms)], |r| r.get(0))?,
+            .prepare_cached("SELECT MIN(seq) - 1 FROM notices WHERE cart_key IS NULL AND created_ms >= ?1")?
+            .query_row([to_sql(ms)], |r| r.get::<_, Option<i64>>(0))?
+            .unwrap_or(last),
         None => last,
     };
     conn.prepare_cached(
         "INSERT INTO notice_cursors (cart_key, upto, general_from, updated_at) VALUES (?1, 0, ?2, ?3) \
          ON CONFLICT (cart_key) DO NOTHING",
     )?
-    .execute(params![key, from.min(last), now_secs()])?;
+    .execute(params![key, from, now_secs()])?;
     if let Some(upto) = ack {
         conn.prepare_cached("UPDATE notice_cursors SET upto = MAX(upto, ?2), updated_at = ?3 WHERE cart_key = ?1")?
             .execute(params![key, to_sql(upto).min(last), now_secs()])?;
@@ -180,20 +184,27 @@ mod tests {
             post_notice(&conn, id, None, &notice(id), 10).unwrap();
         }
         post_notice(&conn, "own", Some("a"), &notice("own"), 10).unwrap();
-        let at = |id: &str| -> u64 {
-            conn.query_row("SELECT created_ms FROM notices WHERE id = ?1", [id], |r| r.get::<_, i64>(0)).unwrap() as u64
+        // Sent a second apart, the last one a few seconds ago.
+        let base = now_ms() - 10_000;
+        let stamp = |id: &str, at: u64| {
+            conn.execute("UPDATE notices SET created_ms = ?2 WHERE id = ?1", params![id, at as i64]).unwrap();
         };
-        conn.execute("UPDATE notices SET created_ms = created_ms - 1000 WHERE id IN ('g1', 'g2')", []).unwrap();
+        for (i, id) in ["g1", "g2", "g3"].into_iter().enumerate() {
+            stamp(id, base + 1_000 * i as u64);
+        }
         // Issued between g2 and g3: g3 is for it, not the two before.
-        let issued = at("g2") + 1;
-        let c = open_cursor(&conn, "a", None, Some(issued)).unwrap();
+        let c = open_cursor(&conn, "a", None, Some(base + 1_500)).unwrap();
         assert_eq!(c, NoticeCursor { upto: 0, general_from: 2 });
         assert_eq!(messages(&after(&conn, "a", c, DAY_MS, 100).unwrap()), ["g3", "own"]);
         // Made once: a later read with another issue time (a renewed token) does not move it.
         assert_eq!(open_cursor(&conn, "a", None, Some(0)).unwrap(), c);
         // Issued before every notice kept: all of them; after the newest: none.
         assert_eq!(open_cursor(&conn, "b", None, Some(0)).unwrap().general_from, 0);
-        assert_eq!(open_cursor(&conn, "c", None, Some(u64::MAX / 2)).unwrap().general_from, 3);
+        assert_eq!(open_cursor(&conn, "c", None, Some(base + 60_000)).unwrap().general_from, 4);
+        // Times out of order (g3 stamped by an instance whose clock is behind): issued at g2, both g2 and g3
+        // are for it, g3 is not lost.
+        stamp("g3", base + 500);
+        assert_eq!(open_cursor(&conn, "d", None, Some(base + 1_000)).unwrap().general_from, 1);
     }
 
     #[test]
