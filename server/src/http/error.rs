@@ -52,6 +52,8 @@ pub enum AppError {
     IdempotencyKeyReused,
     #[error("{0}")]
     BadUpgrade(String),
+    #[error("this server speaks WebSocket version 13 only (`Sec-WebSocket-Version: 13`)")]
+    WebSocketVersion,
     #[error("{0}: close one before opening another")]
     TooManySockets(#[from] crate::realtime::quota::QuotaExceeded),
     #[error("the cart changed (in another tab or device) since the version this request names; nothing was changed — here is the cart as it is now")]
@@ -126,6 +128,7 @@ impl AppError {
                 StatusCode::BAD_REQUEST
             }
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::WebSocketVersion => StatusCode::UPGRADE_REQUIRED,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -159,7 +162,7 @@ impl AppError {
             AppError::TooManySockets(_) => ErrorCode::TooManyConnections,
             AppError::InvalidIdempotencyKey(_) => ErrorCode::InvalidIdempotencyKey,
             AppError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
-            AppError::BadUpgrade(_) => ErrorCode::InvalidMessage,
+            AppError::BadUpgrade(_) | AppError::WebSocketVersion => ErrorCode::InvalidMessage,
             AppError::VersionMismatch(_) => ErrorCode::VersionMismatch,
             AppError::PriceChanged(_) => ErrorCode::PriceChanged,
             AppError::Store(_) => ErrorCode::ServiceUnavailable,
@@ -180,6 +183,7 @@ impl IntoResponse for AppError {
         };
         let mut body = ErrorBody::new(self.code(), self.to_string());
         let bearer_challenge = matches!(self, AppError::ServiceUnauthorized);
+        let version_wanted = matches!(self, AppError::WebSocketVersion);
         match self {
             AppError::Shortfalls(lines) => body.error.shortfalls = lines,
             AppError::VersionMismatch(cart) | AppError::PriceChanged(cart) => body.error.cart = Some(*cart),
@@ -191,6 +195,9 @@ impl IntoResponse for AppError {
         }
         if bearer_challenge {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if version_wanted {
+            response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         }
         response
     }

@@ -20,7 +20,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use base64::Engine;
-use sha1::{Digest, Sha1};
 
 use super::client::Client;
 use super::error::AppError;
@@ -67,11 +66,16 @@ impl<S: Send + Sync> FromRequestParts<S> for ShopperUpgrade {
             return refuse("`Upgrade` header did not include 'websocket'");
         }
         if parts.headers.get(SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
-            return refuse("`Sec-WebSocket-Version` header did not include '13'");
+            // 426 with the version this server speaks (RFC 6455 §4.4).
+            return Err(AppError::WebSocketVersion);
         }
         let Some(key) = parts.headers.get(SEC_WEBSOCKET_KEY).cloned() else {
             return refuse("`Sec-WebSocket-Key` header missing");
         };
+        let nonce = base64::engine::general_purpose::STANDARD.decode(key.as_bytes());
+        if nonce.map_or(true, |n| n.len() != 16) {
+            return refuse("`Sec-WebSocket-Key` is not 16 bytes in base64");
+        }
         let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
             return refuse("WebSocket request couldn't be upgraded since no upgrade state was present");
         };
@@ -91,10 +95,7 @@ fn has_token(headers: &HeaderMap, name: axum::http::HeaderName, token: &str) -> 
 
 /// `Sec-WebSocket-Accept` for a client's key (RFC 6455 §4.2.2).
 fn accept_key(key: &[u8]) -> String {
-    let mut sha1 = Sha1::new();
-    sha1.update(key);
-    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64::engine::general_purpose::STANDARD.encode(sha1.finalize())
+    tungstenite::handshake::derive_accept_key(key)
 }
 
 async fn upgrade(
@@ -159,8 +160,12 @@ async fn upgrade(
     let headers = response.headers_mut();
     headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(accept) = HeaderValue::from_str(&accept_key(key.as_bytes())) {
-        headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+    // Base64 is always a valid header value; were it not, no client could take the answer anyway.
+    match HeaderValue::from_str(&accept_key(key.as_bytes())) {
+        Ok(accept) => {
+            headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        Err(e) => tracing::error!(error = %e, "the WebSocket accept key is not a header value"),
     }
     if let Some(cookie) = renewal.and_then(|c| HeaderValue::from_str(&c).ok()) {
         headers.append(SET_COOKIE, cookie);

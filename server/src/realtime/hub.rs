@@ -78,8 +78,8 @@ pub enum FrameKind {
 /// Where a cart update is in its cart's history: `(epoch bits, version)`.
 pub type CartPosition = (u64, CartVersion);
 
-/// Whether a cart update at `incoming` should follow one at `sent`: always in another epoch (a new history,
-/// see `cartwheel_core::version`), else only at a higher version.
+/// Whether a cart update (or a board slot's state) at `incoming` should follow one at `sent`: always in another
+/// epoch (a new history, see `cartwheel_core::version`), else only at a higher version.
 pub fn supersedes(incoming: CartPosition, sent: Option<CartPosition>) -> bool {
     sent.is_none_or(|(epoch, version)| epoch != incoming.0 || incoming.1 > version)
 }
@@ -129,14 +129,6 @@ impl Frame {
         Frame::new(FrameKind::Product, &ServerMessage::ProductUpdate { data: product.clone() })
     }
 
-    /// The frame that tells connections of a committed event.
-    pub fn of_event(event: &Event) -> Frame {
-        match event {
-            Event::CartChanged { cart, .. } => Frame::cart_update(cart),
-            Event::ProductChanged(product) => Frame::product_update(product),
-        }
-    }
-
     pub fn notice(epoch: &Epoch, notice: &PostedNotice) -> Frame {
         Frame::new(
             FrameKind::Notice(notice.seq),
@@ -171,11 +163,6 @@ impl Frame {
             FrameKind::Cart(p) => Some(p),
             _ => None,
         }
-    }
-
-    /// The cart version, for a cart update.
-    pub fn version(&self) -> Option<CartVersion> {
-        self.position().map(|(_, v)| v)
     }
 }
 
@@ -217,8 +204,11 @@ fn write_frame(wire: &dyn Wire, bytes: &Bytes) -> Wrote {
 /// What became of a frame handed to a mailbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offered {
-    /// On the socket (whole, or its rest left for the connection's task to finish).
+    /// On the socket, whole.
     Written,
+    /// Begun (its rest left for the connection's task, which counts it once finished), or its write failed
+    /// (the connection is over).
+    Taken,
     /// Waiting for the connection's task; `true` if the queue was full and made room (see the module doc).
     Queued(bool),
     /// Not newer than what the connection already has.
@@ -253,23 +243,23 @@ impl Outbox {
         self.queue.is_empty() && self.partial.is_none() && !self.broken
     }
 
-    /// Write `frame` now if nothing is ahead of it; `false` if it must queue.
-    fn write_now(&mut self, frame: &Frame) -> bool {
+    /// Write `frame` now if nothing is ahead of it: `None` if it must queue, else whether it went out whole.
+    fn write_now(&mut self, frame: &Frame) -> Option<bool> {
         if !self.idle() {
-            return false;
+            return None;
         }
-        let Some(wire) = self.wire.clone() else { return false };
+        let wire = self.wire.clone()?;
         match write_frame(&*wire, &frame.wire) {
-            Wrote::All => true,
+            Wrote::All => Some(true),
             Wrote::Part(rest) => {
                 self.partial = Some(rest);
-                true
+                Some(false)
             }
-            Wrote::Blocked => false,
+            Wrote::Blocked => None,
             Wrote::Failed => {
                 self.broken = true;
                 self.wire = None;
-                true
+                Some(false)
             }
         }
     }
@@ -280,7 +270,7 @@ impl Outbox {
         let overflowed = queue.len() >= capacity;
         if overflowed {
             let is_cart = |f: &Frame| matches!(f.kind, FrameKind::Cart(_));
-            // Superseded snapshots go first: by the new frame if it is one, else by the newest queued one.
+            // Superseded cart updates go first: all of them if the new frame is one, else all but the newest.
             let keep = if is_cart(&frame) { None } else { queue.iter().rposition(is_cart) };
             let mut index = 0;
             queue.retain(|f| {
@@ -330,8 +320,9 @@ impl Mailbox {
         }
     }
 
-    /// Hand `frame` to this connection: written at once when nothing is ahead of it (cart updates only: a
-    /// notice may have to be checked against a replay by the connection), else queued.
+    /// Hand `frame` to this connection: a cart update is written at once when nothing is ahead of it, anything
+    /// else queued. (A session's notice may come again after a replay of the stored ones; clients drop a
+    /// notice whose id they have shown.)
     fn offer(&self, frame: Frame) -> Offered {
         let mut outbox = lock(&self.outbox);
         if outbox.closing {
@@ -341,12 +332,12 @@ impl Mailbox {
             if !supersedes(position, outbox.last_cart) {
                 return Offered::Stale;
             }
-            if outbox.write_now(&frame) {
+            if let Some(whole) = outbox.write_now(&frame) {
                 outbox.last_cart = Some(position);
-                let wake = outbox.partial.is_some() || outbox.broken;
                 drop(outbox);
-                if wake {
+                if !whole {
                     self.ready.notify_one();
+                    return Offered::Taken;
                 }
                 return Offered::Written;
             }
@@ -558,15 +549,15 @@ impl StateBoard {
         StateBoard { slots: Mutex::new(Slots::default()) }
     }
 
-    /// Put `frame` (a `PRODUCT_UPDATE` of `product` at `position`) in its product's slot unless the slot holds
-    /// the same or a newer state; returns its generation if it did.
+    /// Put `frame` (the state of `topic` at `position`; `delta`, if any, what changed since the slot's last
+    /// one) in the topic's slot unless the slot holds the same or a newer state; returns its generation if it
+    /// did.
     fn publish(&self, topic: Topic, position: (u64, u64), frame: Frame, delta: Option<Frame>) -> Option<u64> {
         let mut slots = lock(&self.slots);
         let generation = slots.generation + 1;
         match slots.slots.iter_mut().find(|slot| slot.id == topic) {
             Some(slot) => {
-                let newer = slot.position.0 != position.0 || position.1 > slot.position.1;
-                if !newer {
+                if !supersedes(position, Some(slot.position)) {
                     return None;
                 }
                 slot.position = position;
@@ -685,7 +676,7 @@ impl CartHub {
         self.chat_waiting.clone()
     }
 
-    /// Start receiving the frames for everyone but product updates (general notices, presence).
+    /// Start receiving the general notices (product changes and presence go through the board).
     pub fn everyone(&self) -> broadcast::Receiver<Frame> {
         self.everyone.subscribe()
     }
@@ -786,7 +777,7 @@ impl CartHub {
                 Offered::Queued(true) => {
                     self.metrics.slow_consumer_events.inc();
                 }
-                Offered::Queued(false) | Offered::Stale => {}
+                Offered::Queued(false) | Offered::Taken | Offered::Stale => {}
             }
         }
         mailboxes.len()
@@ -1089,8 +1080,9 @@ mod tests {
         hub.announce(&cart_event(&a, 2));
         hub.announce(&cart_event(&a, 3));
         assert_eq!(s.mailbox().kinds(), [FrameKind::Cart((0, 3))], "queued behind the rest of version 2");
+        assert_eq!(hub.metrics.ws_messages_sent.get(), 1, "a begun frame is counted once it is finished");
         socket.give(usize::MAX);
-        assert_eq!(s.mailbox().flush(&*socket, &hub).1, Flushed::Done);
+        assert_eq!(s.mailbox().flush(&*socket, &hub), (2, Flushed::Done), "the rest of 2, then 3");
         assert_eq!(socket.versions(), [1, 2, 3]);
         // Detached (closing): nothing more is written or queued.
         s.mailbox().detach();

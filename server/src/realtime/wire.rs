@@ -16,7 +16,7 @@ use std::io::Cursor;
 
 use bytes::Bytes;
 use cartwheel_core::protocol::close;
-use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
 /// The longest control-frame payload (RFC 6455 §5.5).
@@ -193,10 +193,22 @@ impl Decoder {
             OpCode::Control(Control::Ping) => return Ok(Some(Incoming::Ping(payload))),
             OpCode::Control(Control::Pong) => return Ok(Some(Incoming::Pong)),
             OpCode::Control(Control::Close) => {
-                let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
-                if payload.len() == 1 {
-                    return Err(WireError::Protocol("a close frame's code is two bytes"));
-                }
+                let code = match payload.as_slice() {
+                    [] => None,
+                    [_] => return Err(WireError::Protocol("a close frame's code is two bytes")),
+                    [high, low, reason @ ..] => {
+                        let code = u16::from_be_bytes([*high, *low]);
+                        // Codes a peer may not send (1005, 1006, 1015, unassigned ones), or a reason that is not
+                        // UTF-8: a protocol error, not a code to echo back (RFC 6455 §7.4, §5.5.1).
+                        if !CloseCode::from(code).is_allowed() {
+                            return Err(WireError::Protocol("a close code a peer may not send"));
+                        }
+                        if std::str::from_utf8(reason).is_err() {
+                            return Err(WireError::Protocol("a close reason that is not UTF-8"));
+                        }
+                        Some(code)
+                    }
+                };
                 return Ok(Some(Incoming::Close(code)));
             }
             OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
@@ -321,6 +333,19 @@ mod tests {
         assert!(matches!(decode(100, &nested), Err(WireError::Protocol(_))));
         assert_eq!(decode(100, &client(0x1, true, &[0xff, 0xfe])), Err(WireError::NotUtf8));
         assert_eq!(WireError::NotUtf8.close_code(), close::INVALID_PAYLOAD);
+        // A close frame: a code a peer may send, with a UTF-8 reason, or no code at all.
+        assert_eq!(decode(100, &client(0x8, true, b"")).unwrap(), [Incoming::Close(None)]);
+        let mut bye = 4000u16.to_be_bytes().to_vec();
+        bye.extend_from_slice("tschüss".as_bytes());
+        assert_eq!(decode(100, &client(0x8, true, &bye)).unwrap(), [Incoming::Close(Some(4000))]);
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+            let refused = decode(100, &client(0x8, true, &code.to_be_bytes()));
+            assert!(matches!(refused, Err(WireError::Protocol(_))), "close code {code}: {refused:?}");
+        }
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason.extend_from_slice(&[0xff]);
+        assert!(matches!(decode(100, &client(0x8, true, &bad_reason)), Err(WireError::Protocol(_))));
+        assert!(matches!(decode(100, &client(0x8, true, &[3])), Err(WireError::Protocol(_))), "one byte");
     }
 
     #[test]

@@ -7,9 +7,10 @@
 //! [`super::wire`]'s; frames for many connections are written by their publisher (see [`super::hub`]), this
 //! task writes the connection's own and finishes what a full socket could not take. When the store cannot be
 //! read (Redis unreachable), it says so in an `ERROR` frame, stays open and tries the snapshot again every
-//! [`defaults::SNAPSHOT_RETRY`]. It closes with 1009 for an oversized frame, 1008 for a client that floods
-//! frames, 1001 when the server shuts down or the peer stops answering heartbeats — and it drops a peer that
-//! stops reading rather than buffer for it without bound.
+//! [`defaults::SNAPSHOT_RETRY`]. It closes with 1009 for an oversized frame, 1002 for bytes that break the
+//! protocol, 1007 for text that is not UTF-8, 1008 for a client that floods frames, 1001 when the server shuts
+//! down or the peer stops answering heartbeats, and answers a client's close with its code — and it drops a
+//! peer that stops reading rather than buffer for it without bound.
 
 use std::collections::HashSet;
 use std::io;
@@ -118,6 +119,8 @@ impl Wire for Socket {
 
 /// Bytes read from the socket at a time (on the stack of a synchronous read, so an idle connection holds none).
 const READ_CHUNK: usize = 2048;
+/// How long a closing connection waits for the peer's close frame (or its hang-up) before letting go.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Reads per turn of the loop before the connection's other work gets a look in.
 const READS_PER_TURN: usize = 8;
 
@@ -212,7 +215,7 @@ impl Connection {
         // Then every stored notice the session has not acknowledged (live ones may come twice: clients drop a
         // notice whose id they have shown).
         Box::pin(self.queue_stored_notices(mailbox)).await;
-        // All the counts now; then what changes, with everyone (at most one frame per presence interval). Not
+        // All the counts now; then what changes, from the board (at most one frame per presence interval). Not
         // before the first count (the server just started): zeros would blank the labels the page was rendered
         // with, and the first count follows within an interval.
         let counts = self.sockets.presence.current();
@@ -222,7 +225,7 @@ impl Connection {
         if let Err(ending) = self.flush(mailbox).await {
             return ending;
         }
-        // The opening frames are out (or queued behind a full socket): from now on the hub may write here.
+        // The opening frames are out: from now on the hub may write here.
         mailbox.attach(self.socket.clone());
         let limits = self.sockets.limits;
         let mut frames = TokenBucket::new(limits.frames, Instant::now());
@@ -253,7 +256,7 @@ impl Connection {
                     Read::Eof | Read::Broken => return Ending::ClientGone,
                     Read::Failed(error) => {
                         let too_big = matches!(error, WireError::TooBig { .. });
-                        Box::pin(self.close(mailbox, error.close_code(), "invalid frame")).await;
+                        Box::pin(self.close_unreadable(mailbox, error.close_code())).await;
                         return if too_big { Ending::MessageTooBig } else { Ending::ReadError };
                     }
                 }
@@ -495,15 +498,15 @@ impl Connection {
         }
     }
 
-    /// Send a close frame (after nothing but the rest of a frame already begun) and give the peer a moment to
-    /// answer it, so the close handshake completes.
+    /// Send a close frame (after the rest of a frame already begun and the answers queued) and give the peer a
+    /// moment to answer it, so the close handshake completes.
     async fn close(&mut self, mailbox: &Mailbox, code: u16, reason: &'static str) {
         mailbox.detach();
         mailbox.push_own(Frame::control(wire::close_frame(code, reason)));
         if self.flush(mailbox).await.is_err() {
             return;
         }
-        let _ = timeout(Duration::from_secs(1), async {
+        let _ = timeout(CLOSE_LINGER, async {
             let mut incoming = Vec::new();
             loop {
                 if self.socket.tcp().readable().await.is_err() {
@@ -513,6 +516,32 @@ impl Connection {
                     Read::Open if incoming.iter().any(|m| matches!(m, Incoming::Close(_))) => return,
                     Read::Open => incoming.clear(),
                     _ => return,
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Close after a frame that could not be decoded: what follows it is not frames, so it is read and thrown
+    /// away (until the peer hangs up, or for a moment at most) rather than decoded. Dropping the socket with
+    /// those bytes unread would reset the connection, and the peer could lose the close frame and its code.
+    async fn close_unreadable(&mut self, mailbox: &Mailbox, code: u16) {
+        mailbox.detach();
+        mailbox.push_own(Frame::control(wire::close_frame(code, "invalid frame")));
+        if self.flush(mailbox).await.is_err() {
+            return;
+        }
+        let _ = timeout(CLOSE_LINGER, async {
+            let mut buffer = [0u8; READ_CHUNK];
+            loop {
+                if self.socket.tcp().readable().await.is_err() {
+                    return;
+                }
+                match self.socket.tcp().try_read(&mut buffer) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                    Err(_) => return,
                 }
             }
         })

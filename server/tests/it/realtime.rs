@@ -212,13 +212,7 @@ async fn a_stalled_subscriber_does_not_delay_others_and_ends_on_the_latest() {
         "the stalled socket skipped stale versions ({} frames for {rounds} changes)",
         seen.len()
     );
-    let metrics = server.metrics().await;
-    let slow: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("cartwheel_ws_slow_consumer_events_total "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let slow = server.metric_value("cartwheel_ws_slow_consumer_events_total").await;
     assert!(slow > 0, "the overflow was counted");
 }
 
@@ -326,28 +320,27 @@ fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// Server frames until a close frame: its code (`None` if the connection ended without one), and the texts
-/// before it.
-async fn close_code_of(tcp: &mut tokio::net::TcpStream) -> (Option<u16>, Vec<String>) {
-    let mut texts = Vec::new();
-    let code = frames_until_close(tcp, &mut texts).await;
-    (code, texts)
-}
-
-async fn frames_until_close(tcp: &mut tokio::net::TcpStream, texts: &mut Vec<String>) -> Option<u16> {
+/// Server frames until a close frame: its code (`None` if the connection ended without one, or the close
+/// frame carried none), and the texts before it.
+async fn close_code_of(tcp: &mut (impl tokio::io::AsyncRead + Unpin)) -> (Option<u16>, Vec<String>) {
     use tokio::io::AsyncReadExt;
+    let mut texts = Vec::new();
     loop {
-        let (first, second) = (tcp.read_u8().await.ok()?, tcp.read_u8().await.ok()?);
+        let Ok(first) = tcp.read_u8().await else { return (None, texts) };
+        let Ok(second) = tcp.read_u8().await else { return (None, texts) };
         assert_eq!(second & 0x80, 0, "server frames are never masked");
         let len = match second & 0x7f {
-            126 => usize::from(tcp.read_u16().await.ok()?),
-            127 => usize::try_from(tcp.read_u64().await.ok()?).unwrap(),
-            n => usize::from(n),
+            126 => tcp.read_u16().await.map(usize::from),
+            127 => tcp.read_u64().await.map(|n| usize::try_from(n).unwrap()),
+            n => Ok(usize::from(n)),
         };
+        let Ok(len) = len else { return (None, texts) };
         let mut payload = vec![0; len];
-        tcp.read_exact(&mut payload).await.ok()?;
+        if tcp.read_exact(&mut payload).await.is_err() {
+            return (None, texts);
+        }
         match first & 0x0f {
-            0x8 => return Some(u16::from_be_bytes([payload[0], payload[1]])),
+            0x8 => return (payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])), texts),
             0x1 => texts.push(String::from_utf8(payload).unwrap()),
             _ => {}
         }
@@ -374,12 +367,80 @@ async fn bytes_that_are_not_websocket_close_with_the_rfcs_codes() {
     tcp.write_all(&masked(0x1, &[0xff, 0xfe, 0xfd])).await.unwrap();
     assert_eq!(close_code_of(&mut tcp).await.0, Some(close::INVALID_PAYLOAD));
 
-    // The client's own close is answered with its code.
+    // The client's own close is answered with its code; a code no peer may send (1005: "no status") is a
+    // protocol error, not echoed.
     let mut tcp = raw_socket(&server, &shopper.cookie).await;
     tcp.write_all(&masked(0x8, &4321u16.to_be_bytes())).await.unwrap();
     assert_eq!(close_code_of(&mut tcp).await.0, Some(4321));
-    server.await_metric(r#"cartwheel_ws_disconnects_total{reason="read_error"} 2"#).await;
+    let mut tcp = raw_socket(&server, &shopper.cookie).await;
+    tcp.write_all(&masked(0x8, &1005u16.to_be_bytes())).await.unwrap();
+    assert_eq!(close_code_of(&mut tcp).await.0, Some(close::PROTOCOL_ERROR));
+    server.await_metric(r#"cartwheel_ws_disconnects_total{reason="read_error"} 3"#).await;
     server.await_metric(r#"cartwheel_ws_disconnects_total{reason="client_closed"} 1"#).await;
+}
+
+/// What is not a WebSocket upgrade the server can take is refused before it, as JSON: a version other than 13
+/// with 426 and the version it speaks (RFC 6455 §4.4), a key that is not 16 bytes in base64 with 400.
+#[tokio::test]
+async fn an_upgrade_of_another_version_or_with_a_malformed_key_is_refused_in_json() {
+    let server = TestServer::start().await;
+    let shopper = server.shopper().await;
+    let upgrade = |version: &'static str, key: &'static str| {
+        shopper
+            .http
+            .get(server.url("/ws"))
+            .header("cookie", &shopper.cookie)
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", version)
+            .header("sec-websocket-key", key)
+            .send()
+    };
+    let old = upgrade("8", "dGhlIHNhbXBsZSBub25jZQ==").await.unwrap();
+    assert_eq!(old.status(), 426);
+    assert_eq!(old.headers().get("sec-websocket-version").map(|v| v.as_bytes()), Some(&b"13"[..]));
+    assert_eq!(old.json::<serde_json::Value>().await.unwrap()["error"]["code"], "invalid_message");
+    for key in ["not base64!", "c2hvcnQ=", "dGhlIHNhbXBsZSBub25jZSBhbmQgbW9yZQ=="] {
+        let refused = upgrade("13", key).await.unwrap();
+        assert_eq!(refused.status(), 400, "key {key}");
+        assert_eq!(refused.json::<serde_json::Value>().await.unwrap()["error"]["code"], "invalid_message");
+    }
+    // (Those got past `Connection: keep-alive, Upgrade`: a token list, in any case.) The RFC's own key is taken.
+    let _ = raw_socket(&server, &shopper.cookie).await;
+}
+
+/// A message larger than the limit, still arriving when it is refused (from its header): the client gets the
+/// 1009 close frame, not a reset that could swallow it — the rest of its bytes are read and thrown away.
+#[tokio::test]
+async fn an_oversized_message_still_arriving_is_answered_with_1009_not_a_reset() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    let shopper = server.shopper().await;
+    let tcp = raw_socket(&server, &shopper.cookie).await;
+    let (mut read, mut write) = tcp.into_split();
+    let size = 4 * cartwheel_core::protocol::MAX_WS_MESSAGE_BYTES;
+    let mut header = vec![0x81, 0x80 | 127];
+    header.extend_from_slice(&(size as u64).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    // The payload goes on being written while the server answers (the writes fail once it has let go).
+    let writer = tokio::spawn(async move {
+        if write.write_all(&header).await.is_ok() {
+            for _ in 0..size / 4096 {
+                if write.write_all(&[b'x'; 4096]).await.is_err() {
+                    break;
+                }
+            }
+        }
+        write
+    });
+    assert_eq!(close_code_of(&mut read).await.0, Some(close::MESSAGE_TOO_BIG));
+    // Every byte was taken: the writer finishes, hangs up, and the server's end is an orderly one.
+    let write = writer.await.unwrap();
+    drop(write);
+    let mut rest = [0u8; 64];
+    let end = tokio::io::AsyncReadExt::read(&mut read, &mut rest).await;
+    assert!(matches!(end, Ok(0)), "a clean end after the close frame, not a reset: {end:?}");
+    server.await_metric(r#"cartwheel_ws_disconnects_total{reason="message_too_big"} 1"#).await;
 }
 
 /// A client that sends a message and hangs up at once: the server handles what it read, sees the end, and

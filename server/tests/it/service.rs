@@ -408,8 +408,8 @@ async fn a_connection_that_falls_behind_the_broadcast_ring_still_gets_every_prod
     flood(400).await;
     patch_product(&server, "beeswax-candle", json!({"stock": 29})).await;
     flood(2 * RING).await;
-    // … which, once it reads again, still learns the candle's new stock: the connection finds it fell behind
-    // and resends the whole catalog.
+    // … which, once it reads again, still learns the candle's new stock: product changes do not travel in the
+    // ring (the board holds the newest state of each), so falling behind it loses none.
     loop {
         let v = ws.next_json().await;
         if v["type"] == "PRODUCT_UPDATE" && v["data"]["id"] == "beeswax-candle" {
@@ -418,7 +418,9 @@ async fn a_connection_that_falls_behind_the_broadcast_ring_still_gets_every_prod
         }
         assert!(v["type"] == "NOTICE" || v["type"] == "PRODUCT_UPDATE" || v["type"] == "CART_UPDATE", "{v}");
     }
-    server.await_metric("cartwheel_ws_broadcast_lagged_total 1").await;
+    // Once or more, as the machine's speed has it (counted when the connection reads the ring again, which may
+    // come after the product's frame).
+    server.await_metric_at_least("cartwheel_ws_broadcast_lagged_total", 1).await;
 }
 
 /// Product changes are state: a connection whose reader cannot keep up with a flash sale is sent the newest

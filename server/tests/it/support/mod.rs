@@ -118,6 +118,25 @@ impl TestServer {
         reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap()
     }
 
+    /// The value of the unlabelled metric `name` now (a counter's `_total` line, a gauge's line).
+    pub async fn metric_value(&self, name: &str) -> u64 {
+        let text = self.metrics().await;
+        value_of(&text, name).unwrap_or_else(|| panic!("no metric {name}:\n{text}"))
+    }
+
+    /// Poll `/metrics` until the unlabelled metric `name` is at least `floor`.
+    pub async fn await_metric_at_least(&self, name: &str, floor: u64) {
+        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let text = self.metrics().await;
+            if value_of(&text, name).is_some_and(|v| v >= floor) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{name} never reached {floor}:\n{text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Poll `/metrics` until `line` appears (an event we cannot observe from a socket).
     pub async fn await_metric(&self, line: &str) {
         let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
@@ -130,6 +149,11 @@ impl TestServer {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The value on `name`'s line of a Prometheus text exposition.
+fn value_of(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// One shopper: an HTTP client holding one session cookie.
