@@ -52,8 +52,8 @@ pub async fn run(
             _ = ticks.tick() => {}
         }
         let sessions = hub.subscriptions();
-        let next = match shop.presence(&sessions, timing.ttl).await {
-            Ok(next) => next,
+        let read = match shop.presence(&sessions, timing.ttl).await {
+            Ok(read) => read,
             Err(e) => {
                 tracing::debug!(error = %e, "presence not read this time");
                 continue;
@@ -61,6 +61,8 @@ pub async fn run(
         };
         let (changes, all) = {
             let mut current = lock(&board.current);
+            // Whole counts (sent to a connection that missed a change) name the products gone to 0.
+            let next = read.with_gone_as_zero(&current);
             let changes = next.changes_since(&current);
             let all = changes.is_some().then(|| Frame::presence(&next));
             *current = next;

@@ -44,6 +44,16 @@ impl Presence {
         (self.online != before.online || !in_carts.is_empty()).then_some(Presence { online: self.online, in_carts })
     }
 
+    /// These counts as read (a store lists only products in some cart), with every product `before` counted
+    /// and these do not as 0: the counts a connection that missed some changes is sent are then whole — a
+    /// product that left the last cart says 0, not nothing, which would leave its old count on the page.
+    pub fn with_gone_as_zero(mut self, before: &Presence) -> Presence {
+        for id in before.in_carts.keys() {
+            self.in_carts.entry(id.clone()).or_insert(0);
+        }
+        self
+    }
+
     /// Take a frame's counts in (a change, or everything on connect).
     pub fn apply(&mut self, frame: &Presence) {
         self.online = frame.online;
@@ -96,6 +106,24 @@ mod tests {
         let mut shown = before.clone();
         shown.apply(&after.changes_since(&before).unwrap());
         assert_eq!(shown, after);
+    }
+
+    #[test]
+    fn whole_counts_say_0_for_a_product_that_left_every_cart_so_a_page_that_missed_the_change_corrects_it() {
+        let before = counts(2, &[("mug", 1), ("pen", 2)]);
+        let read = counts(2, &[("pen", 2)]); // the store lists only products in some cart
+        let now = read.with_gone_as_zero(&before);
+        assert_eq!(now, counts(2, &[("mug", 0), ("pen", 2)]));
+        assert_eq!(now.changes_since(&before), Some(counts(2, &[("mug", 0)])));
+        // A page that had the mug at 1 and missed that change is sent the whole counts: it ends on 0.
+        let mut page = before.clone();
+        page.apply(&now);
+        assert_eq!(page.in_carts_label(&"mug".into()), None);
+        assert_eq!(page, now);
+        // Once 0, it stays in the counts and is no change.
+        let next = counts(2, &[("pen", 2)]).with_gone_as_zero(&now);
+        assert_eq!(next, now);
+        assert_eq!(next.changes_since(&now), None);
     }
 
     #[test]
