@@ -165,6 +165,10 @@ pub mod defaults {
     /// Presence (shoppers here, carts holding each product) is read and pushed this often: at most one
     /// `PRESENCE` frame per connection per interval.
     pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(2);
+    /// Rounds bringing every connection up to the product board (product updates, presence counts) begin at
+    /// least this far apart, so a connection is sent at most one product frame per product per interval while a
+    /// flash sale changes stock a hundred times a second (newest wins); a change after a quiet spell goes at once.
+    pub const BOARD_ROUND_INTERVAL: Duration = Duration::from_millis(250);
     /// One instance's report of its online sessions counts this long (Redis mode): a killed instance's
     /// shoppers drop out of the count within it.
     pub const PRESENCE_TTL: Duration = Duration::from_secs(15);
@@ -315,6 +319,10 @@ pub struct Config {
     /// Milliseconds one report of an instance's online sessions counts (Redis mode; refreshed every interval).
     #[arg(long = "presence-ttl-ms", env = "CARTWHEEL_PRESENCE_TTL_MS", value_parser = parse_duration_ms, default_value = "15000")]
     pub presence_ttl: Duration,
+    /// Milliseconds at least between two rounds that bring every connection up to the product board: at most
+    /// one product frame per product per connection in each (newest wins); 0 = a round as soon as one ends.
+    #[arg(long = "board-round-interval-ms", env = "CARTWHEEL_BOARD_ROUND_INTERVAL_MS", value_parser = parse_duration_ms_or_zero, default_value = "250")]
+    pub board_round_interval: Duration,
 
     /// Switch every request rate limit off (for load benchmarks only).
     #[arg(long, env = "CARTWHEEL_NO_RATE_LIMIT")]
@@ -439,6 +447,10 @@ pub fn parse_network(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("'{text}' is neither a network (10.0.0.0/8) nor an address"))
 }
 
+fn parse_duration_ms_or_zero(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>().map(Duration::from_millis).map_err(|_| "must be a whole number of milliseconds".into())
+}
+
 fn parse_duration_ms(s: &str) -> Result<Duration, String> {
     match s.parse::<u64>() {
         Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
@@ -505,5 +517,13 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::CartTtlBelowSessionAge { cart: 29, session: 30 }));
         assert_eq!(Config::defaults().validate(), Ok(()), "the defaults fit together");
         assert_eq!(c.cart_expiry(), Duration::from_secs(29 * 86_400) + defaults::CART_EXPIRY_SLACK);
+    }
+
+    #[test]
+    fn the_board_round_interval_defaults_to_its_constant_and_zero_switches_it_off() {
+        assert_eq!(Config::defaults().board_round_interval, defaults::BOARD_ROUND_INTERVAL);
+        let off = Config::try_parse_from(["server", "--board-round-interval-ms", "0"]).map(|c| c.board_round_interval);
+        assert_eq!(off.ok(), Some(Duration::ZERO));
+        assert!(Config::try_parse_from(["server", "--board-round-interval-ms", "-1"]).is_err());
     }
 }

@@ -161,7 +161,12 @@ impl Server {
             None => Catalog::built_in()?,
         };
         let metrics = Arc::new(Metrics::new());
-        let hub = CartHub::new(config.ws_queue_capacity, config.broadcast_capacity, metrics.clone());
+        let hub = CartHub::new(
+            config.ws_queue_capacity,
+            config.broadcast_capacity,
+            config.board_round_interval,
+            metrics.clone(),
+        );
         let backend = Backend::open(&config, catalog, &hub, &metrics).await?;
         let service_rate = Rate { per_sec: config.service_rate_per_sec, burst: config.service_burst };
         let service = ServiceAccess::new(

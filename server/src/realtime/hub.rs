@@ -23,6 +23,8 @@
 //! records the generation it has written up to; one that cannot take a change at once (busy, or its reader
 //! slow) is sent, when it can, the slots newer than that — the newest state of each product, never a backlog:
 //! a flash sale of a hundred stock changes a second costs a slow connection nothing but the newest state.
+//! Rounds bringing every connection up to the board begin a floor apart (250 ms by default), so during such a
+//! sale every connection, fast or slow, is sent each product's newest state once a round, not each change.
 //! Presence counts go the same way: the publisher writes what changed to every connection that has all the
 //! earlier changes, and one that missed some is sent all the counts from the board.
 //!
@@ -35,7 +37,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cartwheel_core::chat::ChatMessage;
@@ -605,12 +607,14 @@ struct CartTopic {
 
 type Topics = Mutex<HashMap<CartKey, CartTopic>>;
 
-/// Whether a pass bringing every connection up to the board is running, and whether the board moved since it
-/// began its round: one pass at a time, which goes round again rather than a second starting.
+/// Whether a pass bringing every connection up to the board is running, whether the board moved since it
+/// began its round, and when that round began: one pass at a time, which goes round again rather than a second
+/// starting, its rounds at least the floor apart.
 #[derive(Default)]
 struct Pass {
     running: AtomicBool,
     again: AtomicBool,
+    last_round: Mutex<Option<Instant>>,
 }
 
 impl Pass {
@@ -622,6 +626,17 @@ impl Pass {
             self.again.store(false, Ordering::Release);
         }
         started
+    }
+
+    /// A round begins now: it reads the board after this, so what moved it so far is in this round.
+    fn begin_round(&self, now: Instant) {
+        *lock(&self.last_round) = Some(now);
+        self.again.store(false, Ordering::Release);
+    }
+
+    /// How long the next round waits so that rounds begin at least `floor` apart.
+    fn wait_for_round(&self, floor: Duration, now: Instant) -> Duration {
+        lock(&self.last_round).map_or(Duration::ZERO, |began| (began + floor).saturating_duration_since(now))
     }
 
     /// A round ended: `true` if the board moved during it and this pass is to go round once more (else it has
@@ -651,14 +666,22 @@ pub struct CartHub {
     everyone: broadcast::Sender<Frame>,
     board: Arc<StateBoard>,
     pass: Arc<Pass>,
+    /// Rounds of the pass begin at least this far apart (see [`CartHub::fan_out_state`]).
+    round_floor: Duration,
     /// Rung when shopper messages wait or a service let go: this instance's chat desk claims again.
     chat_waiting: Arc<Notify>,
     metrics: Arc<Metrics>,
 }
 
 impl CartHub {
-    /// `mailbox_capacity` frames per connection; `broadcast_capacity` frames in the shared ring for everyone.
-    pub fn new(mailbox_capacity: usize, broadcast_capacity: usize, metrics: Arc<Metrics>) -> Arc<CartHub> {
+    /// `mailbox_capacity` frames per connection; `broadcast_capacity` frames in the shared ring for everyone;
+    /// rounds bringing every connection up to the board at least `round_floor` apart.
+    pub fn new(
+        mailbox_capacity: usize,
+        broadcast_capacity: usize,
+        round_floor: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Arc<CartHub> {
         let (everyone, _) = broadcast::channel(broadcast_capacity.max(1));
         Arc::new(CartHub {
             topics: Arc::new(Mutex::new(HashMap::new())),
@@ -666,6 +689,7 @@ impl CartHub {
             everyone,
             board: Arc::new(StateBoard::new()),
             pass: Arc::default(),
+            round_floor,
             chat_waiting: Arc::new(Notify::new()),
             metrics,
         })
@@ -705,6 +729,12 @@ impl CartHub {
     /// runtime); a change published during a pass makes it go round again, and each connection is then
     /// written only the newest state of what changed — so a flash sale costs a pass per round, not a pass
     /// and a wake-up of every connection per change.
+    ///
+    /// Rounds begin at least `round_floor` apart: a change within it of the last round's start waits for the
+    /// rest of it, and whatever else changed meanwhile goes in the same round. Without the floor a storm on one
+    /// core runs rounds back to back, each a frame for every connection: 10,000 connections were sent 120,000
+    /// frames a second, which their readers (and the server's cart traffic) had to get through first. A change
+    /// after a quiet spell goes at once.
     fn fan_out_state(&self) {
         if !self.pass.start() {
             return; // the running pass goes round again
@@ -715,12 +745,20 @@ impl CartHub {
                 metrics.ws_messages_sent.inc_by(mailbox.catch_up(&board, &metrics));
             }
         };
+        let floor = self.round_floor;
+        let wait = self.pass.wait_for_round(floor, Instant::now());
         let mut mailboxes = all_mailboxes(&self.topics);
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) if mailboxes.len() > FANOUT_SLICE => {
+            Ok(runtime) if !wait.is_zero() || mailboxes.len() > FANOUT_SLICE => {
                 let (topics, pass) = (self.topics.clone(), self.pass.clone());
                 runtime.spawn(async move {
+                    let mut wait = wait;
                     loop {
+                        if !wait.is_zero() {
+                            tokio::time::sleep(wait).await;
+                            mailboxes = all_mailboxes(&topics);
+                        }
+                        pass.begin_round(Instant::now());
                         for slice in mailboxes.chunks(FANOUT_SLICE) {
                             bring_up(slice);
                             tokio::task::yield_now().await;
@@ -728,12 +766,16 @@ impl CartHub {
                         if !pass.round_again() {
                             return;
                         }
-                        mailboxes = all_mailboxes(&topics);
+                        wait = pass.wait_for_round(floor, Instant::now());
+                        if wait.is_zero() {
+                            mailboxes = all_mailboxes(&topics);
+                        }
                     }
                 });
             }
-            // A few connections: written here and now.
+            // A few connections and no round within the floor (or no runtime to wait in): written here and now.
             _ => loop {
+                self.pass.begin_round(Instant::now());
                 bring_up(&mailboxes);
                 if !self.pass.round_again() {
                     return;
@@ -897,6 +939,17 @@ mod tests {
     use super::*;
     use cartwheel_core::Notice;
 
+    #[test]
+    fn rounds_of_the_pass_wait_out_the_rest_of_the_floor_after_the_last_one_began() {
+        let (pass, floor, t0) = (Pass::default(), Duration::from_millis(250), Instant::now());
+        assert_eq!(pass.wait_for_round(floor, t0), Duration::ZERO, "no round yet: at once");
+        pass.begin_round(t0);
+        assert_eq!(pass.wait_for_round(floor, t0 + Duration::from_millis(100)), Duration::from_millis(150));
+        assert_eq!(pass.wait_for_round(floor, t0 + floor), Duration::ZERO, "the floor's edge: at once");
+        assert_eq!(pass.wait_for_round(floor, t0 + Duration::from_secs(5)), Duration::ZERO, "a quiet spell");
+        assert_eq!(pass.wait_for_round(Duration::ZERO, t0), Duration::ZERO, "no floor");
+    }
+
     /// A socket that takes `room` bytes, then would block; it keeps what it took.
     #[derive(Default)]
     struct Socket {
@@ -975,7 +1028,7 @@ mod tests {
     }
 
     fn hub(capacity: usize) -> Arc<CartHub> {
-        CartHub::new(capacity, 8, Arc::new(Metrics::new()))
+        CartHub::new(capacity, 8, Duration::ZERO, Arc::new(Metrics::new()))
     }
 
     fn notice(message: &str) -> PostedNotice {
@@ -1026,7 +1079,7 @@ mod tests {
     #[tokio::test]
     async fn overflow_keeps_only_the_newest() {
         let metrics = Arc::new(Metrics::new());
-        let hub = CartHub::new(4, 8, metrics.clone());
+        let hub = CartHub::new(4, 8, Duration::ZERO, metrics.clone());
         let a = key("a");
         let s = hub.subscribe(&a);
         for v in 1..=5 {

@@ -501,6 +501,48 @@ async fn a_storm_of_product_changes_reaches_every_connection_in_order_ending_on_
     }
 }
 
+/// The edge of `--board-round-interval-ms`: rounds that bring connections up to the product board begin at least
+/// that far apart. A change after a quiet spell is sent at once; the changes within the interval after it wait
+/// for the next round and go as one frame, the newest.
+#[tokio::test]
+async fn product_frames_come_a_round_interval_apart_as_the_newest_and_at_once_after_a_quiet_spell() {
+    use std::time::{Duration, Instant};
+    const FLOOR: Duration = Duration::from_millis(1_500);
+    let server = TestServer::start_with(|c| {
+        c.service_tokens = vec![TOKEN.to_owned()];
+        c.no_rate_limit = true;
+        c.board_round_interval = FLOOR;
+        // No presence round on the board during the test (the counts are read once, at the start).
+        c.presence_interval = Duration::from_secs(3_600);
+    })
+    .await;
+    let shopper = server.shopper().await;
+    let (mut ws, _) = Ws::connect_synced(&shopper).await;
+    let stock = |n: u64| json!({ "stock": n });
+
+    let sent = Instant::now();
+    assert_eq!(patch_product(&server, "beeswax-candle", stock(1)).await.status, 200);
+    assert_eq!(next_of(&mut ws, "PRODUCT_UPDATE").await["data"]["stock"], 1);
+    let first = Instant::now();
+    assert!(first - sent < FLOOR, "the first change waited {:?}", first - sent);
+
+    for n in 2..=5 {
+        assert_eq!(patch_product(&server, "beeswax-candle", stock(n)).await.status, 200);
+    }
+    assert_eq!(next_of(&mut ws, "PRODUCT_UPDATE").await["data"]["stock"], 5, "one frame, the newest");
+    let second = Instant::now();
+    // Timers never fire early; a little for the clock reads on either side.
+    assert!(second - first >= FLOOR - Duration::from_millis(50), "{:?} apart", second - first);
+
+    // A quiet spell of a whole interval: the next change goes at once again.
+    tokio::time::sleep(FLOOR).await;
+    let sent = Instant::now();
+    assert_eq!(patch_product(&server, "beeswax-candle", stock(6)).await.status, 200);
+    assert_eq!(next_of(&mut ws, "PRODUCT_UPDATE").await["data"]["stock"], 6);
+    assert!(sent.elapsed() < FLOOR, "after a quiet spell the change waited {:?}", sent.elapsed());
+    ws.assert_quiet().await;
+}
+
 #[tokio::test]
 async fn a_token_may_do_only_what_its_scopes_name_and_its_changes_are_counted_by_name() {
     const INVENTORY: &str = "inventory-token-000000001";
