@@ -126,6 +126,10 @@ pub mod defaults {
     pub const SOCKET_SEND_BUFFER_BYTES: usize = 64 * 1024;
     /// Open TCP connections at most (HTTP and WebSocket); beyond it new ones wait in the backlog.
     pub const MAX_CONNECTIONS: usize = 20_000;
+    /// Connections the kernel completes and queues for the server to accept (the listen backlog; the kernel
+    /// caps it at `net.core.somaxconn`). A reconnect storm after a restart, or every slot taken, fills it; a
+    /// connection beyond it has its SYN dropped and retried by the client's kernel a second later.
+    pub const LISTEN_BACKLOG: u32 = 1024;
     /// File descriptors kept for everything that is not a client connection (the store, Redis, assets, logs).
     pub const RESERVED_FILE_DESCRIPTORS: u64 = 64;
     /// A request head must be complete this long after the connection starts waiting for it (also the idle
@@ -380,6 +384,9 @@ pub struct Config {
     /// backlog. Lowered at start to what the file-descriptor limit allows.
     #[arg(long, env = "CARTWHEEL_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Connections the kernel queues while the server has not accepted them (capped by `net.core.somaxconn`).
+    #[arg(long, env = "CARTWHEEL_LISTEN_BACKLOG", default_value_t = defaults::LISTEN_BACKLOG)]
+    pub listen_backlog: u32,
     /// Seconds a connection may take to send a request head, counted from when it starts waiting for one (so
     /// also how long an idle kept-alive connection stays open).
     #[arg(long, env = "CARTWHEEL_HEADER_READ_TIMEOUT_SECS", value_parser = parse_duration_secs, default_value = "10")]
@@ -517,6 +524,11 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::CartTtlBelowSessionAge { cart: 29, session: 30 }));
         assert_eq!(Config::defaults().validate(), Ok(()), "the defaults fit together");
         assert_eq!(c.cart_expiry(), Duration::from_secs(29 * 86_400) + defaults::CART_EXPIRY_SLACK);
+    }
+
+    #[test]
+    fn the_listen_backlog_defaults_to_its_constant() {
+        assert_eq!(Config::defaults().listen_backlog, defaults::LISTEN_BACKLOG);
     }
 
     #[test]

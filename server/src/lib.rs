@@ -225,8 +225,8 @@ impl Server {
         // Listen last: the kernel would accept (and queue) connections on a bound socket while the assets and
         // the store load, then they would all be answered at once, cancelling the clients' reconnect jitter.
         // Refused until now, each client retries on its own schedule.
-        let listener =
-            TcpListener::bind(config.bind).await.map_err(|source| StartupError::Bind { addr: config.bind, source })?;
+        let listener = listen(config.bind, config.listen_backlog)
+            .map_err(|source| StartupError::Bind { addr: config.bind, source })?;
         let socket_quota = SocketQuota::new(config.max_sockets_per_session, config.max_sockets_per_address);
         let state = AppState::new(AppParts {
             assets,
@@ -325,6 +325,17 @@ fn session_ring(configured: &[String], stored: &[u8]) -> Vec<Vec<u8>> {
     } else {
         configured.iter().map(|s| s.as_bytes().to_vec()).collect()
     }
+}
+
+/// The listening socket, with its backlog set: `TcpListener::bind` leaves it at 128 here, and a reconnect storm
+/// of thousands of clients overflowed it — each SYN beyond it was dropped and retried a second later, which
+/// put a second into the handshake p99. Address reuse as `bind` has it, so a restart takes its port back while
+/// the old connections are in `TIME_WAIT`.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// The connections this process can hold: `wanted`, or fewer when the open-file limit (raised to its hard

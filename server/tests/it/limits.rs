@@ -94,6 +94,45 @@ async fn beyond_max_connections_a_new_one_waits_for_a_slot_instead_of_failing() 
     server.stop().await;
 }
 
+/// The edge of `--listen-backlog`: while every connection slot is held, the kernel completes and queues the
+/// handshakes of the backlog's worth of new connections (Linux counts one more) and drops the SYNs of the rest,
+/// which their kernels retry a second later; the queued ones are served once a slot frees.
+#[tokio::test]
+async fn while_every_slot_is_held_the_kernel_queues_the_listen_backlog_and_no_more() {
+    const BACKLOG: usize = 4;
+    const BEYOND: usize = 3;
+    let server = TestServer::start_with(|c| {
+        c.max_connections = 1;
+        c.listen_backlog = BACKLOG as u32;
+        c.header_read_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let mut holder = TcpStream::connect(server.addr).await.unwrap();
+    holder.write_all(b"GET /api/products HTTP/1.1\r\nHost: shop\r\n\r\n").await.unwrap();
+    let mut status = [0u8; 12];
+    holder.read_exact(&mut status).await.unwrap();
+    assert_eq!(&status, b"HTTP/1.1 200", "the one slot is held");
+    // One at a time, so each handshake is complete (and queued) before the next SYN arrives.
+    let (mut queued, mut dropped) = (Vec::new(), 0);
+    for _ in 0..BACKLOG + 1 + BEYOND {
+        // A queued handshake completes in microseconds; a dropped SYN is retried only after a second.
+        match tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(server.addr)).await {
+            Ok(Ok(tcp)) => queued.push(tcp),
+            _ => dropped += 1,
+        }
+    }
+    assert_eq!((queued.len(), dropped), (BACKLOG + 1, BEYOND), "queued and dropped");
+    drop(holder);
+    let first = &mut queued[0];
+    first.write_all(b"GET /api/products HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n").await.unwrap();
+    tokio::time::timeout(EVENT_TIMEOUT, first.read_exact(&mut status))
+        .await
+        .expect("served once a slot freed")
+        .unwrap();
+    assert_eq!(&status, b"HTTP/1.1 200");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn the_33rd_websocket_of_one_session_is_refused_and_a_closed_one_frees_its_place() {
     let server = TestServer::start().await;
