@@ -9,9 +9,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::load::{open_socket, sessions, CONNECT_CONCURRENCY};
+use crate::load::{open_socket, sessions, Incoming, CONNECT_CONCURRENCY};
 use crate::process::{Flavor, ServerProcess};
 use crate::stats::Samples;
 use crate::target::product_revision;
@@ -94,11 +93,8 @@ pub async fn run(server: &ServerProcess, asked: usize, open_files: u64) -> Resul
         let mut sent = sent_rx.clone();
         readers.push(tokio::spawn(async move {
             let wait = async {
-                while let Some(Ok(frame)) = ws.next().await {
-                    let Message::Text(text) = frame else { continue };
-                    if product_revision(text.as_str()).is_some_and(|r| r > first)
-                        && flavor.is_stormed_product(text.as_str())
-                    {
+                while let Some(Incoming::Text(text)) = ws.next().await {
+                    if product_revision(text).is_some_and(|r| r > first) && flavor.is_stormed_product(text) {
                         let received = Instant::now();
                         // The PATCH is sent before anyone can receive its frame; wait for its time if needed.
                         let at = loop {

@@ -15,15 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+use futures_util::StreamExt;
 
 use crate::process::{Flavor, ServerProcess};
+pub use crate::socket::{Incoming, Socket};
 use crate::stats::Samples;
 use crate::target::{cart_version, product_revision};
 
@@ -31,14 +26,10 @@ use crate::target::{cart_version, product_revision};
 pub const CONNECT_CONCURRENCY: usize = 256;
 /// How long subscribers may take to catch up after the last change before the rest counts as lost.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
-/// Each client socket's read buffer (the frames here are a few hundred bytes).
-const READ_BUFFER: usize = 4096;
 /// Unanswered PATCHes at once in the storm.
 const STORM_IN_FLIGHT: usize = 64;
 /// Subscribers that measure a PING → PONG round trip at the end.
 const PING_SAMPLES: usize = 200;
-
-pub type Socket = WebSocketStream<TcpStream>;
 
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -146,8 +137,6 @@ pub async fn open_socket(
     cookie: &str,
     source: Option<IpAddr>,
 ) -> Result<(Socket, Duration), String> {
-    let mut request = flavor.socket_url(addr).into_client_request().map_err(|e| e.to_string())?;
-    request.headers_mut().insert("cookie", HeaderValue::from_str(cookie).map_err(|e| e.to_string())?);
     let started = Instant::now();
     let target: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
     let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
@@ -169,14 +158,10 @@ pub async fn open_socket(
     }
     let stream = socket.connect(target).await.map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
-    // tungstenite zero-fills its read buffer on every read: at its 128 KiB default that memset was more than
-    // half of this process's time, and the load generator, not the server, set the fan-out figures.
-    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await.map_err(|e| e.to_string())?;
+    let mut ws = Socket::upgrade(stream, &flavor.socket_url(addr), cookie).await?;
     let handshake = started.elapsed();
     match ws.next().await {
-        Some(Ok(Message::Text(_))) => Ok((ws, handshake)),
+        Some(Incoming::Text(_)) => Ok((ws, handshake)),
         other => Err(format!("no snapshot: {other:?}")),
     }
 }
@@ -487,15 +472,14 @@ async fn read(
             _ = stop.changed() => continue,
         };
         let text = match frame {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(_)) => continue,
-            _ => {
+            Some(Incoming::Text(text)) => text,
+            Some(Incoming::Close(_)) | None => {
                 sub.closed = true;
                 break;
             }
         };
         let now = clocks.now();
-        if let Some(v) = cart_version(text.as_str()) {
+        if let Some(v) = cart_version(text) {
             let storm_start = clocks.storm_start.load(Ordering::Acquire);
             while sub.last_seen < v {
                 sub.last_seen += 1;
@@ -505,8 +489,8 @@ async fn read(
                     samples.push(now.saturating_sub(at));
                 }
             }
-        } else if let Some(r) = product_revision(text.as_str()) {
-            if !flavor.is_stormed_product(text.as_str()) {
+        } else if let Some(r) = product_revision(text) {
+            if !flavor.is_stormed_product(text) {
                 continue;
             }
             sub.product_frames += 1;
@@ -521,16 +505,16 @@ async fn read(
     }
     if pinger && !sub.closed && sub.last_seen >= last {
         let started = Instant::now();
-        if ws.send(Message::text(r#"{"type":"PING","id":1}"#)).await.is_ok() {
-            while let Some(Ok(m)) = ws.next().await {
-                if matches!(&m, Message::Text(t) if t.as_str().contains("PONG")) {
+        if ws.send_text(r#"{"type":"PING","id":1}"#).await.is_ok() {
+            while let Some(Incoming::Text(t)) = ws.next().await {
+                if t.contains("PONG") {
                     sub.ping = Some(started.elapsed().as_micros() as u64);
                     break;
                 }
             }
         }
     }
-    let _ = ws.close(None).await;
+    ws.close().await;
     (cart, sub)
 }
 

@@ -17,6 +17,7 @@ mod idle;
 mod load;
 mod process;
 mod restart;
+mod socket;
 mod stats;
 mod target;
 mod weight;

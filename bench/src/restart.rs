@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 
 use cartwheel_core::reconnect::{ReconnectPolicy, ReconnectSchedule};
 use futures_util::StreamExt;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::load::{open_socket, session, sessions, CONNECT_CONCURRENCY};
+use crate::load::{open_socket, session, sessions, Incoming, CONNECT_CONCURRENCY};
 use crate::process::{Flavor, ServerProcess};
 use crate::stats::Samples;
 
@@ -109,9 +108,9 @@ pub async fn run(server: &mut ServerProcess, carts: usize, per_cart: usize) -> R
             // Live until the server lets go; the close code decides the first wait.
             let code = loop {
                 match ws.next().await {
-                    Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
-                    Some(Ok(_)) => continue,
-                    _ => break None,
+                    Some(Incoming::Close(code)) => break code,
+                    Some(Incoming::Text(_)) => continue,
+                    None => break None,
                 }
             };
             // Its file goes now: ten thousand closed sockets kept open while their clients reconnect would
