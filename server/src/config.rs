@@ -170,8 +170,9 @@ pub mod defaults {
     /// `PRESENCE` frame per connection per interval.
     pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(2);
     /// Rounds bringing every connection up to the product board (product updates, presence counts) begin at
-    /// least this far apart, so a connection is sent at most one product frame per product per interval while a
-    /// flash sale changes stock a hundred times a second (newest wins); a change after a quiet spell goes at once.
+    /// least this far apart, so while a flash sale changes stock a hundred times a second a connection is sent
+    /// the newest state about once per interval, not every change; a change when the board has been quiet
+    /// for an interval goes at once.
     pub const BOARD_ROUND_INTERVAL: Duration = Duration::from_millis(250);
     /// One instance's report of its online sessions counts this long (Redis mode): a killed instance's
     /// shoppers drop out of the count within it.
@@ -323,8 +324,8 @@ pub struct Config {
     /// Milliseconds one report of an instance's online sessions counts (Redis mode; refreshed every interval).
     #[arg(long = "presence-ttl-ms", env = "CARTWHEEL_PRESENCE_TTL_MS", value_parser = parse_duration_ms, default_value = "15000")]
     pub presence_ttl: Duration,
-    /// Milliseconds at least between two rounds that bring every connection up to the product board: at most
-    /// one product frame per product per connection in each (newest wins); 0 = a round as soon as one ends.
+    /// Milliseconds at least between the starts of two rounds that bring every connection up to the product
+    /// board (each writes a connection the newest state of what changed); 0 = a round as soon as one ends.
     #[arg(long = "board-round-interval-ms", env = "CARTWHEEL_BOARD_ROUND_INTERVAL_MS", value_parser = parse_duration_ms_or_zero, default_value = "250")]
     pub board_round_interval: Duration,
 

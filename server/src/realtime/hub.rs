@@ -7,9 +7,9 @@
 //!
 //! **Written by the publisher.** Each connection has a [`Mailbox`]: its socket (once its opening frames are
 //! out), what is queued for it, and the rest of a frame the socket took only in part. When a connection has
-//! nothing queued, a cart update or product change is written straight to its socket by whoever publishes it
-//! (a non-blocking write of the shared bytes): no task wakes, nothing is copied, and a thousand subscribers
-//! cost a thousand `write` calls. Only when a socket cannot take a frame whole does the frame (or its rest) wait
+//! nothing queued, a cart update is written straight to its socket by whoever publishes it, and a product
+//! change by the board's pass (below) — a non-blocking write of the shared bytes: no task wakes, nothing is
+//! copied, and a thousand subscribers cost a thousand `write` calls. Only when a socket cannot take a frame whole does the frame (or its rest) wait
 //! in the mailbox, and the connection's own task finishes it when the socket is writable again.
 //!
 //! **Bounded per connection.** The hub remembers the newest version it delivered per cart and drops anything
@@ -23,8 +23,9 @@
 //! records the generation it has written up to; one that cannot take a change at once (busy, or its reader
 //! slow) is sent, when it can, the slots newer than that — the newest state of each product, never a backlog:
 //! a flash sale of a hundred stock changes a second costs a slow connection nothing but the newest state.
-//! Rounds bringing every connection up to the board begin a floor apart (250 ms by default), so during such a
-//! sale every connection, fast or slow, is sent each product's newest state once a round, not each change.
+//! One pass at a time brings every connection up to the board, in rounds that begin a floor apart (250 ms by
+//! default), so during such a sale every connection, fast or slow, is sent the newest state about once a round,
+//! not each change. (A connection's own task also writes what the board holds when it flushes other frames.)
 //! Presence counts go the same way: the publisher writes what changed to every connection that has all the
 //! earlier changes, and one that missed some is sent all the counts from the board.
 //!
@@ -607,56 +608,95 @@ struct CartTopic {
 
 type Topics = Mutex<HashMap<CartKey, CartTopic>>;
 
-/// Whether a pass bringing every connection up to the board is running, whether the board moved since it
-/// began its round, and when that round began: one pass at a time, which goes round again rather than a second
-/// starting, its rounds at least the floor apart.
+/// Whether a pass bringing every connection up to the board is running, and when its latest round began: one
+/// pass at a time. A round covers the board as it was when the round began; the pass goes round again while the
+/// board has moved since, its rounds at least the floor apart.
+///
+/// "Moved since" is the board's generation, read under the board's lock, not a flag a publisher sets and a
+/// round clears: a flag cleared at a round's start could swallow a change published before the round listed
+/// its connections but after the flag was read.
 #[derive(Default)]
 struct Pass {
     running: AtomicBool,
-    again: AtomicBool,
     last_round: Mutex<Option<Instant>>,
 }
 
 impl Pass {
     /// The board moved: `true` if the caller is to run the pass (none was running).
     fn start(&self) -> bool {
-        self.again.store(true, Ordering::Release);
-        let started = !self.running.swap(true, Ordering::AcqRel);
-        if started {
-            self.again.store(false, Ordering::Release);
-        }
-        started
+        !self.running.swap(true, Ordering::AcqRel)
     }
 
-    /// A round begins now: it reads the board after this, so what moved it so far is in this round.
-    fn begin_round(&self, now: Instant) {
+    /// A round begins now; it covers the board up to the generation returned.
+    fn begin_round(&self, board: &StateBoard, now: Instant) -> u64 {
         *lock(&self.last_round) = Some(now);
-        self.again.store(false, Ordering::Release);
+        board.generation()
     }
 
-    /// How long the next round waits so that rounds begin at least `floor` apart.
-    fn wait_for_round(&self, floor: Duration, now: Instant) -> Duration {
-        lock(&self.last_round).map_or(Duration::ZERO, |began| (began + floor).saturating_duration_since(now))
+    /// When the next round may begin: `floor` after the last one began (`None`: at once).
+    fn next_round_at(&self, floor: Duration) -> Option<Instant> {
+        lock(&self.last_round).and_then(|began| began.checked_add(floor))
     }
 
-    /// A round ended: `true` if the board moved during it and this pass is to go round once more (else it has
-    /// stopped, and the next change starts one).
-    fn round_again(&self) -> bool {
-        if self.again.swap(false, Ordering::AcqRel) {
+    /// A round that covered generation `covered` ended: `true` if the board has moved since and this pass is to
+    /// go round again (else it has stopped, and the next change starts one).
+    fn round_again(&self, board: &StateBoard, covered: u64) -> bool {
+        if board.generation() > covered {
             return true;
         }
-        self.running.store(false, Ordering::Release);
-        // Moved between the check and the stop: take it back unless a new pass already did.
-        self.again.load(Ordering::Acquire) && !self.running.swap(true, Ordering::AcqRel) && {
-            self.again.store(false, Ordering::Release);
-            true
-        }
+        // A swap, not a store: it is ordered with the publisher's swap in `start`. If the publisher's came
+        // first it saw this pass running, and this swap sees its change on the board (below) and goes on;
+        // otherwise the publisher started a pass itself. (A plain store could be overtaken by the load below,
+        // and both sides would leave the change to the other.)
+        self.running.swap(false, Ordering::AcqRel);
+        board.generation() > covered && !self.running.swap(true, Ordering::AcqRel)
     }
+}
+
+/// How many connections are here.
+fn mailbox_count(topics: &Topics) -> usize {
+    lock(topics).values().map(|topic| topic.mailboxes.len()).sum()
 }
 
 /// Every connection here.
 fn all_mailboxes(topics: &Topics) -> Vec<Arc<Mailbox>> {
     lock(topics).values().flat_map(|topic| topic.mailboxes.iter().cloned()).collect()
+}
+
+/// What a pass needs to bring every connection up to the board (see [`CartHub::fan_out_state`]).
+struct Round {
+    topics: Arc<Topics>,
+    board: Arc<StateBoard>,
+    pass: Arc<Pass>,
+    metrics: Arc<Metrics>,
+    floor: Duration,
+}
+
+impl Round {
+    fn bring_up(&self, mailboxes: &[Arc<Mailbox>]) {
+        for mailbox in mailboxes {
+            self.metrics.ws_messages_sent.inc_by(mailbox.catch_up(&self.board, &self.metrics));
+        }
+    }
+
+    /// The pass as a task: each round (the first at `first`, if given) lists the connections after it began,
+    /// so one that subscribed later and missed a change is in the next round, which that change brings about.
+    async fn run(self, mut at: Option<Instant>) {
+        loop {
+            if let Some(at) = at {
+                tokio::time::sleep_until(at.into()).await;
+            }
+            let covered = self.pass.begin_round(&self.board, Instant::now());
+            for slice in all_mailboxes(&self.topics).chunks(FANOUT_SLICE) {
+                self.bring_up(slice);
+                tokio::task::yield_now().await;
+            }
+            if !self.pass.round_again(&self.board, covered) {
+                return;
+            }
+            at = self.pass.next_round_at(self.floor).filter(|at| *at > Instant::now());
+        }
+    }
 }
 
 /// The subscriptions of this process, by cart, and the ring of frames for everyone.
@@ -739,49 +779,30 @@ impl CartHub {
         if !self.pass.start() {
             return; // the running pass goes round again
         }
-        let (board, metrics) = (self.board.clone(), self.metrics.clone());
-        let bring_up = move |mailboxes: &[Arc<Mailbox>]| {
-            for mailbox in mailboxes {
-                metrics.ws_messages_sent.inc_by(mailbox.catch_up(&board, &metrics));
-            }
+        let round = Round {
+            topics: self.topics.clone(),
+            board: self.board.clone(),
+            pass: self.pass.clone(),
+            metrics: self.metrics.clone(),
+            floor: self.round_floor,
         };
-        let floor = self.round_floor;
-        let wait = self.pass.wait_for_round(floor, Instant::now());
-        let mut mailboxes = all_mailboxes(&self.topics);
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) if !wait.is_zero() || mailboxes.len() > FANOUT_SLICE => {
-                let (topics, pass) = (self.topics.clone(), self.pass.clone());
-                runtime.spawn(async move {
-                    let mut wait = wait;
-                    loop {
-                        if !wait.is_zero() {
-                            tokio::time::sleep(wait).await;
-                            mailboxes = all_mailboxes(&topics);
-                        }
-                        pass.begin_round(Instant::now());
-                        for slice in mailboxes.chunks(FANOUT_SLICE) {
-                            bring_up(slice);
-                            tokio::task::yield_now().await;
-                        }
-                        if !pass.round_again() {
-                            return;
-                        }
-                        wait = pass.wait_for_round(floor, Instant::now());
-                        if wait.is_zero() {
-                            mailboxes = all_mailboxes(&topics);
-                        }
-                    }
-                });
-            }
-            // A few connections and no round within the floor (or no runtime to wait in): written here and now.
-            _ => loop {
-                self.pass.begin_round(Instant::now());
-                bring_up(&mailboxes);
-                if !self.pass.round_again() {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        loop {
+            let later = round.pass.next_round_at(round.floor).filter(|at| *at > Instant::now());
+            match &runtime {
+                Some(runtime) if later.is_some() || mailbox_count(&round.topics) > FANOUT_SLICE => {
+                    runtime.spawn(round.run(later));
                     return;
                 }
-                mailboxes = all_mailboxes(&self.topics);
-            },
+                // A few connections and no round within the floor (or no runtime to wait in): here and now.
+                _ => {
+                    let covered = round.pass.begin_round(&round.board, Instant::now());
+                    round.bring_up(&all_mailboxes(&round.topics));
+                    if !round.pass.round_again(&round.board, covered) {
+                        return;
+                    }
+                }
+            }
         }
     }
 
@@ -940,14 +961,27 @@ mod tests {
     use cartwheel_core::Notice;
 
     #[test]
-    fn rounds_of_the_pass_wait_out_the_rest_of_the_floor_after_the_last_one_began() {
-        let (pass, floor, t0) = (Pass::default(), Duration::from_millis(250), Instant::now());
-        assert_eq!(pass.wait_for_round(floor, t0), Duration::ZERO, "no round yet: at once");
-        pass.begin_round(t0);
-        assert_eq!(pass.wait_for_round(floor, t0 + Duration::from_millis(100)), Duration::from_millis(150));
-        assert_eq!(pass.wait_for_round(floor, t0 + floor), Duration::ZERO, "the floor's edge: at once");
-        assert_eq!(pass.wait_for_round(floor, t0 + Duration::from_secs(5)), Duration::ZERO, "a quiet spell");
-        assert_eq!(pass.wait_for_round(Duration::ZERO, t0), Duration::ZERO, "no floor");
+    fn rounds_of_the_pass_begin_the_floor_apart_and_go_again_while_the_board_moved_since_one_began() {
+        let (pass, board, floor) = (Pass::default(), StateBoard::new(), Duration::from_millis(250));
+        let change = |stock: u32| {
+            let p = product("candle", u64::from(stock), stock);
+            board.publish(Topic::Product(p.id.clone()), (p.epoch.bits(), p.revision), Frame::product_update(&p), None)
+        };
+        assert_eq!(pass.next_round_at(floor), None, "no round yet: at once");
+        assert!(pass.start(), "the first change starts the pass");
+        assert!(!pass.start(), "one pass at a time");
+        let t0 = Instant::now();
+        change(1);
+        let covered = pass.begin_round(&board, t0);
+        assert_eq!(pass.next_round_at(floor), Some(t0 + floor));
+        change(2); // during the round
+        assert!(pass.round_again(&board, covered), "the board moved since the round began");
+        let covered = pass.begin_round(&board, t0 + floor);
+        assert!(!pass.round_again(&board, covered), "nothing moved: the pass stops");
+        assert!(pass.start(), "and the next change starts one");
+        assert_eq!(Pass::default().next_round_at(Duration::MAX), None);
+        pass.begin_round(&board, t0);
+        assert_eq!(pass.next_round_at(Duration::MAX), None, "a floor past the clock's end: no wait");
     }
 
     /// A socket that takes `room` bytes, then would block; it keeps what it took.
