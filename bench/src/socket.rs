@@ -19,6 +19,8 @@ use tokio::net::TcpStream;
 const BUFFER: usize = 4096;
 /// The upgrade's answer must fit in this.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+/// A larger frame ends the socket (the servers' largest is a snapshot of a full cart, a few KiB).
+const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Any valid key will do: the bench does not check the server's accept value, only its `101`.
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 /// How long a closing client waits for the server's close.
@@ -59,7 +61,7 @@ fn header(bytes: &[u8]) -> Result<Option<Header>, String> {
     if b1 & 0x80 != 0 {
         return Err("a masked frame from the server".into());
     }
-    let (header_len, payload_len) = match b1 & 0x7f {
+    let (header_len, payload_len): (usize, usize) = match b1 & 0x7f {
         126 => match bytes.get(2..4) {
             Some(n) => (4, u16::from_be_bytes([n[0], n[1]]) as usize),
             None => return Ok(None),
@@ -73,6 +75,9 @@ fn header(bytes: &[u8]) -> Result<Option<Header>, String> {
         },
         n => (2, n as usize),
     };
+    if payload_len > MAX_FRAME {
+        return Err(format!("a frame of {payload_len} bytes"));
+    }
     Ok(Some(Header { fin: b0 & 0x80 != 0, opcode: b0 & 0x0f, header_len, payload_len }))
 }
 
@@ -102,6 +107,8 @@ pub struct Socket {
     /// What is read and not yet consumed: `buf[start..end]`.
     start: usize,
     end: usize,
+    /// Control frames (pongs) not yet written whole: written before anything else.
+    owed: Vec<u8>,
 }
 
 impl Socket {
@@ -115,7 +122,7 @@ impl Socket {
              Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\nCookie: {cookie}\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).await.map_err(|e| format!("upgrade request: {e}"))?;
-        let mut socket = Socket { stream, buf: vec![0; BUFFER], start: 0, end: 0 };
+        let mut socket = Socket { stream, buf: vec![0; BUFFER], start: 0, end: 0, owed: Vec::new() };
         let head_len = loop {
             if let Some(at) = socket.buf[..socket.end].windows(4).position(|w| w == b"\r\n\r\n") {
                 break at + 4;
@@ -123,7 +130,7 @@ impl Socket {
             if socket.end >= MAX_RESPONSE_HEAD {
                 return Err("the upgrade's answer has no end".into());
             }
-            socket.fill(MAX_RESPONSE_HEAD).await.map_err(|e| format!("upgrade answer: {e}"))?;
+            socket.fill(0).await.map_err(|e| format!("upgrade answer: {e}"))?;
         };
         let head = String::from_utf8_lossy(&socket.buf[..head_len]);
         let status = head.lines().next().unwrap_or_default();
@@ -136,7 +143,7 @@ impl Socket {
     }
 
     /// Read more into the buffer (making room first, growing it to `at_least` bytes if needed). Cancel-safe:
-    /// the buffer changes only once a read has completed.
+    /// making room keeps `buf[start..end]` as it was, and `end` moves only once a read has completed.
     async fn fill(&mut self, at_least: usize) -> io::Result<()> {
         if self.start == self.end {
             (self.start, self.end) = (0, 0);
@@ -159,11 +166,24 @@ impl Socket {
         }
     }
 
+    /// Write what is owed (a pong), however often this is cancelled: `write` either took bytes or did not.
+    async fn pay(&mut self) -> io::Result<()> {
+        while !self.owed.is_empty() {
+            let n = self.stream.write(&self.owed).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.owed.drain(..n);
+        }
+        Ok(())
+    }
+
     /// The next text or close frame; a ping is answered on the way (the servers' heartbeats). `None`: the
-    /// connection ended or broke a rule this client does not read (see the module doc). Cancel-safe but for
-    /// a pong cut off halfway, which a short write to loopback does not do.
+    /// connection ended or broke a rule this client does not read (see the module doc). Cancel-safe (it is
+    /// raced against a stop signal): what a frame changes is recorded before the next `.await`.
     pub async fn next(&mut self) -> Option<Incoming<'_>> {
         let (header, at) = loop {
+            self.pay().await.ok()?;
             let waiting = &self.buf[self.start..self.end];
             match header(waiting) {
                 Ok(Some(h)) if waiting.len() >= h.header_len + h.payload_len => {
@@ -174,7 +194,7 @@ impl Socket {
                     }
                     if h.opcode == 0x9 {
                         let pong = client_frame(0xA, &self.buf[at..at + h.payload_len]);
-                        self.stream.write_all(&pong).await.ok()?;
+                        self.owed.extend_from_slice(&pong);
                         continue;
                     }
                     if h.opcode == 0x1 || h.opcode == 0x8 {
@@ -195,6 +215,7 @@ impl Socket {
     }
 
     pub async fn send_text(&mut self, text: &str) -> io::Result<()> {
+        self.pay().await?;
         self.stream.write_all(&client_frame(0x1, text.as_bytes())).await
     }
 
@@ -202,6 +223,7 @@ impl Socket {
     /// §7.1.1: the server closes the TCP connection first): a socket let go with the answer unread is reset
     /// by the kernel instead of closed.
     pub async fn close(mut self) {
+        let _ = self.pay().await;
         let _ = self.stream.write_all(&client_frame(0x8, &1000u16.to_be_bytes())).await;
         let _ = self.stream.shutdown().await;
         let drain = async {
@@ -245,6 +267,9 @@ mod tests {
             }
         }
         assert!(header(&[0x81, 0x81, 0, 0, 0, 0, b'x']).is_err(), "a masked server frame is refused");
+        let mut huge = vec![0x81, 127];
+        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        assert!(header(&huge).is_err(), "a length past the largest frame is refused, not added up");
     }
 
     #[test]
