@@ -9,8 +9,9 @@
 //! out), what is queued for it, and the rest of a frame the socket took only in part. When a connection has
 //! nothing queued, a cart update is written straight to its socket by whoever publishes it, and a product
 //! change by the board's pass (below) — a non-blocking write of the shared bytes: no task wakes, nothing is
-//! copied, and a thousand subscribers cost a thousand `write` calls. Only when a socket cannot take a frame whole does the frame (or its rest) wait
-//! in the mailbox, and the connection's own task finishes it when the socket is writable again.
+//! copied, and a thousand subscribers cost a thousand `write` calls. Only when a socket cannot take a frame
+//! whole does the frame (or its rest) wait in the mailbox, and the connection's own task finishes it when the
+//! socket is writable again.
 //!
 //! **Bounded per connection.** The hub remembers the newest version it delivered per cart and drops anything
 //! not newer, and each mailbox the newest version it wrote, so every connection sees strictly increasing
@@ -26,8 +27,8 @@
 //! One pass at a time brings every connection up to the board, in rounds that begin a floor apart (250 ms by
 //! default), so during such a sale every connection, fast or slow, is sent the newest state about once a round,
 //! not each change. (A connection's own task also writes what the board holds when it flushes other frames.)
-//! Presence counts go the same way: the publisher writes what changed to every connection that has all the
-//! earlier changes, and one that missed some is sent all the counts from the board.
+//! Presence counts go the same way: the pass writes what changed to every connection that has all the earlier
+//! changes, and one that missed some is sent all the counts from the board.
 //!
 //! General notices, the other frames for everyone, go through one shared ring
 //! ([`tokio::sync::broadcast`]): one serialization and one slot, whatever the number of connections. A
@@ -679,7 +680,7 @@ impl Round {
         }
     }
 
-    /// The pass as a task: each round (the first at `first`, if given) lists the connections after it began,
+    /// The pass as a task: each round (the first at `at`, if given) lists the connections after it began,
     /// so one that subscribed later and missed a change is in the next round, which that change brings about.
     async fn run(self, mut at: Option<Instant>) {
         loop {
