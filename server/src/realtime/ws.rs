@@ -498,12 +498,18 @@ impl Connection {
         }
     }
 
+    /// Stop the hub writing here and send a close frame after the rest of a frame already begun and the answers
+    /// queued; `false` if the peer is gone.
+    async fn send_close(&mut self, mailbox: &Mailbox, code: u16, reason: &'static str) -> bool {
+        mailbox.detach();
+        mailbox.push_own(Frame::control(wire::close_frame(code, reason)));
+        self.flush(mailbox).await.is_ok()
+    }
+
     /// Send a close frame (after the rest of a frame already begun and the answers queued) and give the peer a
     /// moment to answer it, so the close handshake completes.
     async fn close(&mut self, mailbox: &Mailbox, code: u16, reason: &'static str) {
-        mailbox.detach();
-        mailbox.push_own(Frame::control(wire::close_frame(code, reason)));
-        if self.flush(mailbox).await.is_err() {
+        if !self.send_close(mailbox, code, reason).await {
             return;
         }
         let _ = timeout(CLOSE_LINGER, async {
@@ -526,9 +532,7 @@ impl Connection {
     /// away (until the peer hangs up, or for a moment at most) rather than decoded. Dropping the socket with
     /// those bytes unread would reset the connection, and the peer could lose the close frame and its code.
     async fn close_unreadable(&mut self, mailbox: &Mailbox, code: u16) {
-        mailbox.detach();
-        mailbox.push_own(Frame::control(wire::close_frame(code, "invalid frame")));
-        if self.flush(mailbox).await.is_err() {
+        if !self.send_close(mailbox, code, "invalid frame").await {
             return;
         }
         let _ = timeout(CLOSE_LINGER, async {
